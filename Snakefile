@@ -1,0 +1,19 @@
+# BLK-Assist: an artist's own scans in; private assistants and gigapixel murals out.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/models.smk"
+include: "rules/upscale.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{mural}_final.tif", mural=MURALS),

@@ -1,0 +1,141 @@
+"""Final assembly: canvas -> tiled, pyramidal BigTIFF, by streaming.
+
+tifffile streams the canvas chunk by chunk into an uncompressed tiled TIFF (one TIFF tile
+per canvas chunk, so every chunk is decoded once); libvips then builds the pyramid,
+applies any fractional final resize, and compresses, reading that file tile by tile.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyvips
+import tifffile
+
+from blkassist import canvas
+from blkassist.fsutil import atomic_path, read_json, write_json
+from blkassist.provenance import file_record, versions
+
+TIFF_TILE = 256
+
+
+def _chunk_tiles(canvas):
+    """Yield the canvas's chunks in row-major order, padded to full chunk size."""
+    height, width, bands = canvas.shape
+    chunk = canvas.chunks[0]
+    for top in range(0, height, chunk):
+        for left in range(0, width, chunk):
+            block = np.asarray(canvas[top : top + chunk, left : left + chunk])
+            if block.shape[:2] != (chunk, chunk):
+                padded = np.zeros((chunk, chunk, bands), np.uint8)
+                padded[: block.shape[0], : block.shape[1]] = block
+                block = padded
+            yield block
+
+
+def write_plain_tiff(canvas, path: str | os.PathLike) -> None:
+    """Uncompressed tiled BigTIFF of the canvas, chunk by chunk (memory: one chunk)."""
+    height, width, bands = canvas.shape
+    chunk = canvas.chunks[0]
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(
+            _chunk_tiles(canvas),
+            shape=(height, width, bands),
+            dtype=np.uint8,
+            tile=(chunk, chunk),
+            photometric="rgb",
+            extrasamples=("unassalpha",) if bands == 4 else None,
+            compression=None,
+        )
+
+
+def srgb_profile() -> bytes:
+    """libvips' built-in sRGB ICC profile: the colour space every canvas is in."""
+    pixel = pyvips.Image.black(1, 1, bands=3).copy(interpretation="srgb")
+    return pixel.icc_transform("srgb", input_profile="srgb").get("icc-profile-data")
+
+
+def assemble(
+    canvas,
+    output: str | os.PathLike,
+    final_size: tuple[int, int],
+    resolution_ppmm: tuple[float, float],
+    compression: str = "deflate",
+    jpeg_quality: int = 95,
+    scratch_dir: str | os.PathLike | None = None,
+) -> None:
+    """Write `output` (pyramidal tiled BigTIFF, sRGB ICC, resolution) from `canvas`."""
+    output = Path(output)
+    scratch = Path(scratch_dir or output.parent)
+    scratch.mkdir(parents=True, exist_ok=True)
+    plain = scratch / f".{output.name}.plain-{os.getpid()}.tif"
+    try:
+        write_plain_tiff(canvas, plain)
+        image = pyvips.Image.new_from_file(str(plain), access="sequential")
+        height, width = canvas.shape[:2]
+        if final_size != (width, height):
+            image = image.resize(
+                final_size[0] / width, vscale=final_size[1] / height, kernel="lanczos3"
+            )
+            if (image.width, image.height) != final_size:  # guard libvips' rounding
+                image = image.crop(0, 0, *final_size)
+        image = image.copy(xres=resolution_ppmm[0], yres=resolution_ppmm[1], interpretation="srgb")
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())
+        options = {
+            "tile": True,
+            "tile_width": TIFF_TILE,
+            "tile_height": TIFF_TILE,
+            "pyramid": True,
+            "bigtiff": True,
+            "compression": compression,
+            "resunit": "inch",
+        }
+        if compression == "jpeg":
+            options["Q"] = jpeg_quality
+        elif compression in ("deflate", "lzw", "zstd"):
+            options["predictor"] = "horizontal"
+        with atomic_path(output) as tmp:
+            image.write_to_file(str(tmp.with_suffix(".tif")), **options)
+            tmp.with_suffix(".tif").rename(tmp)
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def assemble_mural(
+    allocation: str,
+    report: str,
+    weights: str | None,
+    settings: dict,
+    final_size: tuple[int, int],
+    image: str,
+    provenance: str,
+) -> None:
+    record = read_json(allocation)
+    source = read_json(report)
+    final = canvas.open_canvas(record["canvas"])
+    factor = final_size[0] / source["width"], final_size[1] / source["height"]
+    assemble(
+        final,
+        image,
+        final_size,
+        (source["xres"] * factor[0], source["yres"] * factor[1]),
+        settings["compression"],
+        settings["jpeg_quality"],
+    )
+    write_json(
+        provenance,
+        {
+            "result": file_record(image),
+            "size": list(final_size),
+            "source": {key: source[key] for key in ("path", "sha256", "width", "height")},
+            "model": {
+                "name": settings["model"],
+                "weights": file_record(weights) if weights else None,
+            },
+            "settings": settings,
+            "final_pass": record["plan"],
+            "versions": versions(),
+        },
+    )

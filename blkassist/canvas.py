@@ -1,0 +1,60 @@
+"""Chunked zarr canvases: the only place a mural's pixels live between jobs.
+
+A canvas is an (height, width, bands) uint8 array with square chunks. Jobs read padded
+windows and write whole chunks, so memory depends on the tile size, never the canvas size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyvips
+import zarr
+from zarr.codecs import BloscCodec
+
+from blkassist.fsutil import atomic_path
+
+# Fast, lossless and thread-friendly: intermediate canvases are written once, read once.
+_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def create(path: str | os.PathLike, width: int, height: int, bands: int, chunk: int, attrs=None):
+    """Create an empty canvas at `path`, replacing whatever was there."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    array = zarr.create_array(
+        store=str(path),
+        shape=(height, width, bands),
+        chunks=(chunk, chunk, bands),
+        dtype="uint8",
+        compressors=_COMPRESSOR,
+        fill_value=0,
+        write_data=True,
+    )
+    array.attrs.update(attrs or {})
+    return array
+
+
+def open_canvas(path: str | os.PathLike, mode: str = "r"):
+    return zarr.open_array(str(path), mode=mode)
+
+
+def ingest(image: pyvips.Image, path: str | os.PathLike, chunk: int, attrs=None) -> None:
+    """Stream `image` into a new canvas at `path`, one row of chunks at a time.
+
+    The store is built under a temporary name and renamed into place when complete.
+    """
+    with atomic_path(path) as tmp:
+        canvas = create(tmp, image.width, image.height, image.bands, chunk, attrs)
+        for top in range(0, image.height, chunk):
+            rows = min(chunk, image.height - top)
+            strip = image.crop(0, top, image.width, rows).numpy()
+            canvas[top : top + rows] = strip.reshape(rows, image.width, image.bands)
+
+
+def read_window(canvas, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    return np.asarray(canvas[y0:y1, x0:x1])

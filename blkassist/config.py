@@ -1,0 +1,125 @@
+"""Config validation against config/schema.yaml, with errors that name the dotted key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from blkassist.errors import ConfigError
+
+NEURAL_MODELS = ("realesrgan-x4plus", "realesrgan-x4plus-anime")
+DEFAULT_SCALE = 4.0
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"{where}: {error.message}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "anyOf" and error.schema.get("description"):
+        return f"{where}: {error.instance!r} is not valid: {error.schema['description'].strip()}"
+    return f"{where}: {error.message}"
+
+
+def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
+    """Insert schema defaults into `instance` in place, following $ref and maps."""
+    if "$ref" in schema:
+        ref = schema["$ref"].removeprefix("#/").split("/")
+        target = root
+        for part in ref:
+            target = target[part]
+        schema = target
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = _copy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, Mapping):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate `config` in place (filling defaults); raise ConfigError listing every problem."""
+    schema = load_schema(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(error)}" for error in errors)
+        raise ConfigError(
+            f"invalid configuration ({len(errors)} problem(s)); fix these keys in your "
+            f"--configfile (the schema is {schema_path}):\n{lines}"
+        )
+    _fill_defaults(config, schema, schema)
+    for name, mural in config.get("murals", {}).items():
+        if "scale" in mural and "target_long_side" in mural:
+            raise ConfigError(f"murals.{name}: give either scale or target_long_side, not both")
+    return config
+
+
+@dataclass(frozen=True)
+class MuralSettings:
+    """One mural's validated settings (schema defaults applied)."""
+
+    name: str
+    source: str
+    model: str
+    scale: float | None
+    target_long_side: int | None
+    tile: int
+    pad: int
+    tiles_per_job: int
+    tiles_per_forward: int
+    precision: str
+    compression: str
+    jpeg_quality: int
+
+    @property
+    def is_neural(self) -> bool:
+        return self.model != "lanczos"
+
+    @property
+    def model_is_path(self) -> bool:
+        return self.model.endswith(".pth")
+
+
+def mural_settings(config: Mapping, name: str) -> MuralSettings:
+    mural = dict(config["murals"][name])
+    if "scale" not in mural and "target_long_side" not in mural:
+        mural["scale"] = DEFAULT_SCALE
+    return MuralSettings(
+        name=name,
+        source=mural["source"],
+        model=mural["model"],
+        scale=mural.get("scale"),
+        target_long_side=mural.get("target_long_side"),
+        tile=mural["tile"],
+        pad=mural["pad"],
+        tiles_per_job=mural["tiles_per_job"],
+        tiles_per_forward=mural["tiles_per_forward"],
+        precision=mural["precision"],
+        compression=mural["compression"],
+        jpeg_quality=mural["jpeg_quality"],
+    )

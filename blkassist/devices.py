@@ -1,0 +1,96 @@
+"""Bind a GPU job to one free device.
+
+Snakemake's `gpu` resource only counts; it does not say which device a job may use. Each
+job therefore takes a device itself by locking a per-device file (flock: released by the
+kernel when the process dies, so a crashed job never leaks a device). A device list set by
+a cluster scheduler in CUDA_VISIBLE_DEVICES is honoured: the job only picks among those.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORCE_CPU_ENV = "BLKASSIST_DEVICE"  # set to "cpu" to ignore GPUs
+
+
+def visible_gpus() -> list[str]:
+    """Device ids this process may use, without initialising CUDA."""
+    if os.environ.get(FORCE_CPU_ENV, "").lower() == "cpu":
+        return []
+    preset = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if preset is not None:
+        return [token.strip() for token in preset.split(",") if token.strip() not in ("", "-1")]
+    driver = Path("/proc/driver/nvidia/gpus")
+    count = len(list(driver.iterdir())) if driver.is_dir() else 0
+    return [str(index) for index in range(count)]
+
+
+@dataclass
+class Lease:
+    device: str  # "cpu" or "cuda"
+    gpu_id: str | None  # the physical id we locked, as CUDA_VISIBLE_DEVICES names it
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda:0" if self.gpu_id is not None else "cpu"
+
+
+def _try_lock(path: Path):
+    """An open, exclusively locked handle on `path`, or None if another process holds it."""
+    handle = open(path, "a+")  # noqa: SIM115 - stays open for the whole lease
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextmanager
+def lease_device(lock_dir: str | os.PathLike, gpus: list[str] | None = None, poll_s=0.5):
+    """Hold one free GPU for the duration of the block (or the CPU when there is none).
+
+    Sets CUDA_VISIBLE_DEVICES to the leased id, so call this before torch touches CUDA.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    if not gpus:
+        yield Lease("cpu", None)
+        return
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for gpu_id in gpus:
+            handle = _try_lock(lock_dir / f"gpu-{gpu_id}.lock")
+            if handle is None:
+                continue
+            previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            log.info("leased GPU %s (lock %s)", gpu_id, handle.name)
+            try:
+                yield Lease("cuda", gpu_id)
+            finally:
+                if previous is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = previous
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waited:
+            log.warning("all GPUs %s are leased; waiting for one to free up", gpus)
+            waited = True
+        time.sleep(poll_s)

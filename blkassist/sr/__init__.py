@@ -1,0 +1,1 @@
+"""Super-resolution: Real-ESRGAN models, weight conversion and the tiled upscaler."""

@@ -1,0 +1,126 @@
+"""Upscalers behind one interface: uint8 tiles in, uint8 tiles `scale` times larger out.
+
+Neural models are basicsr's RRDBNet loaded from a local .pth in the official Real-ESRGAN
+layout; `lanczos` needs no weights (previews and benchmarks). Every conversion between
+uint8 and floating point happens on the model's device, not on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from blkassist.compat import rrdbnet_class
+from blkassist.errors import ModelFileError
+
+# RRDBNet folds scale 2 and 1 into the input with pixel_unshuffle: in-channels tell the scale.
+_SCALE_BY_IN_CHANNELS = {3: 4, 12: 2, 48: 1}
+_ALPHA_FLOOR = 1.0 / 512  # below this the colour of a pixel is meaningless
+
+
+def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The generator state dict from a Real-ESRGAN .pth (params_ema preferred)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: model file not found. Put the Real-ESRGAN .pth there or fix "
+            "murals.NAME.model in your config."
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a readable PyTorch weight file ({error}).") from None
+    for key in ("params_ema", "params"):
+        if isinstance(loaded, dict) and key in loaded:
+            return loaded[key]
+    if isinstance(loaded, dict) and "conv_first.weight" in loaded:
+        return loaded
+    raise ModelFileError(
+        f"{path}: no 'params_ema' or 'params' generator weights inside; expected the "
+        "official Real-ESRGAN layout."
+    )
+
+
+def build_rrdbnet(params: dict[str, torch.Tensor], path="<state dict>") -> torch.nn.Module:
+    """An RRDBNet whose shape is read off the weights, loaded strictly."""
+    try:
+        first = params["conv_first.weight"]
+        blocks = {int(m.group(1)) for k in params if (m := re.match(r"body\.(\d+)\.", k))}
+        arch = {
+            "num_in_ch": 3,
+            "num_out_ch": params["conv_last.weight"].shape[0],
+            "scale": _SCALE_BY_IN_CHANNELS[first.shape[1]],
+            "num_feat": first.shape[0],
+            "num_block": len(blocks),
+            "num_grow_ch": params["body.0.rdb1.conv1.weight"].shape[0],
+        }
+    except (KeyError, IndexError) as error:
+        raise ModelFileError(f"{path}: not an RRDBNet generator (missing {error}).") from None
+    model = rrdbnet_class()(**arch)
+    try:
+        model.load_state_dict(params, strict=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"{path}: weights do not fit RRDBNet {arch}: {error}") from None
+    model.native_scale = arch["scale"]
+    return model.eval()
+
+
+class NeuralUpscaler:
+    """An RRDBNet on one device; `scale` other than the model's own is a resize after it."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", precision: str = "auto"):
+        self.device = torch.device(device)
+        half = precision == "fp16" or (precision == "auto" and self.device.type == "cuda")
+        self.dtype = torch.float16 if half else torch.float32
+        self.native_scale = model.native_scale
+        self.model = model.to(self.device, self.dtype)
+
+    @classmethod
+    def from_file(cls, path, device="cpu", precision="auto") -> NeuralUpscaler:
+        return cls(build_rrdbnet(rrdbnet_params(path), path), device, precision)
+
+    @torch.inference_mode()
+    def __call__(self, tiles: np.ndarray, scale: int) -> np.ndarray:
+        """(N, h, w, C) uint8 with C = 3 or 4 -> (N, h*scale, w*scale, C) uint8."""
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        batch = batch.permute(0, 3, 1, 2).to(self.dtype) / 255
+        size = (tiles.shape[1] * scale, tiles.shape[2] * scale)
+        rgb, alpha = batch[:, :3], batch[:, 3:]
+        if alpha.shape[1]:
+            rgb = rgb * alpha  # premultiplied: hidden colour under alpha 0 cannot bleed
+        out = self.model(rgb).float()
+        if scale != self.native_scale:
+            out = F.interpolate(out, size=size, mode="bicubic", antialias=True)
+        if alpha.shape[1]:
+            up_alpha = F.interpolate(alpha.float(), size=size, mode="bicubic").clamp(0, 1)
+            visible = up_alpha > _ALPHA_FLOOR
+            out = torch.where(visible, out / up_alpha.clamp_min(_ALPHA_FLOOR), 0)
+            out = torch.cat([out, up_alpha], dim=1)
+        out = (out.clamp(0, 1) * 255).round().to(torch.uint8)
+        return out.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class LanczosUpscaler:
+    """Lanczos-3 by Pillow (premultiplied for RGBA, so no halo at alpha edges)."""
+
+    native_scale = None
+    device = torch.device("cpu")
+
+    def __call__(self, tiles: np.ndarray, scale: int) -> np.ndarray:
+        mode = {3: "RGB", 4: "RGBA"}[tiles.shape[3]]
+        size = (tiles.shape[2] * scale, tiles.shape[1] * scale)
+        return np.stack(
+            [np.asarray(Image.fromarray(t, mode).resize(size, Image.LANCZOS)) for t in tiles]
+        )
+
+
+def load_upscaler(model: str, weights: str | os.PathLike | None, device="cpu", precision="auto"):
+    if model == "lanczos":
+        return LanczosUpscaler()
+    return NeuralUpscaler.from_file(weights, device, precision)

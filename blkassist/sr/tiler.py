@@ -1,0 +1,114 @@
+"""Tiled upscaling of one batch of tiles from an input canvas into an output canvas.
+
+Each tile is read with `pad` pixels of context, upscaled, cropped back to its own area
+and written as exactly one output chunk. Finished tiles are appended to a progress log,
+so a batch killed halfway redoes only the tiles it had not finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from blkassist.tiling import PassPlan, Tile
+
+log = logging.getLogger(__name__)
+
+
+class ProgressLog:
+    """Append-only record of finished tiles, one file per batch in a shared folder.
+
+    Reading the whole folder means a re-batched plan (tiles_per_job changed) still skips
+    tiles that an earlier batching finished.
+    """
+
+    def __init__(self, folder: str | os.PathLike, batch: int):
+        self.folder = Path(folder)
+        self.path = self.folder / f"batch-{batch}.tiles"
+
+    def finished(self) -> set[int]:
+        done: set[int] = set()
+        if not self.folder.is_dir():
+            return done
+        for record in self.folder.glob("batch-*.tiles"):
+            for line in record.read_text().splitlines():
+                if line.strip().isdigit():  # a torn last line is just not finished
+                    done.add(int(line))
+        return done
+
+    def mark(self, tiles: Iterable[int]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write("".join(f"{index}\n" for index in tiles))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def forward_groups(tiles: list[Tile], plan: PassPlan, pad: int, size: int) -> list[list[Tile]]:
+    """Consecutive tiles with equal padded shapes, at most `size` per forward pass.
+
+    The grouping depends only on the plan, never on which tiles are already done, so a
+    resumed batch computes every tile exactly as an uninterrupted one would.
+    """
+    groups: list[list[Tile]] = []
+    for tile in tiles:
+        x0, y0, x1, y1 = tile.padded(pad, plan.input_width, plan.input_height)
+        shape = (x1 - x0, y1 - y0)
+        if groups and len(groups[-1]) < size and _shape(groups[-1][0], plan, pad) == shape:
+            groups[-1].append(tile)
+        else:
+            groups.append([tile])
+    return groups
+
+
+def _shape(tile: Tile, plan: PassPlan, pad: int) -> tuple[int, int]:
+    x0, y0, x1, y1 = tile.padded(pad, plan.input_width, plan.input_height)
+    return (x1 - x0, y1 - y0)
+
+
+@dataclass
+class BatchReport:
+    tiles: int
+    skipped: int
+    seconds: float
+
+
+def upscale_batch(
+    plan: PassPlan,
+    batch: int,
+    source,
+    target,
+    upscaler: Callable[[np.ndarray, int], np.ndarray],
+    pad: int,
+    progress: ProgressLog,
+    tiles_per_forward: int = 1,
+) -> BatchReport:
+    """Upscale the tiles of `batch` from canvas `source` into canvas `target`."""
+    started = time.perf_counter()
+    tiles = plan.batch_tiles(batch)
+    done = progress.finished()
+    skipped = 0
+    scale = plan.scale
+    for group in forward_groups(tiles, plan, pad, tiles_per_forward):
+        if all(tile.index in done for tile in group):
+            skipped += len(group)
+            continue
+        boxes = [tile.padded(pad, plan.input_width, plan.input_height) for tile in group]
+        windows = np.stack([np.asarray(source[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes])
+        upscaled = upscaler(windows, scale)
+        for tile, (x0, y0, _, _), out in zip(group, boxes, upscaled, strict=True):
+            top, left = (tile.y - y0) * scale, (tile.x - x0) * scale
+            own = out[top : top + tile.height * scale, left : left + tile.width * scale]
+            target[
+                tile.y * scale : (tile.y + tile.height) * scale,
+                tile.x * scale : (tile.x + tile.width) * scale,
+            ] = own
+        progress.mark(tile.index for tile in group)
+        log.info("tiles %s done", [tile.index for tile in group])
+    return BatchReport(len(tiles), skipped, time.perf_counter() - started)

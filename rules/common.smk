@@ -1,0 +1,104 @@
+from dataclasses import asdict
+from pathlib import Path
+
+from blkassist.config import mural_settings, validate_config
+from blkassist.fsutil import read_json
+from blkassist.probe import header_size
+from blkassist.sr.ncnn import NCNN_MODELS
+from blkassist.tiling import plan_mural
+
+validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+
+MURALS = {name: mural_settings(config, name) for name in config["murals"]}
+MAX_SOURCE_PIXELS = config["limits"]["max_source_pixels"]
+MODELS_DIR = config["models"]["dir"]
+
+
+wildcard_constraints:
+    mural="|".join(MURALS) or "(?!)",
+    step=r"\d+",
+    batch=r"\d+",
+    model="|".join(NCNN_MODELS),
+
+
+def producible_sources():
+    """Sources that a rule of this workflow makes (they need not exist yet)."""
+    demo = config.get("demo_artwork")
+    return {demo["path"]} if demo else set()
+
+
+def source_input(wildcards):
+    """The mural's source as a job input, unless it is missing and nothing makes it.
+
+    A missing source is then reported by the probe job, so that with --keep-going the
+    other murals still finish instead of the whole DAG failing to build.
+    """
+    source = MURALS[wildcards.mural].source
+    return source if Path(source).exists() or source in producible_sources() else []
+
+
+def source_size(mural):
+    """Source (width, height): from the header now, or from the probe once it has run."""
+    size = header_size(MURALS[mural].source, MAX_SOURCE_PIXELS)
+    if size is None:
+        probe_file = checkpoints.probe_source.get(mural=mural).output.report
+        info = read_json(probe_file)
+        size = (info["width"], info["height"])
+    return size
+
+
+def mural_plan(mural):
+    settings = MURALS[mural]
+    return plan_mural(
+        *source_size(mural),
+        scale=settings.scale,
+        target_long_side=settings.target_long_side,
+        tile=settings.tile,
+        tiles_per_job=settings.tiles_per_job,
+    )
+
+
+def pass_plan(wildcards):
+    return mural_plan(wildcards.mural).passes[int(wildcards.step) - 1]
+
+
+def batch_markers(mural, step):
+    plan = mural_plan(mural).passes[step - 1]
+    return [
+        f"work/{mural}/pass{step}/batch-{batch}.done"
+        for batch in range(plan.batch_count)
+    ]
+
+
+def allocation_inputs(wildcards):
+    """A pass reads the previous canvas, which is complete once all its batches are."""
+    step = int(wildcards.step)
+    if step == 1:
+        return {"canvas": f"work/{wildcards.mural}/canvas0.zarr"}
+    return {
+        "canvas": f"work/{wildcards.mural}/canvas{step - 1}.json",
+        "batches": batch_markers(wildcards.mural, step - 1),
+    }
+
+
+def final_batches(wildcards):
+    return batch_markers(wildcards.mural, len(mural_plan(wildcards.mural).passes))
+
+
+def final_canvas(wildcards):
+    return (
+        f"work/{wildcards.mural}/canvas{len(mural_plan(wildcards.mural).passes)}.json"
+    )
+
+
+def model_weights(wildcards):
+    settings = MURALS[wildcards.mural]
+    if settings.model == "lanczos":
+        return []
+    if settings.model_is_path:
+        return settings.model
+    return f"{MODELS_DIR}/{settings.model}.pth"
+
+
+def gpus_for(wildcards):
+    return int(MURALS[wildcards.mural].is_neural)

@@ -1,0 +1,12 @@
+"""Draw the deterministic synthetic pen-and-ink artwork used by the demo."""
+
+from blkassist.fsutil import atomic_path
+from blkassist.runlog import rule_logging
+from blkassist.synth import pen_and_ink
+
+with rule_logging(snakemake):
+    p = snakemake.params
+    artwork = snakemake.output.artwork
+    with atomic_path(artwork) as tmp:
+        image = pen_and_ink(p.width, p.height, p.seed, p.alpha)
+        image.save(tmp, format="PNG" if artwork.endswith(".png") else "TIFF")
