@@ -39,7 +39,10 @@ def source_input(wildcards):
 
 def source_size(mural):
     """Source (width, height): from the header now, or from the probe once it has run."""
-    size = header_size(MURALS[mural].source, MAX_SOURCE_PIXELS)
+    source = MURALS[mural].source
+    # A source that a rule makes may be remade: only its probe, run after it, is current.
+    made_here = source in producible_sources()
+    size = None if made_here else header_size(source, MAX_SOURCE_PIXELS)
     if size is None:
         probe_file = checkpoints.probe_source.get(mural=mural).output.report
         info = read_json(probe_file)
