@@ -6,6 +6,8 @@ checkpoint probe_source:
         source=source_input,
     output:
         report="work/{mural}/probe.json",
+    benchmark:
+        "benchmarks/{mural}/probe_source.tsv"
     log:
         "logs/{mural}/probe_source.log",
     conda:
@@ -23,6 +25,8 @@ rule ingest_source:
         report="work/{mural}/probe.json",
     output:
         canvas=directory("work/{mural}/canvas0.zarr"),
+    benchmark:
+        "benchmarks/{mural}/ingest_source.tsv"
     log:
         "logs/{mural}/ingest_source.log",
     conda:
@@ -40,6 +44,8 @@ rule allocate_canvas:
         unpack(allocation_inputs),
     output:
         allocation="work/{mural}/canvas{step}.json",
+    benchmark:
+        "benchmarks/{mural}/allocate_canvas{step}.tsv"
     log:
         "logs/{mural}/allocate_canvas{step}.log",
     conda:
@@ -58,6 +64,8 @@ rule upscale_tile_batch:
         weights=model_weights,
     output:
         marker="work/{mural}/pass{step}/batch-{batch}.done",
+    benchmark:
+        "benchmarks/{mural}/pass{step}/batch-{batch}.tsv"
     log:
         "logs/{mural}/pass{step}/batch-{batch}.log",
     conda:
@@ -84,6 +92,8 @@ rule assemble_mural:
     output:
         image="results/{mural}_final.tif",
         provenance="results/{mural}_final.provenance.json",
+    benchmark:
+        "benchmarks/{mural}/assemble_mural.tsv"
     log:
         "logs/{mural}/assemble_mural.log",
     conda:
