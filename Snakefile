@@ -4,8 +4,15 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-
 include: "rules/common.smk"
+
+wildcard_constraints:
+    mural="|".join(MURALS) or "(?!)",
+    step=r"\d+",
+    batch=r"\d+",
+    model="|".join(NCNN_MODELS),
+
+
 include: "rules/demo.smk"
 include: "rules/models.smk"
 include: "rules/upscale.smk"

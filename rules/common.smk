@@ -14,13 +14,6 @@ MAX_SOURCE_PIXELS = config["limits"]["max_source_pixels"]
 MODELS_DIR = config["models"]["dir"]
 
 
-wildcard_constraints:
-    mural="|".join(MURALS) or "(?!)",
-    step=r"\d+",
-    batch=r"\d+",
-    model="|".join(NCNN_MODELS),
-
-
 def producible_sources():
     """Sources that a rule of this workflow makes (they need not exist yet)."""
     demo = config.get("demo_artwork")

@@ -6,10 +6,10 @@ checkpoint probe_source:
         source=source_input,
     output:
         report="work/{mural}/probe.json",
-    benchmark:
-        "benchmarks/{mural}/probe_source.tsv"
     log:
         "logs/{mural}/probe_source.log",
+    benchmark:
+        "benchmarks/{mural}/probe_source.tsv"
     conda:
         "../envs/vips.yaml"
     params:
@@ -25,10 +25,10 @@ rule ingest_source:
         report="work/{mural}/probe.json",
     output:
         canvas=directory("work/{mural}/canvas0.zarr"),
-    benchmark:
-        "benchmarks/{mural}/ingest_source.tsv"
     log:
         "logs/{mural}/ingest_source.log",
+    benchmark:
+        "benchmarks/{mural}/ingest_source.tsv"
     conda:
         "../envs/vips.yaml"
     params:
@@ -44,10 +44,10 @@ rule allocate_canvas:
         unpack(allocation_inputs),
     output:
         allocation="work/{mural}/canvas{step}.json",
-    benchmark:
-        "benchmarks/{mural}/allocate_canvas{step}.tsv"
     log:
         "logs/{mural}/allocate_canvas{step}.log",
+    benchmark:
+        "benchmarks/{mural}/allocate_canvas{step}.tsv"
     conda:
         "../envs/torch.yaml"
     params:
@@ -64,10 +64,10 @@ rule upscale_tile_batch:
         weights=model_weights,
     output:
         marker="work/{mural}/pass{step}/batch-{batch}.done",
-    benchmark:
-        "benchmarks/{mural}/pass{step}/batch-{batch}.tsv"
     log:
         "logs/{mural}/pass{step}/batch-{batch}.log",
+    benchmark:
+        "benchmarks/{mural}/pass{step}/batch-{batch}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -92,10 +92,10 @@ rule assemble_mural:
     output:
         image="results/{mural}_final.tif",
         provenance="results/{mural}_final.provenance.json",
-    benchmark:
-        "benchmarks/{mural}/assemble_mural.tsv"
     log:
         "logs/{mural}/assemble_mural.log",
+    benchmark:
+        "benchmarks/{mural}/assemble_mural.tsv"
     conda:
         "../envs/vips.yaml"
     params:
