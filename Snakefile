@@ -6,6 +6,7 @@ min_version("9.0")
 
 include: "rules/common.smk"
 
+
 wildcard_constraints:
     mural="|".join(MURALS) or "(?!)",
     step=r"\d+",

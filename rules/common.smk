@@ -33,7 +33,7 @@ def source_input(wildcards):
 def source_size(mural):
     """Source (width, height): from the header now, or from the probe once it has run."""
     source = MURALS[mural].source
-    # A source that a rule makes may be remade: only its probe, run after it, is current.
+    # A source made by the workflow may be remade; only its probe (run after it) is current.
     made_here = source in producible_sources()
     size = None if made_here else header_size(source, MAX_SOURCE_PIXELS)
     if size is None:
