@@ -50,9 +50,12 @@ def ingest(image: pyvips.Image, path: str | os.PathLike, chunk: int, attrs=None)
     """
     with atomic_path(path) as tmp:
         canvas = create(tmp, image.width, image.height, image.bands, chunk, attrs)
+        # A region fetches in the calling thread, strictly top to bottom, which is what a
+        # sequential-access source allows (crop().numpy() would read ahead out of order).
+        region = pyvips.Region.new(image)
         for top in range(0, image.height, chunk):
             rows = min(chunk, image.height - top)
-            strip = image.crop(0, top, image.width, rows).numpy()
+            strip = np.frombuffer(region.fetch(0, top, image.width, rows), np.uint8)
             canvas[top : top + rows] = strip.reshape(rows, image.width, image.bands)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyvips
+import tifffile
 
 from blkassist.errors import InputImageError
 
@@ -89,6 +90,8 @@ def probe(path: str | os.PathLike, max_pixels: int) -> SourceInfo:
     truncated file fails here, before any expensive work, and not halfway through ingest.
     """
     image = read_header(path, max_pixels)
+    if _field(image, "vips-loader", "").startswith("tiff"):
+        _check_tiff_extent(Path(path))
     try:
         image.min()
     except pyvips.Error as error:
@@ -114,6 +117,20 @@ def probe(path: str | os.PathLike, max_pixels: int) -> SourceInfo:
         size_bytes=Path(path).stat().st_size,
         sha256=sha256_file(path),
     )
+
+
+def _check_tiff_extent(path: Path) -> None:
+    """libtiff quietly reads a strip cut short by truncation as zeros; check the offsets."""
+    size = path.stat().st_size
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+    if ends and max(ends) > size:
+        raise _fail(
+            path,
+            f"image data is damaged or truncated (needs {max(ends):,} bytes, file has {size:,})",
+            "Re-export or re-copy the file; the header is fine but the pixels are not.",
+        )
 
 
 def open_as_srgb8(path: str | os.PathLike, max_pixels: int) -> pyvips.Image:

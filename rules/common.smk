@@ -4,10 +4,16 @@ from pathlib import Path
 from blkassist.config import mural_settings, validate_config
 from blkassist.fsutil import read_json
 from blkassist.probe import header_size
+from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
 from blkassist.tiling import plan_mural
 
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+
+if workflow.is_main_process:
+    # A run killed by SIGKILL leaves Snakemake's locks behind; rerunning should just resume.
+    for stale in clear_stale_locks():
+        print(f"Removed stale Snakemake lock {stale} (its run is no longer alive).")
 
 MURALS = {name: mural_settings(config, name) for name in config["murals"]}
 MAX_SOURCE_PIXELS = config["limits"]["max_source_pixels"]
