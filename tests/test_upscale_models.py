@@ -1,0 +1,183 @@
+"""Real-ESRGAN models behind the tiler: loading, tiled exactness, alpha, the reference tiler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blkassist import canvas
+from blkassist.compat import realesrganer_class, rrdbnet_class
+from blkassist.errors import ModelFileError
+from blkassist.sr.models import LanczosUpscaler, NeuralUpscaler, build_rrdbnet, rrdbnet_params
+from blkassist.sr.tiler import ProgressLog, upscale_batch
+from blkassist.tiling import plan_mural
+from tests.conftest import save_tiny_rrdbnet, textured
+
+# Receptive radius of a one-block RRDBNet in input pixels: 17 convs at 1x, 1 at 2x, 3 at 4x.
+TINY_RECEPTIVE_RADIUS = 19
+
+
+def tiled_upscale(pixels, upscaler, tmp_path, *, scale=4, tile=32, pad=24, per_job=3):
+    height, width, bands = pixels.shape
+    plan = plan_mural(width, height, scale=scale, tile=tile, tiles_per_job=per_job).passes[0]
+    source = canvas.create(tmp_path / "in.zarr", width, height, bands, tile)
+    source[:] = pixels
+    target = canvas.create(
+        tmp_path / "out.zarr", plan.output_width, plan.output_height, bands, plan.output_chunk
+    )
+    for batch in range(plan.batch_count):
+        upscale_batch(plan, batch, source, target, upscaler, pad, ProgressLog(tmp_path, batch))
+    return np.asarray(target[:])
+
+
+@pytest.mark.parametrize("key", ["params_ema", "params"])
+def test_official_layouts_load_strictly(tmp_path, key):
+    model = rrdbnet_class()(
+        num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=2, num_grow_ch=4
+    )
+    torch.save({key: model.state_dict()}, tmp_path / "w.pth")
+    loaded = build_rrdbnet(rrdbnet_params(tmp_path / "w.pth"))
+    assert loaded.native_scale == 4
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+def test_scale2_architecture_is_read_off_the_weights(tmp_path):
+    path = save_tiny_rrdbnet(tmp_path / "x2.pth", scale=2)
+    upscaler = NeuralUpscaler.from_file(path)
+    assert upscaler.native_scale == 2
+    assert upscaler(textured(8, 12)[None], 2).shape == (1, 16, 24, 3)
+
+
+def test_missing_and_foreign_weight_files_are_clear_errors(tmp_path):
+    with pytest.raises(ModelFileError, match=r"nothing\.pth: model file not found"):
+        rrdbnet_params(tmp_path / "nothing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFileError, match=r"junk\.pth: not a readable PyTorch weight file"):
+        rrdbnet_params(tmp_path / "junk.pth")
+    torch.save({"generator": {}}, tmp_path / "other.pth")
+    with pytest.raises(ModelFileError, match=r"other\.pth: no 'params_ema' or 'params'"):
+        rrdbnet_params(tmp_path / "other.pth")
+
+
+def test_tiled_equals_whole_image_when_pad_covers_receptive_field(tmp_path, tiny_weights):
+    pixels = textured(75, 90)  # odd sizes: partial tiles on the right and bottom
+    upscaler = NeuralUpscaler.from_file(tiny_weights)
+    tiled = tiled_upscale(pixels, upscaler, tmp_path, tile=32, pad=TINY_RECEPTIVE_RADIUS + 5)
+    whole = upscaler(pixels[None], 4)[0]
+    assert tiled.shape == whole.shape == (300, 360, 3)
+    assert np.abs(tiled.astype(int) - whole).max() <= 1
+    # Without context the seams show: the check above is not vacuous.
+    seamy = tiled_upscale(pixels, upscaler, tmp_path / "nopad", tile=32, pad=0)
+    assert np.abs(seamy.astype(int) - whole).max() > 3
+
+
+def test_lanczos_tiles_are_exact(tmp_path):
+    pixels = textured(50, 70)
+    tiled = tiled_upscale(pixels, LanczosUpscaler(), tmp_path, scale=3, tile=16, pad=8)
+    whole = LanczosUpscaler()(pixels[None], 3)[0]
+    assert np.array_equal(tiled, whole)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_lower_scales_resize_the_model_output(tmp_path, tiny_weights, scale):
+    pixels = textured(40, 56)
+    upscaler = NeuralUpscaler.from_file(tiny_weights)
+    tiled = tiled_upscale(pixels, upscaler, tmp_path, scale=scale, tile=16, pad=28)
+    assert tiled.shape == (40 * scale, 56 * scale, 3)
+    native = upscaler(pixels[None], 4)[0]
+    reference = (
+        F.interpolate(
+            torch.from_numpy(native).permute(2, 0, 1)[None].float(),
+            size=(40 * scale, 56 * scale),
+            mode="bicubic",
+            antialias=True,
+        )[0]
+        .permute(1, 2, 0)
+        .clamp(0, 255)
+        .round()
+        .numpy()
+    )
+    assert np.abs(tiled.astype(int) - reference).max() <= 1
+
+
+def test_same_output_as_realesrganer_for_same_weights_and_tiling(tmp_path, tiny_weights):
+    pixels = textured(70, 100)
+    ours = tiled_upscale(
+        pixels, NeuralUpscaler.from_file(tiny_weights), tmp_path, tile=32, pad=8, per_job=100
+    )
+    model = rrdbnet_class()(
+        num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=1, num_grow_ch=4
+    )
+    reference_tiler = realesrganer_class()(
+        scale=4,
+        model_path=str(tiny_weights),
+        model=model,
+        tile=32,
+        tile_pad=8,
+        pre_pad=0,
+        half=False,
+        device=torch.device("cpu"),
+    )
+    theirs_bgr, _ = reference_tiler.enhance(pixels[..., ::-1].copy(), outscale=4)
+    theirs = theirs_bgr[..., ::-1]
+    assert ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs).max() <= 1
+
+
+class BicubicX4(torch.nn.Module):
+    """A stand-in 'model' whose ideal output is known: plain bicubic 4x."""
+
+    native_scale = 4
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=4, mode="bicubic")
+
+
+def disc_on_transparent(size=48):
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = np.hypot(yy - size / 2, xx - size / 2) < size / 3
+    rgba = np.zeros((size, size, 4), np.uint8)  # hidden colour under alpha 0 is black
+    rgba[inside] = (230, 40, 30, 255)
+    return rgba
+
+
+@pytest.mark.parametrize("upscaler", [NeuralUpscaler(BicubicX4()), LanczosUpscaler()])
+def test_alpha_edges_have_no_dark_halo(upscaler):
+    out = upscaler(disc_on_transparent()[None], 4)[0].astype(int)
+    alpha = out[..., 3]
+    edge = (alpha > 12) & (alpha < 243)
+    assert edge.sum() > 100
+    # Un-premultiplied colour on the soft edge stays the disc's red, not darkened to black.
+    assert out[edge, 0].mean() > 200
+    # (8-bit premultiplied colour is coarse at very low alpha: check where alpha > 40.)
+    visible = edge & (alpha > 40)
+    assert np.abs(out[visible, :3] - (230, 40, 30)).max() < 40
+
+
+def test_straight_alpha_would_have_shown_a_halo():
+    """The same edge without premultiplication darkens: the halo the fix avoids."""
+    rgba = disc_on_transparent()
+    rgb = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)[None].float()
+    naive = F.interpolate(rgb, scale_factor=4, mode="bicubic")[0].permute(1, 2, 0).numpy()
+    alpha = F.interpolate(
+        torch.from_numpy(rgba[..., 3]).float()[None, None], scale_factor=4, mode="bicubic"
+    )[0, 0].numpy()
+    edge = (alpha > 12) & (alpha < 243)
+    assert naive[edge, 0].mean() < 180
+
+
+def test_rgba_tiles_through_a_neural_model(tmp_path, tiny_weights):
+    pixels = disc_on_transparent(40)
+    tiled = tiled_upscale(
+        pixels,
+        NeuralUpscaler.from_file(tiny_weights),
+        tmp_path,
+        tile=16,
+        pad=TINY_RECEPTIVE_RADIUS + 5,
+    )
+    assert tiled.shape == (160, 160, 4)
+    assert tiled[..., 3].max() == 255 and tiled[0, 0, 3] == 0
+    assert (tiled[..., :3][tiled[..., 3] == 0] == 0).all()  # no colour where nothing shows
