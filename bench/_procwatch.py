@@ -8,6 +8,10 @@ Two independent measurements:
   between two samples can be missed.
 * kernel: ``wait4`` on the root returns ``ru_maxrss``, the exact high-water mark of the
   largest single process in the tree (root included, descendants that were waited for).
+
+It also reports the CPU seconds the machine spent on other work during the run (busy time
+from /proc/stat minus the tree's and the watcher's own), so that timings taken on a busy
+machine can be recognised.
 """
 
 from __future__ import annotations
@@ -51,12 +55,16 @@ class Watched:
     tree_total_peak_mb: float  # polled sum of RSS over the tree at one instant
     kernel_maxrss_mb: float  # ru_maxrss from wait4: largest single process, root included
     samples: int
+    cpu_s: float  # user + system CPU seconds of the tree (from wait4)
+    other_cpu_s: float  # CPU seconds the machine spent on anything else meanwhile
     peaks_by_label: dict[str, float] = field(default_factory=dict)
 
 
 def run_watched(cmd, *, cwd=None, env=None, stdout=None, stderr=None, interval=0.2) -> Watched:
     """Run `cmd` to completion, sampling RSS every `interval` s; return the figures."""
     started = time.perf_counter()
+    machine_before = _busy_cpu_s()
+    self_before = _self_cpu_s()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
     root = psutil.Process(proc.pid)
     labels: dict[int, str] = {}
@@ -89,6 +97,8 @@ def run_watched(cmd, *, cwd=None, env=None, stdout=None, stderr=None, interval=0
         samples += 1
         time.sleep(interval)
     wall = time.perf_counter() - started
+    tree_cpu = usage.ru_utime + usage.ru_stime
+    other = _busy_cpu_s() - machine_before - tree_cpu - (_self_cpu_s() - self_before)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, tell Popen
     by_label: dict[str, float] = {}
     for key, peak in peak_by_pid.items():
@@ -107,8 +117,20 @@ def run_watched(cmd, *, cwd=None, env=None, stdout=None, stderr=None, interval=0
         tree_total_peak_mb=total_peak,
         kernel_maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
         samples=samples,
+        cpu_s=tree_cpu,
+        other_cpu_s=max(other, 0.0),
         peaks_by_label=by_label,
     )
+
+
+def _busy_cpu_s() -> float:
+    times = psutil.cpu_times()  # guest time is already counted in user on Linux
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
+def _self_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def print_table(headers: list[str], rows: list[list], title: str | None = None) -> None:

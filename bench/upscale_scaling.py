@@ -252,6 +252,8 @@ def report(cases: list[dict]) -> None:
             c["result_mb"],
             c["reference_mb"],
             "yes" if c["size_ok"] else "NO",
+            c["ours"].other_cpu_s,
+            c["pyvips"].other_cpu_s,
         ]
         for c in done
     ]
@@ -265,9 +267,15 @@ def report(cases: list[dict]) -> None:
             "ours file MB",
             "pyvips file MB",
             "size ok",
+            "other CPU-s (ours)",
+            "other CPU-s (pyvips)",
         ],
         rows,
         title="Cross-checks (kernel maxrss = largest single process incl. snakemake itself)",
+    )
+    print(
+        "(other CPU-s: CPU time the machine spent on processes outside the run meanwhile; "
+        "well above 0 means the wall times are inflated by other work)"
     )
     rows = []
     for case in done:

@@ -296,6 +296,7 @@ def main(argv=None) -> int:
                     run["maxrss_mb"],
                     run["watched"].root_peak_mb,
                     run["maxrss_mb"] - run["rss_loaded_mb"],
+                    run["watched"].other_cpu_s,
                 ]
             )
     print_table(
@@ -310,6 +311,7 @@ def main(argv=None) -> int:
             "peak RSS MB",
             "peak RSS MB (poll)",
             "growth MB",
+            "other CPU-s",
         ],
         rows,
         title="RealESRGANer vs ours (x4plus, CPU fp32); peak RSS = child's ru_maxrss",

@@ -21,33 +21,45 @@ from blkassist.provenance import file_record, versions
 TIFF_TILE = 256
 
 
-def _chunk_tiles(canvas):
-    """Yield the canvas's chunks in row-major order, padded to full chunk size."""
+def plain_tile_size(chunk: int, width: int, height: int) -> int:
+    """TIFF tile edge for the intermediate file: the canvas chunk (each chunk decoded once),
+    halved while it is larger than the image (libvips refuses such tiles)."""
+    edge = chunk
+    while edge > min(width, height) and edge % 32 == 0:
+        edge //= 2
+    return edge if edge <= min(width, height) else 16
+
+
+def _windows(canvas, edge: int):
+    """Yield edge x edge windows of the canvas in row-major order, zero-padded at the border."""
     height, width, bands = canvas.shape
-    chunk = canvas.chunks[0]
-    for top in range(0, height, chunk):
-        for left in range(0, width, chunk):
-            block = np.asarray(canvas[top : top + chunk, left : left + chunk])
-            if block.shape[:2] != (chunk, chunk):
-                padded = np.zeros((chunk, chunk, bands), np.uint8)
+    for top in range(0, height, edge):
+        for left in range(0, width, edge):
+            block = np.asarray(canvas[top : top + edge, left : left + edge])
+            if block.shape[:2] != (edge, edge):
+                padded = np.zeros((edge, edge, bands), np.uint8)
                 padded[: block.shape[0], : block.shape[1]] = block
                 block = padded
             yield block
 
 
 def write_plain_tiff(canvas, path: str | os.PathLike) -> None:
-    """Uncompressed tiled BigTIFF of the canvas, chunk by chunk (memory: one chunk)."""
+    """Uncompressed tiled BigTIFF of the canvas, window by window (memory: one chunk)."""
     height, width, bands = canvas.shape
-    chunk = canvas.chunks[0]
+    options = {"photometric": "rgb", "compression": None}
+    if bands == 4:
+        options["extrasamples"] = ("unassalpha",)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        if min(width, height) < 16:  # too small for TIFF tiles; and small enough to hold
+            tif.write(np.asarray(canvas[:]), **options)
+            return
+        edge = plain_tile_size(canvas.chunks[0], width, height)
         tif.write(
-            _chunk_tiles(canvas),
+            _windows(canvas, edge),
             shape=(height, width, bands),
             dtype=np.uint8,
-            tile=(chunk, chunk),
-            photometric="rgb",
-            extrasamples=("unassalpha",) if bands == 4 else None,
-            compression=None,
+            tile=(edge, edge),
+            **options,
         )
 
 

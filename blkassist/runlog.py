@@ -27,3 +27,6 @@ def rule_logging(snakemake):
     except BlkAssistError as error:
         logging.getLogger("blkassist").error("%s", error)
         sys.exit(1)
+    except Exception:
+        logging.getLogger("blkassist").exception("job failed")
+        raise

@@ -30,11 +30,18 @@ def textured(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarr
     return np.clip(np.stack(layers, axis=-1), 0, 255).astype(np.uint8)
 
 
-def save_tiny_rrdbnet(path: Path, seed: int = 0, num_block: int = 1, scale: int = 4) -> Path:
+def save_tiny_rrdbnet(
+    path: Path, seed: int = 0, num_block: int = 1, scale: int = 4, num_feat: int = 8
+) -> Path:
     """A small random RRDBNet in the official Real-ESRGAN .pth layout."""
     torch.manual_seed(seed)
     model = rrdbnet_class()(
-        num_in_ch=3, num_out_ch=3, scale=scale, num_feat=8, num_block=num_block, num_grow_ch=4
+        num_in_ch=3,
+        num_out_ch=3,
+        scale=scale,
+        num_feat=num_feat,
+        num_block=num_block,
+        num_grow_ch=4,
     )
     # Random init outputs near zero; a bias on the last conv keeps outputs mid-range.
     with torch.no_grad():

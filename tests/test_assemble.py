@@ -1,0 +1,63 @@
+"""The final file: tiled pyramidal BigTIFF, written by streaming, that other tools read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pyvips
+import tifffile
+
+from blkassist import canvas
+from blkassist.assemble import assemble, srgb_profile
+from tests.conftest import textured
+
+
+def make_canvas(tmp_path, pixels, chunk=128):
+    store = canvas.create(
+        tmp_path / "c.zarr", pixels.shape[1], pixels.shape[0], pixels.shape[2], chunk
+    )
+    store[:] = pixels
+    return store
+
+
+@pytest.mark.parametrize("bands", [3, 4])
+def test_pyramidal_bigtiff_readable_by_tifffile_and_pyvips(tmp_path, bands):
+    pixels = textured(700, 900, bands=bands)
+    out = tmp_path / "final.tif"
+    assemble(make_canvas(tmp_path, pixels), out, (900, 700), (11.811, 11.811), "deflate")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_bigtiff
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilewidth, page.tilelength) == (256, 256)
+        assert page.shape == (700, 900, bands)
+        assert np.array_equal(page.asarray(), pixels)  # lossless
+        assert len(tif.pages) >= 3  # 900 -> 450 -> 225 pyramid levels
+        assert tif.pages[1].shape[:2] == (350, 450)
+        assert page.tags["InterColorProfile"].value == srgb_profile()
+        assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == (
+            pytest.approx(300, rel=1e-3)
+        )
+    image = pyvips.Image.new_from_file(str(out))
+    assert (image.width, image.height, image.bands) == (900, 700, bands)
+    assert image.xres == pytest.approx(11.811, rel=1e-3)
+
+
+def test_fractional_final_resize_gives_exact_size(tmp_path):
+    pixels = textured(300, 400)
+    out = tmp_path / "resized.tif"
+    assemble(make_canvas(tmp_path, pixels), out, (333, 250), (1.0, 1.0), "lzw")
+    image = pyvips.Image.new_from_file(str(out))
+    assert (image.width, image.height) == (333, 250)
+    reference = pyvips.Image.new_from_array(pixels).resize(
+        333 / 400, vscale=250 / 300, kernel="lanczos3"
+    )
+    assert np.abs(image.numpy().astype(int) - reference.numpy()).mean() < 1
+
+
+def test_jpeg_compression_and_no_leftovers(tmp_path):
+    pixels = textured(256, 256)
+    out = tmp_path / "out" / "final.tif"
+    assemble(make_canvas(tmp_path, pixels), out, (256, 256), (1, 1), "jpeg", jpeg_quality=90)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG
+    assert sorted(p.name for p in out.parent.iterdir()) == ["final.tif"]

@@ -1,0 +1,260 @@
+"""The real Snakemake engine on real files: demo, resume after SIGKILL, bad input, planning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+import tifffile
+import yaml
+from PIL import Image
+
+from tests.conftest import (
+    REPO,
+    run_snakemake,
+    save_tiny_rrdbnet,
+    snakemake_cmd,
+    textured,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_demo_default_builds_the_mural_then_has_nothing_to_do(tmp_path):
+    config = REPO / "config" / "config.yaml"
+    run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    final = tmp_path / "results" / "mural_final.tif"
+    demo = yaml.safe_load(config.read_text())
+    with tifffile.TiffFile(final) as tif:
+        assert tif.pages[0].shape == (
+            demo["demo_artwork"]["height"] * 4,
+            demo["demo_artwork"]["width"] * 4,
+            3,
+        )
+    provenance = json.loads((tmp_path / "results" / "mural_final.provenance.json").read_text())
+    assert provenance["result"]["sha256"] == sha256(final)
+    assert provenance["model"]["name"] == "realesrgan-x4plus"
+    assert provenance["model"]["weights"]["sha256"] == sha256(
+        tmp_path / "work" / "models" / "realesrgan-x4plus.pth"
+    )
+    assert provenance["source"]["sha256"] == sha256(tmp_path / demo["demo_artwork"]["path"])
+    assert {"torch", "libvips", "zarr", "blkassist"} <= set(provenance["versions"])
+    again = run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def resume_config(tmp_path: Path, weights: Path) -> Path:
+    Image.fromarray(textured(256, 384)).save(tmp_path / "art.png")  # 24 tiles, 3 batches
+    config = {
+        "murals": {
+            "m": {
+                "source": "art.png",
+                "model": str(weights),
+                "tile": 64,
+                "pad": 24,
+                "tiles_per_job": 8,
+                "scale": 4,
+            }
+        }
+    }
+    return write_config(tmp_path, config)
+
+
+def test_sigkill_mid_upscale_then_rerun_finishes_identically(tmp_path):
+    weights = tmp_path / "slowish.pth"
+    save_tiny_rrdbnet(weights, num_block=4, num_feat=32)  # ~0.15 s a tile
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference_dir, killed_dir):
+        folder.mkdir()
+    run_snakemake(reference_dir, [resume_config(reference_dir, weights)])
+
+    config = resume_config(killed_dir, weights)
+    process = subprocess.Popen(
+        snakemake_cmd(killed_dir, [config]),
+        cwd=killed_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill the jobs with it
+        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
+    )
+    progress = killed_dir / "work" / "m" / "canvas1.progress"
+    deadline = time.monotonic() + 300
+    interrupted = None
+    while time.monotonic() < deadline and interrupted is None:
+        for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
+            batch = record.stem.split("-")[1]
+            done = record.read_text().split()
+            marker = killed_dir / "work" / "m" / "pass1" / f"batch-{batch}.done"
+            if 0 < len(done) < 8 and not marker.exists():
+                interrupted = batch
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert interrupted is not None, "never caught a batch halfway"
+    assert not (killed_dir / "results" / "m_final.tif").exists()
+
+    run_snakemake(killed_dir, [config])
+    markers = {
+        p.stem: json.loads(p.read_text()) for p in (killed_dir / "work/m/pass1").glob("*.done")
+    }
+    assert len(markers) == 3
+    assert markers[f"batch-{interrupted}"]["skipped"] > 0  # finished tiles were not redone
+    assert sha256(killed_dir / "results/m_final.tif") == sha256(
+        reference_dir / "results/m_final.tif"
+    )
+    again = run_snakemake(killed_dir, [config])
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_inputs_fail_by_name_and_good_murals_still_finish(tmp_path):
+    Image.fromarray(textured(60, 80)).save(tmp_path / "good.png")
+    good = {"good": {"source": "good.png", "model": "lanczos", "tile": 32}}
+    limits = {"max_source_pixels": 100_000}
+    first = write_config(tmp_path, {"limits": limits, "murals": good}, "good.yaml")
+    run_snakemake(tmp_path, [first])
+    finished = tmp_path / "results" / "good_final.tif"
+    before = (sha256(finished), finished.stat().st_mtime_ns)
+
+    Image.fromarray(textured(300, 300)).save(tmp_path / "full.jpg")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:3000])
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "notes.tif").write_text("not an image\n" * 10)
+    tifffile.imwrite(tmp_path / "huge.tif", np.zeros((400, 400, 3), np.uint8))
+    bad = {
+        name: {"source": source, "model": "lanczos", "tile": 32}
+        for name, source in [
+            ("truncated", "truncated.jpg"),
+            ("empty", "empty.tif"),
+            ("text", "notes.tif"),
+            ("huge", "huge.tif"),
+            ("missing", "missing.tif"),
+        ]
+    }
+    everything = write_config(tmp_path, {"limits": limits, "murals": {**good, **bad}})
+    result = run_snakemake(tmp_path, [everything], "--keep-going", check=False)
+    assert result.returncode != 0
+    messages = result.stdout + result.stderr
+    assert "truncated.jpg: image data is damaged or truncated" in messages
+    assert "empty.tif: file is empty" in messages
+    assert "notes.tif: not a readable image" in messages
+    assert "huge.tif: header claims 400x400 = 160,000 pixels" in messages
+    assert "raise limits.max_source_pixels" in messages
+    assert "missing.tif: file not found" in messages
+    assert (sha256(finished), finished.stat().st_mtime_ns) == before
+    for name in bad:
+        assert not (tmp_path / "results" / f"{name}_final.tif").exists()
+        assert not (tmp_path / "work" / name / "canvas0.zarr").exists()  # no heavy work
+
+
+@pytest.mark.parametrize(
+    ("mural", "expected"),
+    [
+        (
+            {"source": "a.png", "tille": 64},
+            r"murals\.m: Additional properties are not allowed "
+            r"\('tille' was unexpected\)",
+        ),
+        ({"source": "a.png", "tile": "big"}, r"murals\.m\.tile: 'big' is not of type 'integer'"),
+        ({"source": "a.png", "model": "esrgan"}, r"murals\.m\.model: 'esrgan' is not valid"),
+        ({"source": "a.png", "scale": 4, "target_long_side": 900}, r"murals\.m: give either"),
+        ({"tile": 64}, r"murals\.m: 'source' is a required property"),
+    ],
+)
+def test_bad_config_values_are_refused_naming_the_key(tmp_path, mural, expected):
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    result = run_snakemake(tmp_path, [config], "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(expected, result.stdout + result.stderr)
+
+
+def test_second_configfile_adds_a_mural(tmp_path):
+    for name in ("a", "b"):
+        Image.fromarray(textured(40, 50, seed=ord(name))).save(tmp_path / f"{name}.png")
+    base = write_config(
+        tmp_path, {"murals": {"a": {"source": "a.png", "model": "lanczos"}}}, "base.yaml"
+    )
+    extra = write_config(
+        tmp_path, {"murals": {"b": {"source": "b.png", "model": "lanczos"}}}, "extra.yaml"
+    )
+    run_snakemake(tmp_path, [base, extra])
+    assert (tmp_path / "results/a_final.tif").exists()
+    assert (tmp_path / "results/b_final.tif").exists()
+
+
+def test_rgba_mural_with_target_size_runs_two_passes(tmp_path):
+    rgba = textured(40, 60, bands=4)
+    rgba[:8, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    config = write_config(
+        tmp_path,
+        {
+            "murals": {
+                "cut": {
+                    "source": "cutout.png",
+                    "model": "lanczos",
+                    "target_long_side": 500,
+                    "tile": 16,
+                    "tiles_per_job": 4,
+                }
+            }
+        },
+    )
+    run_snakemake(tmp_path, [config])
+    assert (tmp_path / "work/cut/pass2").is_dir()
+    image = pyvips.Image.new_from_file(str(tmp_path / "results/cut_final.tif"))
+    assert (image.width, image.height, image.bands) == (500, 333, 4)
+    assert image.crop(0, 0, 500, 40).numpy()[..., 3].max() == 0  # transparent band kept
+
+
+def test_production_dry_run_lists_every_tile_batch(tmp_path):
+    source = tmp_path / "scans" / "mural_master.tif"
+    source.parent.mkdir()
+    pyvips.Image.black(16000, 12000, bands=3).write_to_file(
+        str(source), tile=True, compression="deflate"
+    )
+    production = yaml.safe_load((REPO / "config" / "production.yaml").read_text())
+    production["murals"]["mural"]["source"] = str(source)
+    config = write_config(tmp_path, production)
+    started = time.monotonic()
+    result = run_snakemake(
+        tmp_path, [config], "results/mural_final.tif", "-n", "--resources", "gpu=4"
+    )
+    elapsed = time.monotonic() - started
+    counts = job_counts(result.stdout)
+    assert counts["upscale_tile_batch"] == 48
+    assert counts["assemble_mural"] == 1
+    assert "work/mural/pass1/batch-47.done" in result.stdout
+    print(f"production dry-run: {elapsed:.1f} s")
+
+
+def test_workflow_is_lint_and_format_clean():
+    venv_bin = Path(shutil.which("snakemake") or REPO / ".venv/bin/snakemake").parent
+    checks = [
+        [str(venv_bin / "snakemake"), "--lint"],
+        [str(venv_bin / "snakefmt"), "--check", "Snakefile", "rules"],
+        [str(venv_bin / "ruff"), "check", "."],
+        [str(venv_bin / "ruff"), "format", "--check", "."],
+    ]
+    for command in checks:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
