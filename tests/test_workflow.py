@@ -213,8 +213,8 @@ def test_rgba_mural_with_target_size_runs_two_passes(tmp_path):
                     "source": "cutout.png",
                     "model": "lanczos",
                     "target_long_side": 500,
-                    "tile": 16,
-                    "tiles_per_job": 4,
+                    "tile": 32,
+                    "tiles_per_job": 8,
                 }
             }
         },
