@@ -12,14 +12,20 @@ wildcard_constraints:
     step=r"\d+",
     batch=r"\d+",
     model="|".join(NCNN_MODELS),
+    collection="|".join(COLLECTIONS) or "(?!)",
+    dataset="|".join(DATASETS) or "(?!)",
 
 
 include: "rules/demo.smk"
 include: "rules/models.smk"
 include: "rules/upscale.smk"
+include: "rules/corpus.smk"
+include: "rules/captions.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/{mural}_final.tif", mural=MURALS),
+        expand("datasets/{dataset}", dataset=DATASETS),
+        expand("results/captions/{collection}_review.html", collection=COLLECTIONS),

@@ -36,19 +36,24 @@ def _hatch(draw, box, angle, spacing, width):
         )
 
 
-def pen_and_ink(width: int, height: int, seed: int = 0, alpha: bool = False) -> Image.Image:
-    """An RGB (or RGBA with a transparent margin) pen-and-ink composition."""
+def pen_and_ink(
+    width: int, height: int, seed: int = 0, alpha: bool = False, zoom: float = 1.0
+) -> Image.Image:
+    """An RGB (or RGBA with a transparent margin) pen-and-ink composition.
+
+    `zoom` > 1 draws a close-up: thicker lines, wider hatching, bigger dots.
+    """
     rng = np.random.default_rng(seed)
     big = (width * 2, height * 2)
     ink = Image.new("L", big, 0)
     draw = ImageDraw.Draw(ink)
-    line = max(1, round(min(big) / 400))
+    line = max(1, round(min(big) / 400 * zoom))
     # Contour lines: nested wobbly closed curves around a few centres.
     for _ in range(3):
         cx, cy = rng.uniform(0.2, 0.8) * big[0], rng.uniform(0.2, 0.8) * big[1]
         phase = rng.uniform(0, 2 * math.pi, 4)
         for ring in range(1, 9):
-            radius = ring * min(big) / 28
+            radius = ring * min(big) / 28 * zoom
             points = []
             for t in np.linspace(0, 2 * math.pi, 180):
                 wobble = 1 + 0.15 * math.sin(3 * t + phase[0]) + 0.08 * math.sin(5 * t + phase[1])
@@ -71,7 +76,7 @@ def pen_and_ink(width: int, height: int, seed: int = 0, alpha: bool = False) -> 
         ink.paste(patch, (0, 0), mask)
     # Stippling: dot density falls off from a light source.
     lx, ly = rng.uniform(0, big[0]), rng.uniform(0, big[1])
-    count = int(big[0] * big[1] / 90)
+    count = int(big[0] * big[1] / (90 * zoom * zoom))
     xs, ys = rng.uniform(0, big[0], count), rng.uniform(0, big[1], count)
     keep = rng.random(count) < np.hypot(xs - lx, ys - ly) / math.hypot(*big) * 0.6
     for x, y in zip(xs[keep], ys[keep], strict=True):

@@ -104,3 +104,55 @@ def model_weights(wildcards):
 
 def gpus_for(wildcards):
     return int(MURALS[wildcards.mural].is_neural)
+
+
+COLLECTIONS = config["corpus"]["collections"]
+DATASETS = config["datasets"]
+SYNTHETIC_CORPUS = config["corpus"].get("synthetic")
+
+
+def collection_folder(wildcards):
+    """The collection's folder as an input: made by a rule, or there already (else the
+    normalise job reports it missing)."""
+    folder = COLLECTIONS[wildcards.collection]["path"]
+    made_here = SYNTHETIC_CORPUS and folder == SYNTHETIC_CORPUS["path"]
+    return folder if made_here or Path(folder).is_dir() else []
+
+
+def dataset_inputs(wildcards):
+    collections = DATASETS[wildcards.dataset]["collections"]
+    return {
+        "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
+        "captions": [f"captions/{c}/index.json" for c in collections],
+        "sidecars": edited_sidecars(collections),
+    }
+
+
+def edited_sidecars(collections):
+    """Caption sidecars as inputs, so an artist's edit rebuilds the datasets that use it."""
+    sidecars = []
+    for collection in collections:
+        index = Path(f"captions/{collection}/index.json")
+        if index.exists():
+            sidecars += [entry["sidecar"] for entry in read_json(index).values()]
+    return [s for s in sidecars if Path(s).exists()]
+
+
+def caption_resources(wildcards):
+    """GPU for the caption job only when it serves a model itself."""
+    captions = config["captions"]
+    return int(captions["captioner"] == "vllm" and not captions["vllm"]["base_url"])
+
+
+def workflow_file(path):
+    """A config path that may name a file shipped with the workflow (resources/...)."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(Path(workflow.basedir) / path)
+
+
+CAPTION_SETTINGS = {
+    **config["captions"],
+    "system_prompt": workflow_file(config["captions"]["system_prompt"]),
+    "examples": workflow_file(config["captions"]["examples"]),
+}

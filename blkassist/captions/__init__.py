@@ -1,0 +1,2 @@
+"""Captions: sidecar .txt per image, from vLLM or the built-in captioner, never
+overwriting the artist's own edits."""

@@ -1,0 +1,82 @@
+"""The built-in offline captioner: templates over the collection's folder taxonomy plus
+simple measurements of the image (ink coverage, line density, stroke direction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyvips
+
+ANALYSIS_SIDE = 384  # measurements are made on a small copy
+
+
+def analyse(image_path: str) -> dict[str, float | str]:
+    image = pyvips.Image.thumbnail(image_path, ANALYSIS_SIDE)
+    if image.hasalpha():
+        image = image.flatten(background=255)
+    rgb = image.numpy().astype(np.float32) / 255
+    if rgb.ndim == 2:
+        rgb = rgb[..., None].repeat(3, axis=2)
+    luma = rgb[..., :3] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    paper = float(np.percentile(luma, 90))
+    ink = luma < paper - 0.25
+    gy, gx = np.gradient(luma)
+    magnitude = np.hypot(gx, gy)
+    edges = magnitude > 0.12  # above paper grain
+    # Stroke direction from the gradient structure tensor: strokes run across the gradient.
+    jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+    gradient_angle = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))
+    coherence = np.hypot(jxx - jyy, 2 * jxy) / max(jxx + jyy, 1e-9)
+    saturation = float((rgb[..., :3].max(axis=2) - rgb[..., :3].min(axis=2)).mean())
+    return {
+        "ink_coverage": float(ink.mean()),
+        "edge_density": float(edges.mean()),
+        "stroke_angle": float((gradient_angle + 90) % 180),
+        "coherence": float(coherence),
+        "saturation": saturation,
+        "aspect": image.width / image.height,
+    }
+
+
+def _singular(folder: str) -> str:
+    name = folder.replace("_", " ").replace("-", " ").strip()
+    return {"details": "detail close-up", "compositions": "composition"}.get(
+        name.lower(), name[:-1] if name.lower().endswith("s") and len(name) > 3 else name
+    )
+
+
+def _direction(angle: float, coherence: float) -> str:
+    if coherence < 0.15:
+        return "strokes running in many directions"
+    if angle < 22.5 or angle >= 157.5:
+        return "strokes running mostly horizontally"
+    if 67.5 <= angle < 112.5:
+        return "strokes running mostly vertically"
+    return "strokes running mostly diagonally"
+
+
+def caption(image_path: str, taxonomy: str, collection: str, description: str = "") -> str:
+    facts = analyse(image_path)
+    subject = _singular(taxonomy.split("/")[-1]) if taxonomy else "artwork"
+    medium = "pen and ink" if facts["saturation"] < 0.08 else "ink and colour"
+    coverage = facts["ink_coverage"]
+    tone = "sparse" if coverage < 0.08 else "moderate" if coverage < 0.25 else "dense"
+    density = facts["edge_density"]
+    texture = (
+        "fine hatching and cross-hatching"
+        if density > 0.25
+        else "open contour lines and stippling"
+        if density > 0.08
+        else "a few bold lines on open paper"
+    )
+    aspect = facts["aspect"]
+    shape = "landscape" if aspect > 1.15 else "portrait" if aspect < 0.87 else "square"
+    parts = [
+        f"a {subject} in {medium}",
+        f"{tone} ink on warm paper",
+        texture,
+        _direction(facts["stroke_angle"], facts["coherence"]),
+        f"{shape} format",
+    ]
+    if description:
+        parts.append(description.strip().rstrip("."))
+    return ", ".join(parts) + "."

@@ -1,0 +1,1 @@
+"""The artist's corpus: collections with consent, normalised scans, training sets."""
