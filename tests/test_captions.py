@@ -43,10 +43,8 @@ def test_embedded_captions_describe_taxonomy_and_marks(manifest, tmp_path):
     captions = [e["caption"] for e in index.values()]
     assert sum("detail close-up" in c for c in captions) == 2
     assert sum(c.startswith("a composition in pen and ink") for c in captions) == 3
-    for entry in index.values():
-        assert (
-            tmp_path / "cap" / f"{next(iter([k for k, v in index.items() if v is entry]))}.txt"
-        ).exists()
+    for image_id in index:
+        assert (tmp_path / "cap" / f"{image_id}.txt").exists()
     again = caption_collection(str(manifest), str(tmp_path / "cap"), str(tmp_path / "i.json"),
                                EMBEDDED)  # fmt: skip
     assert {e["status"] for e in again.values()} == {"current"}
@@ -58,13 +56,12 @@ def test_artist_edit_survives_every_later_run(manifest, tmp_path):
     index = caption_collection(str(manifest), str(folder), index_path, EMBEDDED)
     edited_id = sorted(index)[0]
     (folder / f"{edited_id}.txt").write_text("my own words about this drawing\n")
-    changed = {**EMBEDDED, "captioner": "embedded"}
     store = CaptionStore(folder)
     # Even a change of captioner (which regenerates the others) leaves the edit alone.
     for entry_id in index:
         store.state[entry_id]["origin"]["captioner"] = "something-older"
     store.save()
-    result = caption_collection(str(manifest), str(folder), index_path, changed)
+    result = caption_collection(str(manifest), str(folder), index_path, EMBEDDED)
     assert result[edited_id]["status"] == "edited"
     assert result[edited_id]["caption"] == "my own words about this drawing"
     others = {k: v["status"] for k, v in result.items() if k != edited_id}
