@@ -1,7 +1,7 @@
 # Captions: sidecar .txt per image (the artist may edit them), and a review sheet.
 
 
-rule caption_collection:
+checkpoint caption_collection:
     input:
         manifest="work/corpus/{collection}/manifest.tsv",
         system_prompt=CAPTION_SETTINGS["system_prompt"],

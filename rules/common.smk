@@ -124,18 +124,20 @@ def dataset_inputs(wildcards):
     return {
         "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
         "captions": [f"captions/{c}/index.json" for c in collections],
-        "sidecars": edited_sidecars(collections),
+        "sidecars": caption_sidecars(collections),
     }
 
 
-def edited_sidecars(collections):
-    """Caption sidecars as inputs, so an artist's edit rebuilds the datasets that use it."""
+def caption_sidecars(collections):
+    """Caption sidecars as inputs, so an artist's edit rebuilds the datasets that use it.
+
+    Captioning is a checkpoint: the sidecars are known once it has run, in the same run.
+    """
     sidecars = []
     for collection in collections:
-        index = Path(f"captions/{collection}/index.json")
-        if index.exists():
-            sidecars += [entry["sidecar"] for entry in read_json(index).values()]
-    return [s for s in sidecars if Path(s).exists()]
+        index = checkpoints.caption_collection.get(collection=collection).output.index
+        sidecars += [entry["sidecar"] for entry in read_json(index).values()]
+    return sidecars
 
 
 def caption_resources(wildcards):
