@@ -10,6 +10,8 @@ checkpoint caption_collection:
         index="captions/{collection}/index.json",
     log:
         "logs/captions/{collection}.log",
+    benchmark:
+        "benchmarks/captions/caption_{collection}.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
