@@ -14,6 +14,7 @@ wildcard_constraints:
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",
     dataset="|".join(DATASETS) or "(?!)",
+    run="|".join(ESRGAN_RUNS) or "(?!)",
 
 
 include: "rules/demo.smk"
@@ -21,6 +22,7 @@ include: "rules/models.smk"
 include: "rules/upscale.smk"
 include: "rules/corpus.smk"
 include: "rules/captions.smk"
+include: "rules/esrgan.smk"
 
 
 rule all:
@@ -29,3 +31,4 @@ rule all:
         expand("results/{mural}_final.tif", mural=MURALS),
         expand("datasets/{dataset}", dataset=DATASETS),
         expand("results/captions/{collection}_review.html", collection=COLLECTIONS),
+        expand("results/esrgan/{run}/model_card.json", run=ESRGAN_RUNS),

@@ -31,3 +31,12 @@ def realesrganer_class():
     from realesrgan import RealESRGANer
 
     return RealESRGANer
+
+
+def basicsr_module(name: str):
+    """A basicsr submodule (degradations, losses, metrics...), importable with current
+    torchvision."""
+    import importlib
+
+    _install_functional_tensor_shim()
+    return importlib.import_module(name)

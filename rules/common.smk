@@ -93,13 +93,18 @@ def final_canvas(wildcards):
     )
 
 
+def weights_path(model):
+    """The .pth behind a model name: a path, a converted package model or a fine-tune run."""
+    if model.endswith(".pth"):
+        return model
+    if model.startswith("esrgan:"):
+        return f"{MODELS_DIR}/esrgan-{model.removeprefix('esrgan:')}.pth"
+    return f"{MODELS_DIR}/{model}.pth"
+
+
 def model_weights(wildcards):
-    settings = MURALS[wildcards.mural]
-    if settings.model == "lanczos":
-        return []
-    if settings.model_is_path:
-        return settings.model
-    return f"{MODELS_DIR}/{settings.model}.pth"
+    model = MURALS[wildcards.mural].model
+    return [] if model == "lanczos" else weights_path(model)
 
 
 def gpus_for(wildcards):
@@ -158,3 +163,14 @@ CAPTION_SETTINGS = {
     "system_prompt": workflow_file(config["captions"]["system_prompt"]),
     "examples": workflow_file(config["captions"]["examples"]),
 }
+
+
+ESRGAN_RUNS = config["esrgan"]
+
+
+def esrgan_inputs(wildcards):
+    run = ESRGAN_RUNS[wildcards.run]
+    return {
+        "manifests": [f"work/corpus/{c}/manifest.tsv" for c in run["collections"]],
+        "init": weights_path(run["init"]),
+    }

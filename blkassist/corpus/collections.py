@@ -8,6 +8,7 @@ from pathlib import Path
 from blkassist.errors import ConfigError
 
 SCAN_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+MASK_TAG = ".mask"  # scan.png may have an artist mask scan.mask.png beside it
 
 
 def require_consent(name: str, collection: dict) -> None:
@@ -34,7 +35,9 @@ def list_scans(folder: str | os.PathLike) -> list[Path]:
         found.extend(
             Path(root) / f
             for f in files
-            if not f.startswith(".") and Path(f).suffix.lower() in SCAN_SUFFIXES
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in SCAN_SUFFIXES
+            and not Path(f).stem.endswith(MASK_TAG)
         )
     return sorted(found)
 
@@ -42,3 +45,13 @@ def list_scans(folder: str | os.PathLike) -> list[Path]:
 def taxonomy(scan: Path, folder: str | os.PathLike) -> list[str]:
     """The nested folder names between the collection root and the scan."""
     return list(scan.relative_to(folder).parent.parts)
+
+
+def mask_for(scan: str | os.PathLike) -> Path | None:
+    """The artist's mask beside a scan (grayscale, white = train here), if there is one."""
+    scan = Path(scan)
+    for suffix in (".png", ".tif", ".tiff", ".jpg"):
+        candidate = scan.with_name(f"{scan.stem}{MASK_TAG}{suffix}")
+        if candidate.exists():
+            return candidate
+    return None

@@ -1,0 +1,1 @@
+"""Fine-tuning Real-ESRGAN on the artist's own scans."""

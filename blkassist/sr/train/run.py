@@ -1,0 +1,107 @@
+"""One fine-tuning run as a workflow job: data from the corpus manifests, a leased
+device, resume from the last checkpoint, export plus model card and validation plot."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import torch
+
+from blkassist.corpus.collections import mask_for
+from blkassist.corpus.datasets import split_of
+from blkassist.corpus.normalise import read_manifest
+from blkassist.devices import lease_device
+from blkassist.sr.degrade import DegradationSettings
+from blkassist.sr.train.patches import PatchSource
+from blkassist.sr.train.trainer import (
+    EsrganTrainer,
+    TrainSettings,
+    plot_validation,
+    write_model_card,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train_settings(config: dict) -> TrainSettings:
+    loss = config["loss"]
+    return TrainSettings(
+        gt_size=config["gt_size"],
+        batch_size=config["batch_size"],
+        iterations=config["iterations"],
+        checkpoint_every=config["checkpoint_every"],
+        validate_every=config["validate_every"],
+        keep_checkpoints=config["keep_checkpoints"],
+        validation_crops=config["validation_crops"],
+        patience=config["patience"],
+        min_delta=config["min_delta"],
+        lr=config["lr"],
+        betas=tuple(config["betas"]),
+        milestones=tuple(config["milestones"]),
+        gamma=config["gamma"],
+        ema_decay=config["ema_decay"],
+        l1=loss["l1"],
+        perceptual=loss["perceptual"],
+        gan=loss["gan"],
+        mask_mode=config["mask_mode"],
+        seed=config["seed"],
+        amp=config["amp"],
+        degradation=config["degradation"],
+    )
+
+
+def split_sources(manifests: list[str], fraction: float, seed: int):
+    """Training and held-out sources (each distinct scan once), with artist masks."""
+    train, held_out, seen = [], [], set()
+    for manifest in manifests:
+        for row in read_manifest(manifest):
+            if row.sha256 in seen:
+                continue
+            seen.add(row.sha256)
+            mask = mask_for(row.source)
+            source = PatchSource(row.image, str(mask) if mask else None)
+            (held_out if split_of(row.id, fraction, seed) == "validation" else train).append(source)
+    if not train:
+        train, held_out = held_out, []
+    return train, held_out, sorted(seen)
+
+
+def train_run(
+    name: str,
+    config: dict,
+    manifests: list[str],
+    init_weights: str,
+    run_dir: str,
+    export: str,
+    model_card: str,
+    validation_csv: str,
+    validation_plot: str,
+    lock_dir: str,
+    threads: int,
+) -> dict:
+    settings = train_settings(config)
+    DegradationSettings.from_config(settings.degradation, f"esrgan.{name}.degradation")
+    train, held_out, hashes = split_sources(
+        manifests, config["validation_fraction"], config["seed"]
+    )
+    torch.set_num_threads(max(1, threads))
+    with lease_device(lock_dir) as lease:
+        trainer = EsrganTrainer(
+            settings, train, held_out, init_weights, run_dir, lease.torch_device, config["vgg19"]
+        )
+        if trainer.resumed_from:
+            log.info("resuming %s at iteration %d", name, trainer.iteration)
+        result = trainer.run()
+        trainer.export(export)
+    shutil.copyfile(trainer.run_dir / "validation.csv", validation_csv)
+    plot_validation(validation_csv, validation_plot)
+    write_model_card(
+        model_card,
+        trainer,
+        {"scans": hashes, "training_images": len(train), "held_out_images": len(held_out)},
+        {**result, "device": lease.torch_device},
+        init_weights,
+    )
+    log.info("%s: %s", name, result)
+    return result

@@ -1,0 +1,27 @@
+# BLK-Upscale SR: fine-tune Real-ESRGAN x4plus on the artist's scans. The export is an
+# official-layout .pth that a mural uses with `model: esrgan:RUN`.
+
+
+rule train_esrgan:
+    input:
+        unpack(esrgan_inputs),
+    output:
+        weights=f"{MODELS_DIR}/esrgan-{{run}}.pth",
+        model_card="results/esrgan/{run}/model_card.json",
+        validation_csv="results/esrgan/{run}/validation.csv",
+        validation_plot="results/esrgan/{run}/validation.png",
+    log:
+        "logs/esrgan/{run}.log",
+    benchmark:
+        "benchmarks/esrgan/{run}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: ESRGAN_RUNS[wildcards.run],
+        run_dir="work/esrgan/{run}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/train_esrgan.py"
