@@ -1,8 +1,8 @@
 """Upscalers behind one interface: uint8 tiles in, uint8 tiles `scale` times larger out.
 
 Neural models are basicsr's RRDBNet loaded from a local .pth in the official Real-ESRGAN
-layout; `lanczos` needs no weights (previews and benchmarks). Every conversion between
-uint8 and floating point happens on the model's device, not on the CPU.
+layout; `lanczos` (blkassist.sr.lanczos) needs no weights. Every conversion between uint8
+and floating point happens on the model's device, not on the CPU.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from blkassist.compat import rrdbnet_class
 from blkassist.errors import ModelFileError
+from blkassist.sr.lanczos import LanczosUpscaler
 
 # RRDBNet folds scale 2 and 1 into the input with pixel_unshuffle: in-channels tell the scale.
 _SCALE_BY_IN_CHANNELS = {3: 4, 12: 2, 48: 1}
@@ -106,21 +106,10 @@ class NeuralUpscaler:
         return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
-class LanczosUpscaler:
-    """Lanczos-3 by Pillow (premultiplied for RGBA, so no halo at alpha edges)."""
-
-    native_scale = None
-    device = torch.device("cpu")
-
-    def __call__(self, tiles: np.ndarray, scale: int) -> np.ndarray:
-        mode = {3: "RGB", 4: "RGBA"}[tiles.shape[3]]
-        size = (tiles.shape[2] * scale, tiles.shape[1] * scale)
-        return np.stack(
-            [np.asarray(Image.fromarray(t, mode).resize(size, Image.LANCZOS)) for t in tiles]
-        )
-
-
 def load_upscaler(model: str, weights: str | os.PathLike | None, device="cpu", precision="auto"):
     if model == "lanczos":
         return LanczosUpscaler()
     return NeuralUpscaler.from_file(weights, device, precision)
+
+
+__all__ = ["LanczosUpscaler", "NeuralUpscaler", "build_rrdbnet", "load_upscaler", "rrdbnet_params"]

@@ -6,12 +6,10 @@ import logging
 import shutil
 from dataclasses import asdict
 
-import torch
-
 from blkassist import canvas
 from blkassist.devices import lease_device
 from blkassist.fsutil import read_json, write_json
-from blkassist.sr.models import load_upscaler
+from blkassist.sr.lanczos import LanczosUpscaler
 from blkassist.sr.tiler import ProgressLog, upscale_batch
 from blkassist.tiling import PassPlan
 
@@ -56,6 +54,17 @@ def allocate_pass(plan_fields: dict, previous: str, target: str, progress: str, 
     )
 
 
+def _make_upscaler(model: str, weights, device: str, precision: str, threads: int):
+    if model == "lanczos":
+        return LanczosUpscaler()  # and no torch import, which alone costs ~0.5 GB of memory
+    import torch
+
+    from blkassist.sr.models import NeuralUpscaler
+
+    torch.set_num_threads(max(1, threads))
+    return NeuralUpscaler.from_file(weights, device, precision)
+
+
 def run_tile_batch(
     allocation: str,
     batch: int,
@@ -73,9 +82,8 @@ def run_tile_batch(
     source = canvas.open_canvas(record["input_canvas"])
     target = canvas.open_canvas(record["canvas"], mode="r+")
     progress = ProgressLog(record["progress"], batch)
-    torch.set_num_threads(max(1, threads))
     with lease_device(lock_dir) as lease:
-        upscaler = load_upscaler(model, weights, lease.torch_device, precision)
+        upscaler = _make_upscaler(model, weights, lease.torch_device, precision, threads)
         per_forward = tiles_per_forward if lease.device == "cuda" else 1
         report = upscale_batch(plan, batch, source, target, upscaler, pad, progress, per_forward)
     log.info(
