@@ -205,6 +205,12 @@ def run_case(gpx: float, args, workdir: Path) -> dict:
             shutil.rmtree(case, ignore_errors=True)
 
 
+def rule_peak(case: dict, rule: str) -> float:
+    benchmarked = [job["max_rss"] for job in case["jobs"] if job["rule"] == rule]
+    polled = case["ours"].peaks_by_label.get(f"rule {rule}", 0.0)
+    return max([*benchmarked, polled])
+
+
 def report(cases: list[dict]) -> None:
     done = [c for c in cases if not c["failed"]]
     rows = []
@@ -300,6 +306,17 @@ def report(cases: list[dict]) -> None:
         rows,
         title="Per rule (from benchmarks/*.tsv and polling)",
     )
+    if done:
+        rules = sorted({job["rule"] for case in done for job in case["jobs"]})
+        rows = []
+        for rule in rules:
+            peaks = [rule_peak(case, rule) for case in done]
+            rows.append([rule, *peaks, peaks[-1] / peaks[0] if peaks[0] else float("nan")])
+        print_table(
+            ["rule", *[f"{c['gpx']:.3f} Gpx" for c in done], "last/first"],
+            rows,
+            title="Peak RSS MB per rule across sizes (max of benchmark TSV and polling)",
+        )
     print("\nTargets: largest-job peak RSS <= 1 GB and flat across sizes; wall <= 2x pyvips.")
     for case in done:
         jobs = case["jobs"]

@@ -12,7 +12,6 @@ import yaml
 
 from blkassist.errors import ConfigError
 
-NEURAL_MODELS = ("realesrgan-x4plus", "realesrgan-x4plus-anime")
 DEFAULT_SCALE = 4.0
 
 
@@ -99,10 +98,6 @@ class MuralSettings:
     @property
     def is_neural(self) -> bool:
         return self.model != "lanczos"
-
-    @property
-    def model_is_path(self) -> bool:
-        return self.model.endswith(".pth")
 
 
 def mural_settings(config: Mapping, name: str) -> MuralSettings:
