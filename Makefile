@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env lint clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: demo test env vllm-env lint clean
 
 $(STAMP): requirements/base.txt requirements/sr.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,12 +18,22 @@ $(STAMP): requirements/base.txt requirements/sr.txt requirements/dev.txt pyproje
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The vLLM CPU server lives in its own environment (it pins torch 2.13.0): requirements/vllm.txt
+# is a full lock, installed without dependency resolution.
+$(VLLM_STAMP): requirements/vllm.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip wheel
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements/vllm.txt
+	touch $(VLLM_STAMP)
+
 env: $(STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores 2 results/mural_final.tif
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

@@ -33,6 +33,7 @@ class VllmCaptioner:
         timeout_s: float = 120,
         retries: int = 3,
         max_tokens: int = 120,
+        min_tokens: int = 5,
         temperature: float = 0.2,
         image_long_side: int = 512,
     ):
@@ -43,6 +44,7 @@ class VllmCaptioner:
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
         self.temperature = temperature
         self.image_long_side = image_long_side
 
@@ -80,6 +82,8 @@ class VllmCaptioner:
                 messages=self.prompt.messages(image_data_url(image_path, self.image_long_side)),
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
+                # vLLM's sampling extension: no caption ends before it has begun
+                extra_body={"min_tokens": min(self.min_tokens, self.max_tokens)},
             )
         text = (response.choices[0].message.content or "").strip()
         if not text:

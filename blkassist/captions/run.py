@@ -81,7 +81,8 @@ def caption_collection(
             captioner_client = VllmCaptioner(
                 url, vllm["model"], prompt, concurrency=vllm["concurrency"],
                 timeout_s=vllm["timeout_s"], retries=vllm["retries"],
-                max_tokens=vllm["max_tokens"], temperature=vllm["temperature"],
+                max_tokens=vllm["max_tokens"], min_tokens=vllm["min_tokens"],
+                temperature=vllm["temperature"],
                 image_long_side=vllm["image_long_side"],
             )  # fmt: skip
             captioner_client.caption_all(
