@@ -1,7 +1,9 @@
 """Chunked zarr canvases: the only place a mural's pixels live between jobs.
 
-A canvas is an (height, width, bands) uint8 array with square chunks. Jobs read padded
-windows and write whole chunks, so memory depends on the tile size, never the canvas size.
+A canvas is an (height, width, bands) uint8 array. Writers own square blocks (one tile's
+output each); when a block is a multiple of 256 pixels it is a zarr shard of 256-pixel
+inner chunks, so readers (the next pass, the assembly) can fetch small pieces without
+decoding whole blocks. Memory depends on the tile size, never the canvas size.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ from blkassist.fsutil import atomic_path
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
+INNER_CHUNK = 256
+
+
 def create(path: str | os.PathLike, width: int, height: int, bands: int, chunk: int, attrs=None):
-    """Create an empty canvas at `path`, replacing whatever was there."""
+    """Create an empty canvas at `path` whose writers own `chunk`-sized square blocks,
+    replacing whatever was there."""
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
+    sharded = chunk > INNER_CHUNK and chunk % INNER_CHUNK == 0
     array = zarr.create_array(
         store=str(path),
         shape=(height, width, bands),
-        chunks=(chunk, chunk, bands),
+        chunks=(INNER_CHUNK, INNER_CHUNK, bands) if sharded else (chunk, chunk, bands),
+        shards=(chunk, chunk, bands) if sharded else None,
         dtype="uint8",
         compressors=_COMPRESSOR,
         fill_value=0,

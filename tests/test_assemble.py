@@ -20,11 +20,13 @@ def make_canvas(tmp_path, pixels, chunk=128):
     return store
 
 
-@pytest.mark.parametrize("bands", [3, 4])
-def test_pyramidal_bigtiff_readable_by_tifffile_and_pyvips(tmp_path, bands):
+@pytest.mark.parametrize(("bands", "chunk"), [(3, 128), (4, 128), (3, 512)])
+def test_pyramidal_bigtiff_readable_by_tifffile_and_pyvips(tmp_path, bands, chunk):
     pixels = textured(700, 900, bands=bands)
     out = tmp_path / "final.tif"
-    assemble(make_canvas(tmp_path, pixels), out, (900, 700), (11.811, 11.811), "deflate")
+    store = make_canvas(tmp_path, pixels, chunk)
+    assert (store.shards is not None) == (chunk == 512)  # blocks of 512 are 256-chunk shards
+    assemble(store, out, (900, 700), (11.811, 11.811), "deflate")
     with tifffile.TiffFile(out) as tif:
         assert tif.is_bigtiff
         page = tif.pages[0]
