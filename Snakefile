@@ -14,7 +14,9 @@ wildcard_constraints:
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",
     dataset="|".join(DATASETS) or "(?!)",
-    run="|".join(ESRGAN_RUNS) or "(?!)",
+    run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"])) or "(?!)",
+    concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
+    pick="|".join(CONCEPTOR["picks"]) or "(?!)",
 
 
 include: "rules/demo.smk"
@@ -23,6 +25,7 @@ include: "rules/upscale.smk"
 include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
+include: "rules/conceptor.smk"
 
 
 rule all:
@@ -32,3 +35,8 @@ rule all:
         expand("datasets/{dataset}", dataset=DATASETS),
         expand("results/captions/{collection}_review.html", collection=COLLECTIONS),
         expand("results/esrgan/{run}/model_card.json", run=ESRGAN_RUNS),
+        expand("results/conceptor/{run}/model_card.json", run=CONCEPTOR["runs"]),
+        expand(
+            "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
+        ),
+        expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),

@@ -23,7 +23,10 @@ MODELS_DIR = config["models"]["dir"]
 def producible_sources():
     """Sources that a rule of this workflow makes (they need not exist yet)."""
     demo = config.get("demo_artwork")
-    return {demo["path"]} if demo else set()
+    made = {
+        f"results/concepts/picks/{pick}.png" for pick in config["conceptor"]["picks"]
+    }
+    return made | ({demo["path"]} if demo else set())
 
 
 def source_input(wildcards):
@@ -174,3 +177,28 @@ def esrgan_inputs(wildcards):
         "manifests": [f"work/corpus/{c}/manifest.tsv" for c in run["collections"]],
         "init": weights_path(run["init"]),
     }
+
+
+CONCEPTOR = config["conceptor"]
+FLUX_MODEL = workflow_file(CONCEPTOR["model"])
+
+
+def flux_model_input(wildcards):
+    """The model spec or folder as an input, so a changed base model retrains."""
+    return FLUX_MODEL
+
+
+def conceptor_inputs(wildcards):
+    dataset = CONCEPTOR["runs"][wildcards.run]["dataset"]
+    return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
+
+
+def concept_inputs(wildcards):
+    run = CONCEPTOR["concepts"][wildcards.concept]["run"]
+    lora = [f"{MODELS_DIR}/conceptor-{run}.safetensors"] if run else []
+    return {"model": FLUX_MODEL, "lora": lora}
+
+
+def pick_index(wildcards):
+    concept = CONCEPTOR["picks"][wildcards.pick]["concept"]
+    return f"results/concepts/{concept}/concepts.json"

@@ -1,0 +1,260 @@
+"""Concept generation with the base model and the artist's LoRA: prompts at any aspect
+ratio near one megapixel, several seeds each, one PNG per image with a provenance sidecar
+that is enough to regenerate it, and a contact sheet to choose from.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from blkassist.errors import ConfigError, ModelFileError
+from blkassist.fsutil import atomic_path, write_json
+from blkassist.probe import sha256_file
+
+log = logging.getLogger(__name__)
+
+MEGAPIXEL = 1024 * 1024  # Flux's "1 MP" is its 1024x1024 training size
+ADAPTER_NAME = "concept"
+_PACKAGES = (
+    "blkassist",
+    "torch",
+    "diffusers",
+    "transformers",
+    "peft",
+    "optimum-quanto",
+    "safetensors",
+    "pillow",
+)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def parse_aspect(aspect: float | str) -> float:
+    """Width over height from 1.5, "1.5", "3:2" or "3x2"."""
+    try:
+        if isinstance(aspect, str) and re.fullmatch(r"\s*[\d.]+\s*[:x/]\s*[\d.]+\s*", aspect):
+            width, height = (float(v) for v in re.split(r"[:x/]", aspect))
+            value = width / height
+        else:
+            value = float(aspect)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not (0.1 <= value <= 10):  # also rejects nan
+        raise ConfigError(f"aspect {aspect!r}: expected a width:height ratio such as 16:9 or 1.5")
+    return value
+
+
+def size_near_megapixel(
+    aspect: float | str, megapixels: float = 1.0, multiple: int = 16
+) -> tuple[int, int]:
+    """(width, height), multiples of `multiple` (16 for Flux: VAE x8, 2x2 patches), with
+    about `megapixels` x 1024^2 pixels at `aspect`."""
+    ratio = parse_aspect(aspect)
+    area = megapixels * MEGAPIXEL
+    width = max(multiple, round(math.sqrt(area * ratio) / multiple) * multiple)
+    height = max(multiple, round(math.sqrt(area / ratio) / multiple) * multiple)
+    return width, height
+
+
+def adapter_is_lokr(path: str | os.PathLike) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return any(".lokr_" in key for key in handle.keys())  # noqa: SIM118 - not a dict
+
+
+def load_adapter(pipe, path: str | os.PathLike, scale: float = 1.0, name=ADAPTER_NAME) -> str:
+    """Load a LoRA (or LoKr) .safetensors into the pipeline's transformer at `scale`;
+    returns the file's sha256 for provenance."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: LoRA file not found. Train one or fix the lora setting.")
+    if adapter_is_lokr(path):
+        # FluxPipeline.load_lora_weights only accepts keys with "lora" in them.
+        pipe.transformer.load_lora_adapter(str(path), prefix="transformer", adapter_name=name)
+    else:
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    pipe.set_adapters([name], adapter_weights=[scale])
+    return sha256_file(path)
+
+
+def render(
+    pipe,
+    *,
+    seed: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    prompt: str | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    pooled_prompt_embeds: torch.Tensor | None = None,
+    max_sequence_length: int = 512,
+) -> Image.Image:
+    """One image. The starting noise comes from a CPU generator, so a seed gives the same
+    image on any device (up to the device's arithmetic)."""
+    multiple = pipe.vae_scale_factor * 2
+    if width % multiple or height % multiple:
+        raise ConfigError(f"size {width}x{height}: both sides must be multiples of {multiple}")
+    return pipe(
+        prompt=prompt,
+        prompt_embeds=prompt_embeds,
+        pooled_prompt_embeds=pooled_prompt_embeds,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        max_sequence_length=max_sequence_length,
+    ).images[0]
+
+
+def contact_sheet(
+    rows: list[list[Image.Image]], labels: list[str] | None = None, cell: int = 256
+) -> Image.Image:
+    """A grid (one row per prompt, one column per seed); each image scaled to fit a square
+    cell, the row's label above it."""
+    label_h = 14 if labels else 0
+    columns = max(len(row) for row in rows)
+    sheet = Image.new("RGB", (columns * cell, len(rows) * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        top = r * (cell + label_h)
+        if labels:
+            draw.text((2, top + 1), labels[r][: cell * columns // 6], fill="black")
+        for c, image in enumerate(row):
+            thumb = ImageOps.contain(image.convert("RGB"), (cell, cell), Image.Resampling.LANCZOS)
+            x = c * cell + (cell - thumb.width) // 2
+            y = top + label_h + (cell - thumb.height) // 2
+            sheet.paste(thumb, (x, y))
+    return sheet
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def _slug(text: str, length: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-") or "prompt"
+
+
+def generate_concepts(
+    components,
+    prompts: list[str | dict],
+    output_dir: str | os.PathLike,
+    *,
+    seeds: tuple[int, ...] | list[int] = (0, 1, 2, 3),
+    aspect: float | str = 1.0,
+    megapixels: float = 1.0,
+    size: tuple[int, int] | None = None,
+    steps: int = 28,
+    guidance: float = 3.5,
+    lora: str | os.PathLike | None = None,
+    lora_scale: float = 1.0,
+    max_sequence_length: int = 512,
+) -> list[dict]:
+    """Images for every prompt and seed, with sidecars and a contact sheet.
+
+    A prompt may be a dict with its own "aspect" or "size" [w, h]. The LoRA is removed
+    from the model again afterwards, so `components` can be reused.
+    """
+    output_dir = Path(output_dir)
+    pipe = components.pipeline()
+    lora_record = None
+    if lora is not None:
+        digest = load_adapter(pipe, lora, lora_scale)
+        lora_record = {"file": str(lora), "sha256": digest, "scale": lora_scale}
+    model, found = components.describe(), versions()
+    records, rows, labels = [], [], []
+    try:
+        for index, item in enumerate(prompts):
+            item = {"prompt": item} if isinstance(item, str) else dict(item)
+            prompt = item["prompt"]
+            width, height = (
+                item.get("size")
+                or size
+                or size_near_megapixel(
+                    item.get("aspect", aspect), megapixels, components.vae_scale_factor * 2
+                )
+            )
+            with torch.no_grad():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt, prompt_2=None, max_sequence_length=max_sequence_length
+                )
+            row = []
+            for seed in seeds:
+                image = render(
+                    pipe,
+                    seed=seed,
+                    width=width,
+                    height=height,
+                    steps=steps,
+                    guidance=guidance,
+                    prompt_embeds=embeds,
+                    pooled_prompt_embeds=pooled,
+                    max_sequence_length=max_sequence_length,
+                )
+                name = f"{index:02d}-{_slug(prompt)}-seed{seed}"
+                save_png(image, output_dir / f"{name}.png")
+                record = {
+                    "image": f"{name}.png",
+                    "prompt": prompt,
+                    "seed": seed,
+                    "width": width,
+                    "height": height,
+                    "steps": steps,
+                    "guidance": guidance,
+                    "max_sequence_length": max_sequence_length,
+                    "lora": lora_record,
+                    "model": model,
+                    "versions": found,
+                }
+                write_json(output_dir / f"{name}.json", record)
+                records.append(record)
+                row.append(image)
+            rows.append(row)
+            labels.append(f"{index:02d} {prompt}")
+    finally:
+        if lora is not None:
+            pipe.delete_adapters(ADAPTER_NAME)
+    save_png(contact_sheet(rows, labels), output_dir / "contact_sheet.png")
+    write_json(output_dir / "concepts.json", records)
+    log.info("%d concept images in %s", len(records), output_dir)
+    return records
+
+
+def generate_run(
+    model: str,
+    prompts: list[str | dict],
+    output_dir: str,
+    lock_dir: str,
+    threads: int,
+    quantize: bool = False,
+    **options,
+) -> list[dict]:
+    """A workflow job: lease a device, load the model, generate (options as above)."""
+    from blkassist.devices import lease_device
+    from blkassist.flux.loader import load_flux
+
+    torch.set_num_threads(max(1, threads))
+    with lease_device(lock_dir) as lease:
+        components = load_flux(model, lease.torch_device, quantize=quantize)
+        return generate_concepts(components, prompts, output_dir, **options)

@@ -1,0 +1,197 @@
+"""Time and memory of the Conceptor recipe at full size on one GPU; prints JSON.
+
+    python -m blkassist.flux.gpu_check [--model SPEC_OR_FOLDER] [--size 1024] ...
+
+By default the model is Flux.1-dev's full architecture with random weights (no download:
+resources/flux/flux1-dev-random.yaml), so numbers are real but images are noise. It runs
+the library's own code: load_flux (8-bit base, gradient checkpointing), FluxLoraTrainer's
+train_step (LoRA rank 32, Prodigy, bf16 autocast), and render for generation. Each phase
+reports its error instead of stopping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from blkassist.flux.loader import FULL_RANDOM_SPEC
+
+    parser = argparse.ArgumentParser(
+        prog="python -m blkassist.flux.gpu_check", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model",
+        default=str(FULL_RANDOM_SPEC),
+        help="a random-model spec (.yaml) or a Flux.1-dev diffusers folder",
+    )
+    parser.add_argument("--size", type=int, default=1024, help="square image side in pixels")
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps")
+    parser.add_argument("--gen-steps", type=int, default=28, help="denoising steps per image")
+    parser.add_argument("--images", type=int, default=2, help="timed generated images")
+    parser.add_argument("--no-quantize", action="store_true", help="bf16 base, not qint8")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the script")
+    parser.add_argument("--output", help="also write the JSON here")
+    return parser.parse_args(argv)
+
+
+class _Device:
+    """Synchronised timing and peak memory; on the CPU (a smoke run) memory reads 0."""
+
+    def __init__(self, torch, name: str):
+        self.torch, self.cuda = torch, torch.device(name).type == "cuda"
+
+    def timed(self, function) -> tuple[float, object]:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = function()
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        return time.perf_counter() - start, result
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def gib(self, peak: bool = True) -> float:
+        if not self.cuda:
+            return 0.0
+        cuda = self.torch.cuda
+        return round((cuda.max_memory_allocated() if peak else cuda.memory_allocated()) / 2**30, 2)
+
+
+def _train(args, components, device: _Device, work: Path) -> dict:
+    from blkassist.flux.demo import write_demo_split
+    from blkassist.flux.train import FluxLoraTrainer, LoraSettings
+
+    settings = LoraSettings(
+        rank=args.rank,
+        alpha=args.rank,
+        quantize=not args.no_quantize,
+        sample_seeds=(),
+        caption_variants=2,
+    )
+    write_demo_split(work / "train", count=2, buckets=((args.size, args.size),))
+    trainer = FluxLoraTrainer(settings, components, work / "train", work / "run")
+    device.reset_peak()
+    for _ in range(args.warmup_steps):
+        trainer.train_step()
+    timed = [device.timed(trainer.train_step) for _ in range(args.train_steps)]
+    trainer.transformer.eval()
+    return {
+        "seconds_per_step": round(statistics.median(t for t, _ in timed), 3),
+        "step_seconds": [round(t, 3) for t, _ in timed],
+        "peak_memory_gib": device.gib(),
+        "losses_finite": all(math.isfinite(row["loss"]) for _, row in timed),
+        "trainable_parameters": sum(p.numel() for p in trainer.params),
+    }
+
+
+def _generate(args, components, device: _Device) -> dict:
+    from blkassist.flux.generate import render
+
+    components.text_encoder.to(components.device)  # the trainer parks them on the CPU
+    components.text_encoder_2.to(components.device)
+    pipe = components.pipeline()
+    image = {
+        "width": args.size,
+        "height": args.size,
+        "guidance": 3.5,
+        "prompt": "ink drawing, red circle, paper texture",
+    }
+    render(pipe, seed=0, steps=2, **image)  # warm-up
+    device.reset_peak()
+    timed = [
+        device.timed(lambda s=seed: render(pipe, seed=s, steps=args.gen_steps, **image))
+        for seed in range(args.images)
+    ]
+    return {
+        "seconds_per_image": round(statistics.median(t for t, _ in timed), 2),
+        "image_seconds": [round(t, 2) for t, _ in timed],
+        "denoising_steps": args.gen_steps,
+        "peak_memory_gib": device.gib(),
+    }
+
+
+def measure(args) -> dict:
+    """The report; each phase (load, train, generate) records its error and the rest go on
+    where they can."""
+    import torch
+
+    from blkassist.flux.loader import load_flux
+
+    device = _Device(torch, args.device)
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if device.cuda else "cpu",
+        "torch": torch.__version__,
+        "model": args.model,
+        "size": args.size,
+        "rank": args.rank,
+        "quantized": not args.no_quantize,
+        "errors": {},
+    }
+    device.reset_peak()
+    try:
+        seconds, components = device.timed(
+            lambda: load_flux(
+                args.model, args.device, quantize=not args.no_quantize, gradient_checkpointing=True
+            )
+        )
+    except Exception:
+        report["errors"]["load"] = traceback.format_exc(limit=8)
+        return report
+    report["load_seconds"] = round(seconds, 1)
+    report["memory_after_load_gib"] = device.gib(peak=False)
+    work = Path(tempfile.mkdtemp(prefix="flux-gpu-check-"))
+    phases = {
+        "train": lambda: _train(args, components, device, work),
+        "generate": lambda: _generate(args, components, device),
+    }
+    try:
+        for name, phase in phases.items():
+            if getattr(args, f"skip_{name}"):
+                continue
+            try:
+                report[name] = phase()
+            except Exception:
+                report["errors"][name] = traceback.format_exc(limit=8)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "generate" in report:
+        report["generate"]["with_lora"] = "train" in report
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device visible; this check needs a GPU"}))
+        return 2
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is the JSON alone
+        report = measure(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The one loader for all Flux work: training, sampling, concept generation, GPU checks.
+
+Production loads a local Flux.1-dev diffusers folder (never the network). Demos and tests
+build a random model of the same classes from a spec file (`resources/flux/tiny.yaml`),
+which can be saved as a diffusers folder, so the production path is exercised offline too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from blkassist.errors import ConfigError, ModelFileError
+from blkassist.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "flux"
+TINY_SPEC = RESOURCES / "tiny.yaml"
+FULL_RANDOM_SPEC = RESOURCES / "flux1-dev-random.yaml"
+
+PARTS = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "scheduler",
+)
+_WEIGHTS = {
+    "transformer": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+    "text_encoder_2": "model",
+}
+_FILES = {  # any one of these file sets makes the part complete
+    "tokenizer": [("vocab.json", "merges.txt"), ("tokenizer.json",)],
+    "tokenizer_2": [("spiece.model",), ("tokenizer.json",)],
+    "scheduler": [("scheduler_config.json",)],
+}
+_WHAT = {
+    "transformer": "the Flux transformer",
+    "vae": "the autoencoder",
+    "text_encoder": "the CLIP text encoder",
+    "text_encoder_2": "the T5 text encoder",
+    "tokenizer": "the CLIP tokenizer",
+    "tokenizer_2": "the T5 tokenizer",
+    "scheduler": "the flow-matching scheduler",
+}
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+def download_fix(folder) -> str:
+    return (
+        "Fix: download the complete diffusers folder of Flux.1-dev (gated: accept the licence "
+        "on huggingface.co/black-forest-labs/FLUX.1-dev first), e.g. `hf download "
+        f"black-forest-labs/FLUX.1-dev --local-dir {folder}`, or point the model setting at a "
+        "complete local folder."
+    )
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 where it is fast and safe (CUDA), fp32 elsewhere (CPU bf16 is slow)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@dataclass
+class FluxComponents:
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    text_encoder_2: torch.nn.Module
+    tokenizer: object
+    tokenizer_2: object
+    scheduler: object
+    identity: dict[str, str]  # per part and "model": what cache keys and provenance name
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+    quantized: bool = False
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def pipeline(self, text_encoders: bool = True):
+        """A FluxPipeline sharing these modules (a LoRA added to one is in the other).
+        Without text encoders it takes prompt embeddings only (they may be parked)."""
+        from diffusers import FluxPipeline
+
+        parts = {part: getattr(self, part) for part in PARTS}
+        if not text_encoders:
+            parts["text_encoder"] = parts["text_encoder_2"] = None
+        pipe = FluxPipeline(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def park_text_encoders(self) -> None:
+        """Move the text encoders off the GPU once their embeddings are cached (T5 is 9 GB)."""
+        if self.device.type == "cuda":
+            self.text_encoder.to("cpu")
+            self.text_encoder_2.to("cpu")
+            torch.cuda.empty_cache()
+
+    def describe(self) -> dict:
+        """What a model card or provenance sidecar records about the base model."""
+        return {
+            "source": self.source,
+            "identity": self.identity["model"],
+            "quantized": "qint8" if self.quantized else None,
+            "dtype": str(self.dtype),
+        }
+
+
+# -- production: a local diffusers folder ------------------------------------------------
+def _weights_problem(sub: Path, stem: str) -> str | None:
+    single, index = sub / f"{stem}.safetensors", sub / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError):
+            return f"{index.name} is not a valid shard index"
+        files = [sub / shard for shard in shards]
+    elif single.is_file():
+        files = [single]
+    else:
+        return f"{stem}.safetensors (or its sharded index) is missing"
+    for path in files:
+        if not path.is_file():
+            return f"weight shard {path.name} is missing"
+        if path.stat().st_size < 1024 and path.read_bytes().startswith(b"version https://git-lfs"):
+            return f"{path.name} is a git-lfs pointer, not the weights (run `git lfs pull`)"
+    return None
+
+
+def check_flux_folder(folder: str | os.PathLike) -> Path:
+    """Raise ModelFileError naming every missing part, before anything heavy is loaded."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: Flux model folder not found. {download_fix(folder)}")
+    problems = []
+    if not (folder / "model_index.json").is_file():
+        problems.append("model_index.json (the pipeline index) is missing")
+    for part in PARTS:
+        sub = folder / part
+        if not sub.is_dir():
+            problems.append(f"{part}/ ({_WHAT[part]}) is missing")
+            continue
+        if part in _WEIGHTS:
+            if not (sub / "config.json").is_file():
+                problems.append(f"{part}/config.json ({_WHAT[part]}) is missing")
+            problem = _weights_problem(sub, _WEIGHTS[part])
+            if problem:
+                problems.append(f"{part}/ ({_WHAT[part]}): {problem}")
+        elif not any(all((sub / f).is_file() for f in option) for option in _FILES[part]):
+            wanted = " or ".join("+".join(option) for option in _FILES[part])
+            problems.append(f"{part}/ ({_WHAT[part]}) lacks {wanted}")
+    if problems:
+        raise ModelFileError(
+            f"{folder}: incomplete Flux.1-dev folder: {'; '.join(problems)}. {download_fix(folder)}"
+        )
+    return folder
+
+
+def _fingerprint(folder: Path) -> str:
+    """Cheap identity of a model folder: names, sizes, and the first and last MiB of each
+    file (hashing 30 GB of weights on every run would cost minutes)."""
+    digest = hashlib.sha256()
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    for path in sorted(files):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # hf download's .cache bookkeeping
+        size = path.stat().st_size
+        digest.update(f"{rel.as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as handle:
+            if size <= 2 * _FINGERPRINT_CHUNK:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_FINGERPRINT_CHUNK))
+                handle.seek(-_FINGERPRINT_CHUNK, os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[dict, dict[str, str]]:
+    from diffusers import FluxPipeline
+
+    check_flux_folder(folder)
+    try:
+        pipe = FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelFileError(
+            f"{folder}: the Flux folder is complete but does not load ({error}). "
+            f"{download_fix(folder)}"
+        ) from None
+    parts = {part: getattr(pipe, part) for part in PARTS}
+    identity = {part: _fingerprint(folder / part) for part in PARTS}
+    return parts, identity
+
+
+# -- demos and tests: a random model from a spec ------------------------------------------
+def tiny_clip_tokenizer():
+    """A byte-level CLIP tokenizer without merges: every character is a token."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in alphabet:
+            vocab[char + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_t5_tokenizer():
+    """A unigram T5 tokenizer over printable ASCII (pad 0, eos 1, unk 2, like T5's)."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    for char in string.ascii_letters + string.digits + string.punctuation:
+        pieces += [(char, -3.0), ("▁" + char, -3.5)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def read_spec(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model spec not found (expected a .yaml spec or a folder).")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if spec.get("kind") != "random":
+        raise ConfigError(f"{path}: kind must be 'random' (a random Flux of the given shape).")
+    return spec
+
+
+def _random_parts(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    clip = CLIPTextConfig(
+        **{
+            "vocab_size": len(tokenizer),
+            **spec["text_encoder"],
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    t5 = T5Config(
+        **{
+            "vocab_size": len(tokenizer_2),
+            **spec["text_encoder_2"],
+            "pad_token_id": tokenizer_2.pad_token_id,
+            "eos_token_id": tokenizer_2.eos_token_id,
+            "decoder_start_token_id": tokenizer_2.pad_token_id,
+        }
+    )
+    builders = {
+        "transformer": lambda: FluxTransformer2DModel(**spec.get("transformer", {})),
+        "vae": lambda: AutoencoderKL(**spec["vae"]),
+        "text_encoder": lambda: CLIPTextModel(clip),
+        "text_encoder_2": lambda: T5EncoderModel(t5),
+    }
+    parts = {
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": FlowMatchEulerDiscreteScheduler(**spec.get("scheduler", {})),
+    }
+    seed = int(spec.get("seed", 0))
+    default = torch.get_default_dtype()
+    try:
+        # Built where and as they will run: a full-size transformer never exists in fp32.
+        torch.set_default_dtype(dtype)
+        for offset, (part, build) in enumerate(builders.items()):
+            torch.manual_seed(seed + offset)  # each part independent of the others' sizes
+            with torch.device(device):
+                parts[part] = build()
+    finally:
+        torch.set_default_dtype(default)
+    return parts
+
+
+def _spec_identity(spec: dict) -> dict[str, str]:
+    text = json.dumps(spec, sort_keys=True)
+    return {
+        part: "random-" + hashlib.sha256(f"{part}:{text}".encode()).hexdigest()[:16]
+        for part in PARTS
+    }
+
+
+def save_random_flux(spec_path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Build the random model of a spec (fp32, CPU) and save it as a diffusers folder."""
+    components = load_flux(spec_path, "cpu", torch.float32)
+    with atomic_path(folder) as tmp:
+        components.pipeline().save_pretrained(tmp)
+    return Path(folder)
+
+
+# -- the loader -------------------------------------------------------------------------
+def load_flux(
+    spec_or_folder: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    quantize: bool = False,
+    gradient_checkpointing: bool = False,
+) -> FluxComponents:
+    """Flux components on `device`, all frozen and in eval mode.
+
+    `quantize` stores the transformer's weights as 8-bit (quanto qint8), which halves its
+    memory; a LoRA trains on top of it in full precision. Quantising happens on `device`,
+    where it is fast.
+    """
+    path = Path(spec_or_folder)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    if path.suffix in (".yaml", ".yml"):
+        spec = read_spec(path)
+        parts, identity = _random_parts(spec, device, dtype), _spec_identity(spec)
+        source = f"random model from {path.name}"
+    else:
+        parts, identity = _load_folder(path, dtype)
+        source = str(path)
+        if device.type == "cpu":
+            for part in _WEIGHTS:
+                for tensor in [*parts[part].parameters(), *parts[part].buffers()]:
+                    # Weights memory-mapped at odd file offsets take other SIMD paths and
+                    # round differently; aligned copies make results independent of the file.
+                    tensor.data = tensor.data.clone()
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        parts[part] = parts[part].to(device).requires_grad_(False).eval()
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    identity["model"] = digest.hexdigest()[:16]
+    if gradient_checkpointing:
+        parts["transformer"].enable_gradient_checkpointing()
+    if quantize:
+        from optimum.quanto import freeze, qint8
+        from optimum.quanto import quantize as quanto_quantize
+
+        quanto_quantize(parts["transformer"], weights=qint8)
+        freeze(parts["transformer"])
+    log.info("loaded Flux (%s) on %s as %s%s", source, device, dtype, ", qint8" if quantize else "")
+    return FluxComponents(
+        **parts, identity=identity, source=source, device=device, dtype=dtype, quantized=quantize
+    )

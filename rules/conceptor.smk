@@ -1,0 +1,63 @@
+# BLK-Conceptor: a Flux.1-dev LoRA trained on the artist's training set, and concept
+# sketches from prompts; the artist's picks can become mural sources.
+
+
+rule train_conceptor:
+    input:
+        unpack(conceptor_inputs),
+    output:
+        lora=f"{MODELS_DIR}/conceptor-{{run}}.safetensors",
+        model_card="results/conceptor/{run}/model_card.json",
+    log:
+        "logs/conceptor/{run}.log",
+    benchmark:
+        "benchmarks/conceptor/{run}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        recipe=lambda wildcards: CONCEPTOR["runs"][wildcards.run]["recipe"],
+        chosen_step=lambda wildcards: CONCEPTOR["runs"][wildcards.run]["chosen_step"],
+        run_dir="work/conceptor/{run}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/train_conceptor.py"
+
+
+rule generate_concepts:
+    input:
+        unpack(concept_inputs),
+    output:
+        index="results/concepts/{concept}/concepts.json",
+        sheet="results/concepts/{concept}/contact_sheet.png",
+    log:
+        "logs/concepts/{concept}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: CONCEPTOR["concepts"][wildcards.concept],
+        folder="results/concepts/{concept}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/generate_concepts.py"
+
+
+rule pick_concept:
+    input:
+        index=pick_index,
+    output:
+        image="results/concepts/picks/{pick}.png",
+        provenance="results/concepts/picks/{pick}.json",
+    log:
+        "logs/concepts/pick_{pick}.log",
+    conda:
+        "../envs/vips.yaml"
+    params:
+        pick=lambda wildcards: CONCEPTOR["picks"][wildcards.pick],
+    script:
+        "../scripts/pick_concept.py"
