@@ -34,6 +34,7 @@ def train_settings(config: dict) -> TrainSettings:
         validate_every=config["validate_every"],
         keep_checkpoints=config["keep_checkpoints"],
         validation_crops=config["validation_crops"],
+        validation_degradation=config["validation_degradation"],
         patience=config["patience"],
         min_delta=config["min_delta"],
         lr=config["lr"],

@@ -46,6 +46,7 @@ class TrainSettings:
     validate_every: int = 5_000
     keep_checkpoints: int = 3
     validation_crops: int = 16
+    validation_degradation: str = "bicubic"
     patience: int = 5
     min_delta: float = 0.01
     lr: float = 1e-4
@@ -261,7 +262,11 @@ class EsrganTrainer:
 
     # -- validation ------------------------------------------------------------------
     def validation_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed held-out (LR, HR) crops, degraded once with a fixed seed and kept on disk."""
+        """Fixed held-out (LR, HR) crops, made once with a fixed seed and kept on disk.
+
+        `validation_degradation: bicubic` (default) measures what the artist does with the
+        model, enlarging a clean finished scan; `realesrgan` uses the training degradation.
+        """
         path = self.run_dir / "validation.pt"
         if path.exists():
             pairs = torch.load(path, weights_only=True)
@@ -277,8 +282,13 @@ class EsrganTrainer:
         )
         hr = torch.from_numpy(sampler.sample(self.settings.validation_crops))
         hr = hr.permute(0, 3, 1, 2).float() / 255
-        kernels = sample_kernels(self.degradation, len(hr))
-        lr = self.degrader(hr.to(self.device), kernels).cpu()
+        if self.settings.validation_degradation == "bicubic":
+            scale = 1 / self.degradation.scale
+            lr = F.interpolate(hr, scale_factor=scale, mode="bicubic", antialias=True)
+            lr = (lr.clamp(0, 1) * 255).round() / 255
+        else:
+            kernels = sample_kernels(self.degradation, len(hr))
+            lr = self.degrader(hr.to(self.device), kernels).cpu()
         _set_rng_state(saved)
         with atomic_path(path) as tmp:
             torch.save({"lr": lr, "hr": hr}, tmp)
