@@ -334,21 +334,22 @@ def main(argv=None) -> int:
         rows,
         title="RealESRGANer vs ours (x4plus, CPU fp32); peak RSS = child's ru_maxrss",
     )
-    print_table(
-        ["image", "output", "max |diff|", "mean |diff|", "values differing"],
-        [
+    compared = [r for r in done if r["shapes"]]
+    if compared:
+        print_table(
+            ["image", "output", "max |diff|", "mean |diff|", "values differing"],
             [
-                "{}x{}".format(*r["size"]),
-                "x".join(map(str, r["shapes"][1])),
-                r["max_diff"] if r["max_diff"] is not None else f"shape {r['shapes']}",
-                r["mean_diff"] if r["mean_diff"] is not None else "-",
-                f"{100 * r['differing']:.3f} %" if r["differing"] is not None else "-",
-            ]
-            for r in done
-            if r["shapes"]
-        ],
-        title="Output difference, uint8 RGB (RealESRGANer converted from BGR)",
-    )
+                [
+                    "{}x{}".format(*r["size"]),
+                    "x".join(map(str, r["shapes"][1])),
+                    r["max_diff"] if r["max_diff"] is not None else f"shape {r['shapes']}",
+                    r["mean_diff"] if r["mean_diff"] is not None else "-",
+                    f"{100 * r['differing']:.3f} %" if r["differing"] is not None else "-",
+                ]
+                for r in compared
+            ],
+            title="Output difference, uint8 RGB (RealESRGANer converted from BGR)",
+        )
     if len(done) >= 2:
         first, last = done[0], done[-1]
         print(
