@@ -12,9 +12,9 @@ from blkassist.probe import sha256_file
 _PACKAGES = ("blkassist", "torch", "basicsr", "pyvips", "tifffile", "zarr", "numpy", "pillow")
 
 
-def versions() -> dict[str, str]:
+def versions(packages=_PACKAGES) -> dict[str, str]:
     found = {"python": platform.python_version(), "libvips": _libvips()}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

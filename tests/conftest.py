@@ -50,6 +50,16 @@ def save_tiny_rrdbnet(
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models' ops are too small to share out: on a busy two-core machine a second torch
+    thread mostly waits (measured 5-40x slower), so tests of tiny models use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     return save_tiny_rrdbnet(tmp_path_factory.mktemp("weights") / "tiny_rrdbnet.pth")

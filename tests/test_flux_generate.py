@@ -22,6 +22,8 @@ from blkassist.flux.loader import TINY_SPEC, load_flux
 from blkassist.flux.train import FluxLoraTrainer, LoraSettings
 from blkassist.probe import sha256_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMAGE = {
     "seed": 7,
     "width": 64,
@@ -31,16 +33,6 @@ IMAGE = {
     "max_sequence_length": 32,
     "prompt": "ink drawing, blue square",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's ops are too small to share out: on a busy two-core machine a second
-    torch thread mostly waits (measured: 5-40x slower), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_sizes_near_one_megapixel():

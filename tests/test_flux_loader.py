@@ -19,6 +19,8 @@ from blkassist.flux.loader import (
     save_random_flux,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMAGE = {
     "seed": 3,
     "width": 64,
@@ -28,16 +30,6 @@ IMAGE = {
     "max_sequence_length": 32,
     "prompt": "ink drawing, red circle",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's ops are too small to share out: on a busy two-core machine a second
-    torch thread mostly waits (measured: 5-40x slower), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import TINY_SPEC, load_flux
 from blkassist.flux.train import FluxLoraTrainer, LoraSettings, settings_from_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = {
     "quantize": False,
     "gradient_checkpointing": False,
@@ -28,16 +30,6 @@ SMALL = {
     "steps": 4,
     "save_every": 2,
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's ops are too small to share out: on a busy two-core machine a second
-    torch thread mostly waits (measured: 5-40x slower), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

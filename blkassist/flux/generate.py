@@ -5,11 +5,9 @@ that is enough to regenerate it, and a contact sheet to choose from.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import os
-import platform
 import re
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from PIL import Image, ImageDraw, ImageOps
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.fsutil import atomic_path, write_json
 from blkassist.probe import sha256_file
+from blkassist.provenance import versions as provenance_versions
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,7 @@ _PACKAGES = (
 
 
 def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return provenance_versions(_PACKAGES)
 
 
 def parse_aspect(aspect: float | str) -> float:

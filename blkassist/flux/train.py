@@ -59,6 +59,7 @@ from blkassist.flux.data import (
 from blkassist.flux.generate import contact_sheet, render, save_png
 from blkassist.fsutil import atomic_path, write_json
 from blkassist.probe import sha256_file
+from blkassist.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -259,25 +260,6 @@ def make_optimizer(params, settings: LoraSettings):
     )
 
 
-def _rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # -- the trainer -------------------------------------------------------------------------
 class FluxLoraTrainer:
     def __init__(
@@ -434,7 +416,7 @@ class FluxLoraTrainer:
             "order": self.order.state_dict(),
             "generator": self.generator.get_state(),
             "caption_rng": self.caption_rng.getstate(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "settings": asdict(self.settings),
         }
 
@@ -448,7 +430,7 @@ class FluxLoraTrainer:
         self.order.load_state_dict(state["order"])
         self.generator.set_state(state["generator"])
         self.caption_rng.setstate(state["caption_rng"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step = state["step"]
 
     def _resume(self) -> Path | None:

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from blkassist.compat import basicsr_module
 from blkassist.fsutil import atomic_path, write_json
+from blkassist.rng import rng_state, seed_everything, set_rng_state
 from blkassist.sr.degrade import DegradationSettings, Degrader, sample_kernels
 from blkassist.sr.models import build_rrdbnet, rrdbnet_params
 from blkassist.sr.train.losses import (
@@ -68,31 +68,6 @@ class TrainSettings:
         return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def gradient_mean(image: np.ndarray) -> float:
     luma = image.astype(np.float32).mean(axis=2)
     gy, gx = np.gradient(luma)
@@ -128,7 +103,7 @@ class EsrganTrainer:
         self.run_dir = Path(run_dir) / settings.digest()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device)
-        _seed_everything(settings.seed)
+        seed_everything(settings.seed)
         self.generator = build_rrdbnet(rrdbnet_params(init_weights), init_weights).to(self.device)
         self.generator.train()
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
@@ -171,7 +146,7 @@ class EsrganTrainer:
             "sched_d": self.sched_d.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best": dict(self.best),
             "bad_validations": self.bad_validations,
             "settings": asdict(self.settings),
@@ -188,7 +163,7 @@ class EsrganTrainer:
         self.sched_d.load_state_dict(state["sched_d"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.best = state["best"]
         self.bad_validations = state["bad_validations"]
 
@@ -271,8 +246,8 @@ class EsrganTrainer:
         if path.exists():
             pairs = torch.load(path, weights_only=True)
             return pairs["lr"], pairs["hr"]
-        saved = _rng_state()
-        _seed_everything(self.settings.seed + 1)
+        saved = rng_state()
+        seed_everything(self.settings.seed + 1)
         sampler = PatchSampler(
             self.validation_sources,
             self.settings.gt_size,
@@ -289,7 +264,7 @@ class EsrganTrainer:
         else:
             kernels = sample_kernels(self.degradation, len(hr))
             lr = self.degrader(hr.to(self.device), kernels).cpu()
-        _set_rng_state(saved)
+        set_rng_state(saved)
         with atomic_path(path) as tmp:
             torch.save({"lr": lr, "hr": hr}, tmp)
         return lr, hr
