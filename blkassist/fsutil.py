@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -32,3 +33,31 @@ def write_json(path: str | os.PathLike, data) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+def append_csv_row(path: str | os.PathLike, row: dict) -> None:
+    """Append `row` to a CSV log, writing the header when the file is new."""
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_csv_log(path: str | os.PathLike, column: str, last: int) -> None:
+    """Drop rows whose `column` is past `last`: what a killed run logged after its last
+    checkpoint, which the resumed run is about to log again."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if int(row[column]) <= last]
+    if len(kept) == len(rows):
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)

@@ -72,7 +72,9 @@ def test_killed_run_resumes_with_identical_state(tmp_path, scans):
     straight = trainer(tmp_path / "a", scans, weights, iterations=4)
     straight.run()
     interrupted = trainer(tmp_path / "b", scans, weights, iterations=4)
-    interrupted.run(stop_after=2)  # the process dies after its checkpoint at 2
+    interrupted.run(stop_after=2)  # the process dies after its checkpoint at 2...
+    with open(interrupted.run_dir / "losses.csv", "a") as log:
+        log.write("3,0.0001,9,9,9\n")  # ...having logged a step it never checkpointed
     del interrupted
     resumed = trainer(tmp_path / "b", scans, weights, iterations=4)
     assert resumed.resumed_from is not None and resumed.iteration == 2
@@ -82,9 +84,10 @@ def test_killed_run_resumes_with_identical_state(tmp_path, scans):
         assert all(torch.equal(got[k], want[k]) for k in want), part
     assert resumed.sampler.state_dict() == straight.sampler.state_dict()
     assert resumed.opt_g.state_dict()["state"].keys() == straight.opt_g.state_dict()["state"].keys()
-    a = (tmp_path / "a" / "run" / straight.settings.digest() / "validation.csv").read_text()
-    b = (tmp_path / "b" / "run" / resumed.settings.digest() / "validation.csv").read_text()
-    assert a == b
+    for log_name in ("validation.csv", "losses.csv"):
+        a = (tmp_path / "a" / "run" / straight.settings.digest() / log_name).read_text()
+        b = (tmp_path / "b" / "run" / resumed.settings.digest() / log_name).read_text()
+        assert a == b, log_name
 
 
 def test_export_loads_strictly_into_the_tiler(tmp_path, scans):

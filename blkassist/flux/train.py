@@ -57,7 +57,7 @@ from blkassist.flux.data import (
     read_split,
 )
 from blkassist.flux.generate import contact_sheet, render, save_png
-from blkassist.fsutil import atomic_path, write_json
+from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
 from blkassist.probe import sha256_file
 from blkassist.rng import rng_state, set_rng_state
 
@@ -440,7 +440,7 @@ class FluxLoraTrainer:
         state = torch.load(resumable[-1] / "state.pt", map_location=self.device, weights_only=False)
         self.load_state_dict(state)
         for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
-            self._truncate_csv(self.run_dir / name, self.step)
+            truncate_csv_log(self.run_dir / name, "step", self.step)
         log.info("resumed from %s (step %d)", resumable[-1], self.step)
         return resumable[-1]
 
@@ -594,34 +594,12 @@ class FluxLoraTrainer:
         save_png(contact_sheet(rows, prompts), folder / "contact_sheet.png")
 
     # -- the run ---------------------------------------------------------------------
-    def _append_csv(self, name: str, row: dict) -> None:
-        path = self.run_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    @staticmethod
-    def _truncate_csv(path: Path, step: int) -> None:
-        if not path.exists():
-            return
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        kept = [r for r in rows if int(r["step"]) <= step]
-        if len(kept) == len(rows):
-            return
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-
     def _validate(self) -> None:
         for weights in ("ema", "live"):
             loss = self.validation_loss(ema=weights == "ema")
-            self._append_csv(
-                "validation.csv", {"step": self.step, "weights": weights, "loss": round(loss, 6)}
+            append_csv_row(
+                self.run_dir / "validation.csv",
+                {"step": self.step, "weights": weights, "loss": round(loss, 6)},
             )
 
     def run(self, stop_after: int | None = None) -> dict:
@@ -635,8 +613,8 @@ class FluxLoraTrainer:
         while self.step < target:
             tick = time.perf_counter()
             row = self.train_step()
-            self._append_csv(
-                "losses.csv",
+            append_csv_row(
+                self.run_dir / "losses.csv",
                 {
                     "step": self.step,
                     **{k: f"{v:.6g}" for k, v in row.items()},

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from blkassist.compat import basicsr_module
-from blkassist.fsutil import atomic_path, write_json
+from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
 from blkassist.rng import rng_state, seed_everything, set_rng_state
 from blkassist.sr.degrade import DegradationSettings, Degrader, sample_kernels
 from blkassist.sr.models import build_rrdbnet, rrdbnet_params
@@ -182,6 +182,8 @@ class EsrganTrainer:
             return None
         state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
         self.load_state_dict(state)
+        for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
+            truncate_csv_log(self.run_dir / name, "iteration", self.iteration)
         log.info("resumed from %s (iteration %d)", checkpoints[-1], self.iteration)
         return checkpoints[-1]
 
@@ -284,20 +286,11 @@ class EsrganTrainer:
         return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
     # -- the run ---------------------------------------------------------------------
-    def _append_csv(self, name: str, row: dict) -> None:
-        path = self.run_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
     def _validate(self) -> bool:
         """Validate the EMA generator; keep the best; return True to stop early."""
         metrics = self.evaluate(self.ema)
-        self._append_csv(
-            "validation.csv",
+        append_csv_row(
+            self.run_dir / "validation.csv",
             {
                 "iteration": self.iteration,
                 "model": "ema",
@@ -319,8 +312,8 @@ class EsrganTrainer:
         s = self.settings
         if self.iteration == 0 and not (self.run_dir / "validation.csv").exists():
             bicubic = self.evaluate(None)
-            self._append_csv(
-                "validation.csv",
+            append_csv_row(
+                self.run_dir / "validation.csv",
                 {
                     "iteration": 0,
                     "model": "bicubic",
@@ -333,8 +326,8 @@ class EsrganTrainer:
         stopped_early = False
         while self.iteration < target and not stopped_early:
             losses = self.train_step()
-            self._append_csv(
-                "losses.csv",
+            append_csv_row(
+                self.run_dir / "losses.csv",
                 {
                     "iteration": self.iteration,
                     "lr": self.sched_g.get_last_lr()[0],
