@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
         return
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
-            instance[key] = _copy(sub["default"])
+            instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
             _fill_defaults(instance[key], sub, root)
     extra = schema.get("additionalProperties")
@@ -54,10 +55,6 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
         for key, value in instance.items():
             if key not in schema.get("properties", {}):
                 _fill_defaults(value, extra, root)
-
-
-def _copy(value):
-    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def validate_config(config: dict, schema_path: str | Path) -> dict:

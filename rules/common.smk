@@ -1,3 +1,4 @@
+import functools
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def source_size(mural):
     return size
 
 
+@functools.cache
 def mural_plan(mural):
+    """The mural's tile plan, worked out once per Snakemake process: every batch job's
+    input and params functions ask for it. Not cached while the probe checkpoint is still
+    pending (that call raises)."""
     settings = MURALS[mural]
     return plan_mural(
         *source_size(mural),

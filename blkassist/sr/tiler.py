@@ -57,19 +57,16 @@ def forward_groups(tiles: list[Tile], plan: PassPlan, pad: int, size: int) -> li
     resumed batch computes every tile exactly as an uninterrupted one would.
     """
     groups: list[list[Tile]] = []
+    previous_shape = None
     for tile in tiles:
         x0, y0, x1, y1 = tile.padded(pad, plan.input_width, plan.input_height)
         shape = (x1 - x0, y1 - y0)
-        if groups and len(groups[-1]) < size and _shape(groups[-1][0], plan, pad) == shape:
+        if groups and len(groups[-1]) < size and shape == previous_shape:
             groups[-1].append(tile)
         else:
             groups.append([tile])
+        previous_shape = shape
     return groups
-
-
-def _shape(tile: Tile, plan: PassPlan, pad: int) -> tuple[int, int]:
-    x0, y0, x1, y1 = tile.padded(pad, plan.input_width, plan.input_height)
-    return (x1 - x0, y1 - y0)
 
 
 @dataclass
