@@ -83,24 +83,33 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def probe(path: str | os.PathLike, max_pixels: int) -> SourceInfo:
+def damaged(path, error: pyvips.Error) -> InputImageError:
+    """The error for a file whose header reads but whose pixels do not decode."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[-1] if lines else "decode error"  # libvips puts the cause last
+    return _fail(
+        path,
+        f"image data is damaged or truncated ({detail})",
+        "Re-export or re-copy the file; the header is fine but the pixels are not.",
+    )
+
+
+def probe(path: str | os.PathLike, max_pixels: int, decode: bool = True) -> SourceInfo:
     """Check that `path` is a usable source: header, pixel limit, and a full decode.
 
     The full decode streams once through the image (min() touches every pixel) so that a
     truncated file fails here, before any expensive work, and not halfway through ingest.
+    A caller that decodes the whole image next anyway passes decode=False and reports a
+    failure with damaged().
     """
     image = read_header(path, max_pixels)
     if _field(image, "vips-loader", "").startswith("tiff"):
         _check_tiff_extent(Path(path))
-    try:
-        image.min()
-    except pyvips.Error as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else "decode error"
-        raise _fail(
-            path,
-            f"image data is damaged or truncated ({detail})",
-            "Re-export or re-copy the file; the header is fine but the pixels are not.",
-        ) from None
+    if decode:
+        try:
+            image.min()
+        except pyvips.Error as error:
+            raise damaged(path, error) from None
     return SourceInfo(
         path=str(path),
         loader=_field(image, "vips-loader", "unknown"),

@@ -12,10 +12,12 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import pyvips
+
 from blkassist.corpus.collections import list_scans, taxonomy
 from blkassist.errors import InputImageError
 from blkassist.fsutil import atomic_path, write_json
-from blkassist.probe import open_as_srgb8, probe
+from blkassist.probe import damaged, open_as_srgb8, probe
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def normalise_collection(
     seen: dict[str, ManifestRow] = {}
     for scan in list_scans(folder):
         try:
-            info = probe(scan, max_pixels)
+            info = probe(scan, max_pixels, decode=False)  # writing the PNG decodes it
         except InputImageError as error:
             problems.append(str(error))
             continue
@@ -81,9 +83,13 @@ def normalise_collection(
             continue
         target = images_dir / f"{image_id}.png"
         image = open_as_srgb8(scan, max_pixels)
-        if not target.exists():
-            with atomic_path(target) as tmp:
-                image.pngsave(str(tmp), compression=3, keep="none")
+        if not target.exists():  # named by content hash: an existing one is this scan
+            try:
+                with atomic_path(target) as tmp:
+                    image.pngsave(str(tmp), compression=3, keep="none")
+            except pyvips.Error as error:
+                problems.append(str(damaged(scan, error)))
+                continue
         row = ManifestRow(
             id=image_id,
             collection=name,
