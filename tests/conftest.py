@@ -65,6 +65,17 @@ def tiny_weights(tmp_path_factory) -> Path:
     return save_tiny_rrdbnet(tmp_path_factory.mktemp("weights") / "tiny_rrdbnet.pth")
 
 
+def synthetic_corpus(compositions: int, details: int, long_side: int) -> dict:
+    """Config for a small synthetic corpus drawn by the workflow: one consented collection
+    named 'ink'."""
+    return {
+        "synthetic": {"path": "corpus", "compositions": compositions, "details": details,
+                      "long_side": long_side, "high_resolution": 0},
+        "collections": {"ink": {"path": "corpus", "artist": "A", "licence": "CC0-1.0",
+                                "consent": True}},
+    }  # fmt: skip
+
+
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -23,7 +23,7 @@ from PIL import Image
 from blkassist.captions.run import caption_collection
 from blkassist.corpus.normalise import normalise_collection
 from blkassist.corpus.synthetic import write_corpus
-from tests.conftest import REPO
+from tests.conftest import REPO, run_snakemake, synthetic_corpus, write_config
 from tests.vllm_fixture import SERVED_NAME, vllm_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -150,19 +150,13 @@ def test_captions_through_a_real_server(tmp_path, proxy):
 
 
 def test_caption_job_starts_and_stops_its_own_server(tmp_path):
-    from tests.conftest import run_snakemake, write_config
     from tests.vllm_fixture import VLLM_PYTHON, build_tiny_model
 
     if not VLLM_PYTHON.exists():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}")
     model_dir = build_tiny_model(VLLM_PYTHON, tmp_path / "tiny-vlm")
     config = {
-        "corpus": {
-            "synthetic": {"path": "corpus", "compositions": 2, "details": 0, "long_side": 160,
-                          "high_resolution": 0},
-            "collections": {"ink": {"path": "corpus", "artist": "A", "licence": "CC0-1.0",
-                                    "consent": True}},
-        },
+        "corpus": synthetic_corpus(2, 0, 160),
         "captions": {"captioner": "vllm", "vllm": {
             "model_dir": str(model_dir), "python": str(VLLM_PYTHON), "model": "tiny-vlm",
             "max_tokens": 8, "min_tokens": 8, "temperature": 1.0, "image_long_side": 64}},

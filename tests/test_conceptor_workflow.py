@@ -8,7 +8,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import run_snakemake, write_config
+from tests.conftest import run_snakemake, synthetic_corpus, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +19,7 @@ RECIPE = {"steps": 4, "save_every": 2, "quantize": False, "gradient_checkpointin
 
 def test_lora_concepts_pick_and_mural(tmp_path):
     config = {
-        "corpus": {
-            "synthetic": {"path": "corpus", "compositions": 3, "details": 1, "long_side": 256,
-                          "high_resolution": 0},
-            "collections": {"ink": {"path": "corpus", "artist": "A", "licence": "CC0-1.0",
-                                    "consent": True}},
-        },
+        "corpus": synthetic_corpus(3, 1, 256),
         "datasets": {"small": {"collections": ["ink"], "resolutions": [128, 256],
                                "validation_fraction": 0.25}},
         "conceptor": {

@@ -15,7 +15,13 @@ from blkassist.sr.models import NeuralUpscaler
 from blkassist.sr.ncnn import convert
 from blkassist.sr.train.patches import PatchSampler, PatchSource
 from blkassist.sr.train.trainer import EsrganTrainer, TrainSettings
-from tests.conftest import save_tiny_rrdbnet, textured
+from tests.conftest import (
+    run_snakemake,
+    save_tiny_rrdbnet,
+    synthetic_corpus,
+    textured,
+    write_config,
+)
 
 SMALL = {"gt_size": 64, "batch_size": 1, "checkpoint_every": 2, "validate_every": 2,
          "validation_crops": 2, "perceptual": 0.0, "seed": 4}  # fmt: skip
@@ -132,17 +138,10 @@ def test_unknown_degradation_setting_names_the_key():
 
 @pytest.mark.slow
 def test_workflow_trains_then_a_mural_uses_the_run(tmp_path):
-    from tests.conftest import run_snakemake, write_config
-
     weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
     Image.fromarray(textured(48, 64, seed=1)).save(tmp_path / "art.png")
     config = {
-        "corpus": {
-            "synthetic": {"path": "corpus", "compositions": 3, "details": 1, "long_side": 256,
-                          "high_resolution": 0},
-            "collections": {"ink": {"path": "corpus", "artist": "A", "licence": "CC0-1.0",
-                                    "consent": True}},
-        },
+        "corpus": synthetic_corpus(3, 1, 256),
         "esrgan": {"r": {"collections": ["ink"], "init": str(weights), "gt_size": 64,
                          "batch_size": 1, "iterations": 4, "checkpoint_every": 2,
                          "validate_every": 2, "validation_crops": 2,
