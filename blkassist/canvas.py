@@ -65,7 +65,3 @@ def ingest(image: pyvips.Image, path: str | os.PathLike, chunk: int, attrs=None)
             rows = min(chunk, image.height - top)
             strip = np.frombuffer(region.fetch(0, top, image.width, rows), np.uint8)
             canvas[top : top + rows] = strip.reshape(rows, image.width, image.bands)
-
-
-def read_window(canvas, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    return np.asarray(canvas[y0:y1, x0:x1])

@@ -188,11 +188,6 @@ CONCEPTOR = config["conceptor"]
 FLUX_MODEL = workflow_file(CONCEPTOR["model"])
 
 
-def flux_model_input(wildcards):
-    """The model spec or folder as an input, so a changed base model retrains."""
-    return FLUX_MODEL
-
-
 def conceptor_inputs(wildcards):
     dataset = CONCEPTOR["runs"][wildcards.run]["dataset"]
     return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
