@@ -119,26 +119,30 @@ def _light(rng) -> list[float]:
 
 def _solids(rng, names: list[str], count: int, aspect: float, perspective) -> list[dict]:
     """`count` solids in disjoint depth slabs, listed far to near, spread along the canvas's
-    long side so that neighbours may overlap on screen."""
-    radii = rng.uniform(0.8, 1.2, count)
-    depth = [float(radii[0] * rng.uniform(*perspective))]
-    for k in range(1, count):  # each next one wholly in front of the one before
-        depth.append(depth[-1] - (radii[k - 1] + radii[k]) * rng.uniform(1.05, 1.5))
-    depth = np.array(depth)
-    depth += max(0.0, radii[-1] * perspective[0] - depth[-1])  # nearest still far enough
-    screen = radii / depth  # projected sizes
+    long side so that neighbours may overlap on screen. Like an artist arranging them, a
+    farther solid is made larger so that all appear of comparable size."""
+    distance = float(rng.uniform(*perspective))  # camera distance, in circumradii
+    screen = rng.uniform(0.8, 1.2, count)  # projected sizes (radius / depth) * distance
+    depths, radii = [distance * screen[0]], [screen[0]]
+    for k in range(1, count):  # each next one wholly behind the one before
+        gap = rng.uniform(1.05, 1.4)
+        # z = z_prev + (r_prev + r) * gap with r = screen * z / distance, solved for z
+        depth = (depths[-1] + radii[-1] * gap) / (1 - screen[k] * gap / distance)
+        depths.append(depth)
+        radii.append(screen[k] * depth / distance)
+    depths, radii = np.array(depths[::-1]), np.array(radii[::-1])  # far to near
     slots = rng.permutation(count)  # left-to-right (or top-to-bottom) position of each
-    spacing = float(screen.mean() * rng.uniform(1.1, 1.8))
+    spacing = float(rng.uniform(1.1, 1.8) * screen.mean() / distance)
     horizontal = aspect >= 1
     objects = []
     for k in range(count):
         along = (slots[k] - (count - 1) / 2) * spacing
-        across = float(rng.uniform(-0.25, 0.25) * screen.mean())
+        across = float(rng.uniform(-0.25, 0.25) * screen.mean() / distance)
         x, y = (along, across) if horizontal else (across, -along)
         objects.append({
             "solid": names[int(rng.integers(len(names)))],
             "rotation": np.round(random_rotation(rng), 8).tolist(),
-            "centre": [round(x * depth[k], 6), round(y * depth[k], 6), round(float(depth[k]), 6)],
+            "centre": [round(x * depths[k], 6), round(y * depths[k], 6), round(float(depths[k]), 6)],
             "radius": round(float(radii[k]), 6),
             "seed": int(rng.integers(2**31)),
         })  # fmt: skip
@@ -421,3 +425,31 @@ def _write_stages(tmp: Path, entries: list[dict]) -> list[dict]:
         stages.append({"name": name, "list": f"stages/{name}.txt", "files": len(included),
                        "categories": dict(sorted(members.items()))})  # fmt: skip
     return stages
+
+
+def check_stencil_config(config: dict) -> None:
+    """Cross-key checks the schema cannot express, before any job runs."""
+    stencil = config["stencil"]
+    collections = config["corpus"]["collections"]
+    for name in stencil["collections"]:
+        if name not in collections:
+            raise ConfigError(
+                f"stencil.collections: {name!r} is not a collection; declare it under "
+                "corpus.collections (path, artist, licence, consent, alpha: keep)"
+            )
+        if collections[name]["alpha"] != "keep":
+            raise ConfigError(
+                f"stencil.collections: {name!r} is a scan collection; set "
+                f"corpus.collections.{name}.alpha: keep for transparent assets"
+            )
+    for name, settings in stencil["datasets"].items():
+        if f"stencil-{name}" in config.get("datasets", {}):
+            raise ConfigError(
+                f"stencil.datasets.{name} and datasets.stencil-{name} would both build "
+                f"datasets/stencil-{name}; rename one of them"
+            )
+        try:
+            category_counts(settings["size"], settings["shares"])
+            caption(settings, "cube", "thin", "FG")
+        except ConfigError as error:
+            raise ConfigError(str(error).replace(".NAME.", f".{name}.")) from None
