@@ -77,11 +77,14 @@ def solid(name: str) -> Solid:
     vertices /= np.linalg.norm(vertices, axis=1).max()
     hull = ConvexHull(vertices)
     planes: dict[tuple, set[int]] = {}
+    exact: dict[tuple, np.ndarray] = {}
     for simplex, equation in zip(hull.simplices, hull.equations, strict=True):
-        planes.setdefault(tuple(np.round(equation, 6)), set()).update(simplex.tolist())
+        key = tuple(np.round(equation, 6))  # triangles of one face share their plane
+        planes.setdefault(key, set()).update(simplex.tolist())
+        exact.setdefault(key, equation[:3])
     faces, normals = [], []
-    for equation, members in sorted(planes.items()):
-        normal = np.array(equation[:3])
+    for key, members in sorted(planes.items()):
+        normal = exact[key]
         centre = vertices[list(members)].mean(axis=0)
         # Order the face's vertices counter-clockwise around the outward normal.
         u = vertices[min(members)] - centre
