@@ -210,7 +210,8 @@ STENCIL_SETS = STENCIL["datasets"]
 
 def stencil_inputs(wildcards):
     """The artist's RGBA asset collections a Stencil set includes, with their captions."""
-    collections = STENCIL["collections"] if STENCIL_SETS[wildcards.stencil]["collections"] else []
+    included = STENCIL_SETS[wildcards.stencil]["collections"]
+    collections = STENCIL["collections"] if included else []
     return {
         "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
         "captions": [f"captions/{c}/index.json" for c in collections],

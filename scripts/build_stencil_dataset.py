@@ -7,8 +7,14 @@ with rule_logging(snakemake) as log:
     assets = collection_assets(snakemake.input.manifests, snakemake.input.captions)
     log.info("read %d artist asset(s) from %s", len(assets), list(snakemake.input.manifests))
     summary = build_stencil_dataset(
-        snakemake.wildcards.stencil, snakemake.params.settings, snakemake.params.synthetic,
-        assets, snakemake.output.dataset,
-    )  # fmt: skip
-    log.info("wrote %s: stages %s", snakemake.output.dataset,
-             {s["name"]: s["files"] for s in summary["stages"]})  # fmt: skip
+        snakemake.wildcards.stencil,
+        snakemake.params.settings,
+        snakemake.params.synthetic,
+        assets,
+        snakemake.output.dataset,
+    )
+    log.info(
+        "wrote %s: stages %s",
+        snakemake.output.dataset,
+        {s["name"]: s["files"] for s in summary["stages"]},
+    )

@@ -5,5 +5,6 @@ from blkassist.stencil.sheet import contact_sheet
 
 with rule_logging(snakemake) as log:
     rows = contact_sheet(snakemake.input.dataset, snakemake.output.sheet)
-    log.info("read %s; wrote %s with rows %s", snakemake.input.dataset,
-             snakemake.output.sheet, rows)  # fmt: skip
+    log.info(
+        "read %s; wrote %s with rows %s", snakemake.input.dataset, snakemake.output.sheet, rows
+    )

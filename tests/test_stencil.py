@@ -17,7 +17,7 @@ from skimage.transform import AffineTransform, warp
 from blkassist.config import _fill_defaults, load_schema
 from blkassist.errors import ConfigError
 from blkassist.stencil.augment import Augmentation, augment, colour_map, fit_scale
-from blkassist.stencil.composite import coverage, over, premultiply
+from blkassist.stencil.composite import coverage, over, premultiply, resize
 from blkassist.stencil.dataset import (
     build_stencil_dataset,
     caption,
@@ -33,14 +33,20 @@ from tests.conftest import REPO
 INK = (0.08, 0.07, 0.09)
 PAPER = (0.96, 0.94, 0.89)
 # Geometry checks use a steady hand: no wobble, no overshoot, constant width.
-STEADY = InkStyle(ink=INK, paper=PAPER, width=2.0, wobble=0.0, pressure=0.0, overshoot=0.0,
-                  hatching=False)  # fmt: skip
+STEADY = InkStyle(
+    ink=INK, paper=PAPER, width=2.0, wobble=0.0, pressure=0.0, overshoot=0.0, hatching=False
+)
 HAND = InkStyle(ink=INK, paper=PAPER, width=3.0)
 
 
 def test_solids_are_exact():
-    expected = {"tetrahedron": (4, 6, 4, 3), "cube": (8, 12, 6, 4), "octahedron": (6, 12, 8, 3),
-                "dodecahedron": (20, 30, 12, 5), "icosahedron": (12, 30, 20, 3)}  # fmt: skip
+    expected = {
+        "tetrahedron": (4, 6, 4, 3),
+        "cube": (8, 12, 6, 4),
+        "octahedron": (6, 12, 8, 3),
+        "dodecahedron": (20, 30, 12, 5),
+        "icosahedron": (12, 30, 20, 3),
+    }
     for name in SOLIDS:
         shape = solid(name)
         v, e, f, sides = expected[name]
@@ -119,14 +125,21 @@ def test_cube_face_on_is_a_square_and_corner_on_hides_three_edges():
 
 
 def _cube(x, z, radius, seed):
-    return {"solid": "cube", "rotation": facing_camera([0, 0, 1]), "centre": [x, 0.0, z],
-            "radius": radius, "seed": seed}  # fmt: skip
+    return {
+        "solid": "cube",
+        "rotation": facing_camera([0, 0, 1]),
+        "centre": [x, 0.0, z],
+        "radius": radius,
+        "seed": seed,
+    }
 
 
 def test_nearer_object_hides_the_lines_behind_it():
     far, near = _cube(0.0, 12.0, 1.5, 1), _cube(0.9, 6.0, 0.6, 2)
     size = (320, 320)
-    placed = [Placed("cube", tuple(o["rotation"]), tuple(o["centre"]), o["radius"]) for o in (far, near)]
+    placed = [
+        Placed("cube", tuple(o["rotation"]), tuple(o["centre"]), o["radius"]) for o in (far, near)
+    ]
     view = fit_view(placed, size, 0.1)
     far_alone = paint([solid_drawing(placed[0], view, STEADY, (0, 0, -1), 1)], STEADY, size)
     near_alone = paint([solid_drawing(placed[1], view, STEADY, (0, 0, -1), 2)], STEADY, size)
@@ -162,25 +175,42 @@ def test_alpha_is_zero_outside_full_inside_and_antialiased_at_the_edge(kind, opa
         objects = [_cube(0, 6, 1, 3) | {"rotation": [0.3, 0.2, 0.1, 0.927]}]
         if kind == "pair":
             objects = [_cube(1.0, 9, 1, 3), _cube(-0.5, 5, 1, 4)]
-        placed = [Placed("cube", tuple(o["rotation"]), tuple(o["centre"]), o["radius"]) for o in objects]
+        placed = [
+            Placed("cube", tuple(o["rotation"]), tuple(o["centre"]), o["radius"]) for o in objects
+        ]
         view = fit_view(placed, size, 0.12)
-        drawings = [solid_drawing(p, view, style, (-0.5, 0.7, -0.5), o["seed"])
-                    for p, o in zip(placed, objects, strict=True)]  # fmt: skip
+        drawings = [
+            solid_drawing(p, view, style, (-0.5, 0.7, -0.5), o["seed"])
+            for p, o in zip(placed, objects, strict=True)
+        ]
     elif kind == "cloud":
-        spec = {"centre": [0.5, 0.55], "width": 0.76, "height": 0.5, "seed": 5,
-                "bumps": [[0.1, 0.5], [0.4, 0.8], [0.8, 0.6]], "light": [-0.6, -0.8]}  # fmt: skip
+        spec = {
+            "centre": [0.5, 0.55],
+            "width": 0.76,
+            "height": 0.5,
+            "seed": 5,
+            "bumps": [[0.1, 0.5], [0.4, 0.8], [0.8, 0.6]],
+            "light": [-0.6, -0.8],
+        }
         drawings = [cloud_drawing(spec, size, style)]
     else:
-        spec = {"shape": kind, "centre": [0.5, 0.5], "radius": 0.38, "angle": 15, "seed": 4,
-                "light": [-0.6, -0.8]}  # fmt: skip
+        spec = {
+            "shape": kind,
+            "centre": [0.5, 0.5],
+            "radius": 0.38,
+            "angle": 15,
+            "seed": 4,
+            "light": [-0.6, -0.8],
+        }
         drawings = [shape_drawing(spec, size, style)]
     rgba = paint(drawings, style, size)
     alpha = rgba[..., 3].astype(int)
     full = round(255 * opacity)
     inside = _fill_mask(drawings, size)
     assert inside.sum() > 2000 and np.all(alpha[inside] == full)
-    border = np.concatenate([alpha[:8].ravel(), alpha[-8:].ravel(), alpha[:, :8].ravel(),
-                             alpha[:, -8:].ravel()])  # fmt: skip
+    border = np.concatenate(
+        [alpha[:8].ravel(), alpha[-8:].ravel(), alpha[:, :8].ravel(), alpha[:, -8:].ravel()]
+    )
     assert np.all(border == 0)
     assert (alpha == 0).sum() > 0.2 * alpha.size  # the background is transparent
     edge = (alpha > 0) & (alpha < full)
@@ -194,10 +224,13 @@ def test_alpha_is_zero_outside_full_inside_and_antialiased_at_the_edge(kind, opa
 AUGMENTATIONS = [
     Augmentation(flip, angle, scale, brightness, contrast, grain, seed=7)
     for flip, angle, scale, (brightness, contrast), grain in itertools.product(
-        [False, True], [-15.0, -6.0, 0.0, 9.0, 15.0], [0.88, 1.0, 1.12],
-        [(0.0, 1.0), (0.05, 0.92), (-0.04, 1.08)], [0.0, 0.02],
+        [False, True],
+        [-15.0, -6.0, 0.0, 9.0, 15.0],
+        [0.88, 1.0, 1.12],
+        [(0.0, 1.0), (0.05, 0.92), (-0.04, 1.08)],
+        [0.0, 0.02],
     )
-]  # fmt: skip
+]
 
 
 def _disc(colour, size=96) -> np.ndarray:
@@ -216,8 +249,11 @@ def _fringe(rgba: np.ndarray, low, high, tolerance: float) -> int:
     """Covered pixels whose colour leaves [low, high] by more than `tolerance` levels."""
     covered = rgba[..., 3] > 0
     colour = rgba[covered, :3].astype(float)
-    return int(((colour < np.asarray(low) - tolerance) | (colour > np.asarray(high) + tolerance))
-               .any(axis=1).sum())  # fmt: skip
+    return int(
+        ((colour < np.asarray(low) - tolerance) | (colour > np.asarray(high) + tolerance))
+        .any(axis=1)
+        .sum()
+    )
 
 
 def _tolerance(aug: Augmentation) -> float:
@@ -226,11 +262,18 @@ def _tolerance(aug: Augmentation) -> float:
 
 @pytest.fixture(scope="module")
 def inked_asset() -> np.ndarray:
-    return render_solids([_cube(0, 6, 1, 3) | {"rotation": [0.3, 0.2, 0.1, 0.927]}], (128, 128),
-                         InkStyle(ink=INK, paper=PAPER, width=2.0), (-0.5, 0.7, -0.5), 0.15)  # fmt: skip
+    return render_solids(
+        [_cube(0, 6, 1, 3) | {"rotation": [0.3, 0.2, 0.1, 0.927]}],
+        (128, 128),
+        InkStyle(ink=INK, paper=PAPER, width=2.0),
+        (-0.5, 0.7, -0.5),
+        0.15,
+    )
 
 
-@pytest.mark.parametrize("aug", AUGMENTATIONS, ids=lambda a: f"{a.flip}-{a.angle}-{a.scale}-{a.brightness}-{a.grain}")
+@pytest.mark.parametrize(
+    "aug", AUGMENTATIONS, ids=lambda a: f"{a.flip}-{a.angle}-{a.scale}-{a.brightness}-{a.grain}"
+)
 def test_no_fringe_and_coverage_kept_after_augmentation(aug, inked_asset):
     light = (244, 236, 220)
     disc = _disc(light)
@@ -293,7 +336,7 @@ def test_category_counts_follow_the_shares(size, shares):
 
 
 def test_shares_above_one_are_a_config_error():
-    with pytest.raises(ConfigError, match="add up to 1.100"):
+    with pytest.raises(ConfigError, match=r"add up to 1\.100"):
         category_counts(10, {"pair": 0.6, "triple": 0.5})
 
 
@@ -313,15 +356,25 @@ def built(tmp_path_factory):
 
 
 def test_dataset_layout_stages_and_captions(built):
-    out, summary, settings, _ = built
+    out, _, settings, _ = built
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["base"] == {k: v for k, v in category_counts(20, settings["shares"]).items() if v}
-    assert manifest["shares"]["pair"] == pytest.approx(0.4) and manifest["shares"]["triple"] == pytest.approx(0.2)
+    assert manifest["counts"]["base"] == {
+        k: v for k, v in category_counts(20, settings["shares"]).items() if v
+    }
+    assert manifest["shares"]["pair"] == pytest.approx(0.4) and manifest["shares"][
+        "triple"
+    ] == pytest.approx(0.2)
     stages = [(out / s["list"]).read_text().split() for s in manifest["stages"]]
     by_file = {e["file"]: e for e in manifest["assets"]}
     assert {by_file[f]["category"] for f in stages[0]} == {"single"}
     assert {by_file[f]["category"] for f in stages[1]} == {"single", "pair"}
-    assert {by_file[f]["category"] for f in stages[2]} == {"single", "pair", "triple", "cloud", "shape"}
+    assert {by_file[f]["category"] for f in stages[2]} == {
+        "single",
+        "pair",
+        "triple",
+        "cloud",
+        "shape",
+    }
     assert set(stages[0]) < set(stages[1]) < set(stages[2]) == set(by_file)
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert pngs == sorted(by_file)
@@ -340,9 +393,17 @@ def test_dataset_layout_stages_and_captions(built):
             assert top[:2] == ["solids", "single"] and top[2] in SOLIDS and top[2] in text
         if entry["variant"] == "flip":
             original = by_file[entry["file"].replace("-flip", "")]
-            swapped = original["caption"].replace("left", "@").replace("right", "left").replace("@", "right")
+            swapped = (
+                original["caption"]
+                .replace("left", "@")
+                .replace("right", "left")
+                .replace("@", "right")
+            )
             assert text == swapped
-            assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(out / original["file"]))[:, ::-1])
+            assert np.array_equal(
+                np.asarray(Image.open(path)),
+                np.asarray(Image.open(out / original["file"]))[:, ::-1],
+            )
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["file_name"] for r in rows] == [e["file"] for e in manifest["assets"]]
 
@@ -373,5 +434,16 @@ def test_same_seed_same_set_other_seed_other_set(built, tmp_path):
 
 def test_caption_template_errors_name_the_key():
     settings, _ = _settings(caption={"template": "{style} {subjct}"})
-    with pytest.raises(ConfigError, match="caption.template: unknown field 'subjct'"):
+    with pytest.raises(ConfigError, match=r"caption\.template: unknown field 'subjct'"):
         caption(settings, "cube", "thin", "FG")
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.5, 0.77, 1.25])
+def test_resize_keeps_edge_colours(scale):
+    light = (244, 236, 220)
+    disc = _disc(light, size=120)
+    side = round(120 * scale)
+    out = resize(disc, side, side)
+    assert out.shape == (side, side, 4)
+    assert _fringe(out, light, light, 1.5) == 0
+    assert coverage(out) == pytest.approx(coverage(disc) * scale**2, rel=0.02)

@@ -55,8 +55,9 @@ def _matrix(augmentation: Augmentation, width: int, height: int) -> np.ndarray:
     a = math.radians(augmentation.angle)
     s = augmentation.scale
     # Image y points down: a counter-clockwise turn on screen is -a in these coordinates.
-    rotate = np.array([[s * math.cos(a), s * math.sin(a), 0],
-                       [-s * math.sin(a), s * math.cos(a), 0], [0, 0, 1]])  # fmt: skip
+    rotate = np.array(
+        [[s * math.cos(a), s * math.sin(a), 0], [-s * math.sin(a), s * math.cos(a), 0], [0, 0, 1]]
+    )
     shift = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
     back = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
     return back @ rotate @ shift
@@ -69,8 +70,15 @@ def fit_scale(augmentation: Augmentation, rgba: np.ndarray, border: int = 1) -> 
     if len(rows) == 0:
         return augmentation
     height, width = rgba.shape[:2]
-    corners = np.array([[cols.min(), rows.min()], [cols.max(), rows.min()],
-                        [cols.min(), rows.max()], [cols.max(), rows.max()]], float)  # fmt: skip
+    corners = np.array(
+        [
+            [cols.min(), rows.min()],
+            [cols.max(), rows.min()],
+            [cols.min(), rows.max()],
+            [cols.max(), rows.max()],
+        ],
+        float,
+    )
     unit = _matrix(Augmentation(angle=augmentation.angle), width, height)
     moved = corners @ unit[:2, :2].T + unit[:2, 2] - ((width - 1) / 2, (height - 1) / 2)
     room = np.array([(width - 1) / 2 - border - 1, (height - 1) / 2 - border - 1])
@@ -93,7 +101,9 @@ def augment(rgba: np.ndarray, augmentation: Augmentation) -> np.ndarray:
     alpha = np.clip(image[..., 3:4], 0.0, 1.0)
     colour = np.clip(image[..., :3], 0.0, alpha)
     # Colour changes in premultiplied form: alpha * f(straight colour), f affine.
-    colour = (colour - 0.5 * alpha) * augmentation.contrast + (0.5 + augmentation.brightness) * alpha
+    colour = (colour - 0.5 * alpha) * augmentation.contrast + (
+        0.5 + augmentation.brightness
+    ) * alpha
     if augmentation.grain > 0:
         rng = np.random.default_rng(augmentation.seed)
         noise = rng.standard_normal(alpha.shape, dtype=np.float32)

@@ -8,6 +8,7 @@ hold straight (unpremultiplied) 8-bit RGBA, as PNG expects.
 from __future__ import annotations
 
 import numpy as np
+import pyvips
 
 
 def premultiply(rgba: np.ndarray) -> np.ndarray:
@@ -42,6 +43,24 @@ def over_into(canvas: np.ndarray, layer: np.ndarray, x0: int, y0: int) -> None:
         return
     part = layer[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     canvas[cy0:cy1, cx0:cx1] = over(part, canvas[cy0:cy1, cx0:cx1])
+
+
+def resize(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Straight uint8 RGBA resized on float premultiplied colour with libvips' linear
+    kernel (anti-aliased when reducing): its weights are never negative, so an edge pixel's
+    colour stays a blend of the object's own colours. Pillow's RGBA resize goes through
+    8-bit premultiplied colour, which throws away the colour of low-alpha pixels."""
+    image = pyvips.Image.new_from_array(premultiply(rgba))
+    image = image.resize(width / rgba.shape[1], vscale=height / rgba.shape[0], kernel="linear")
+    out = image.numpy()
+    if out.shape[:2] != (height, width):  # libvips rounds the size; pad or trim the last pixel
+        out = np.pad(
+            out, ((0, max(0, height - out.shape[0])), (0, max(0, width - out.shape[1])), (0, 0))
+        )[:height, :width]
+    out = np.asarray(out, np.float32)
+    out[..., 3] = np.clip(out[..., 3], 0, 1)
+    out[..., :3] = np.clip(out[..., :3], 0, out[..., 3:4])
+    return unpremultiply(out)
 
 
 def checkerboard(height: int, width: int, cell: int = 16, grey=(0.45, 0.55)) -> np.ndarray:

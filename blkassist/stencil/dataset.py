@@ -39,24 +39,30 @@ from blkassist.errors import ConfigError
 from blkassist.fsutil import atomic_path
 from blkassist.provenance import versions
 from blkassist.stencil.augment import Augmentation, augment, draw_augmentation, fit_scale
+from blkassist.stencil.composite import resize
 from blkassist.stencil.geometry import SOLIDS, random_rotation
 from blkassist.stencil.render import InkStyle, paint, render_solids
-from blkassist.stencil.shapes import SHAPES, cloud_drawing, shape_drawing
+from blkassist.stencil.shapes import cloud_drawing, shape_drawing
 
 log = logging.getLogger(__name__)
 
 FORMAT = "blkassist-stencil/1"
 CATEGORIES = ("single", "pair", "triple", "cloud", "shape", "collection")
-STAGES = (("1-singles", ("single",)), ("2-pairs", ("pair",)),
-          ("3-triples", ("triple", "cloud", "shape", "collection")))  # fmt: skip
+STAGES = (
+    ("1-singles", ("single",)),
+    ("2-pairs", ("pair",)),
+    ("3-triples", ("triple", "cloud", "shape", "collection")),
+)
 ASPECTS = {  # bucket aspect ranges (width / height) per category
-    "single": (0.8, 1.25), "shape": (0.8, 1.25), "pair": (1.25, 2.0), "triple": (1.6, 2.5),
+    "single": (0.8, 1.25),
+    "shape": (0.8, 1.25),
+    "pair": (1.25, 2.0),
+    "triple": (1.6, 2.5),
     "cloud": (1.4, 2.5),
-}  # fmt: skip
+}
 REFERENCE_SIDE = 1024  # synthetic lengths in the config are pixels at about 1 Mpx
 ARTICLE = {solid: ("an " if solid[0] in "aeiou" else "a ") + solid for solid in SOLIDS}
-SHAPE_NAMES = {"disc": "disc", "star": "five-pointed star", "crescent": "crescent",
-               "ring": "ring"}  # fmt: skip
+SHAPE_NAMES = {"disc": "disc", "star": "five-pointed star", "crescent": "crescent", "ring": "ring"}
 
 
 def stage_of(category: str) -> str:
@@ -73,7 +79,7 @@ def category_counts(size: int, shares: dict) -> dict[str, int]:
             "so lower the pair, triple, cloud or shape share"
         )
     wanted = {"single": max(0.0, 1 - taken), **shares}
-    counts = {k: int(math.floor(v * size)) for k, v in wanted.items()}
+    counts = {k: math.floor(v * size) for k, v in wanted.items()}
     order = sorted(wanted, key=lambda k: (-(wanted[k] * size - counts[k]), CATEGORIES.index(k)))
     for k in order[: size - sum(counts.values())]:
         counts[k] += 1
@@ -98,7 +104,9 @@ def _style(rng, synthetic: dict, role: str, weight: str, size) -> dict:
     return {
         "ink": (ink + (paper - ink) * look["lighten"]).round(4).tolist(),
         "paper": synthetic["paper"],
-        "width": round(max(1.0, synthetic["line_weights"][weight] * look["width_scale"] * scale), 3),
+        "width": round(
+            max(1.0, synthetic["line_weights"][weight] * look["width_scale"] * scale), 3
+        ),
         "opacity": look["opacity"],
         "silhouette_scale": synthetic["silhouette_scale"],
         "wobble": round(synthetic["wobble"] * scale, 3),
@@ -139,13 +147,19 @@ def _solids(rng, names: list[str], count: int, aspect: float, perspective) -> li
         along = (slots[k] - (count - 1) / 2) * spacing
         across = float(rng.uniform(-0.25, 0.25) * screen.mean() / distance)
         x, y = (along, across) if horizontal else (across, -along)
-        objects.append({
-            "solid": names[int(rng.integers(len(names)))],
-            "rotation": np.round(random_rotation(rng), 8).tolist(),
-            "centre": [round(x * depths[k], 6), round(y * depths[k], 6), round(float(depths[k]), 6)],
-            "radius": round(float(radii[k]), 6),
-            "seed": int(rng.integers(2**31)),
-        })  # fmt: skip
+        objects.append(
+            {
+                "solid": names[int(rng.integers(len(names)))],
+                "rotation": np.round(random_rotation(rng), 8).tolist(),
+                "centre": [
+                    round(x * depths[k], 6),
+                    round(y * depths[k], 6),
+                    round(float(depths[k]), 6),
+                ],
+                "radius": round(float(radii[k]), 6),
+                "seed": int(rng.integers(2**31)),
+            }
+        )
     return objects
 
 
@@ -188,14 +202,22 @@ def plan_synthetic(settings: dict, synthetic: dict) -> list[dict]:
             size = _bucket(rng, category, buckets)
             role = settings["z_roles"][int(rng.integers(len(settings["z_roles"])))]
             weight = settings["line_weights"][int(rng.integers(len(settings["line_weights"])))]
-            spec = {"id": f"{number:05d}", "category": category, "size": list(size),
-                    "z_role": role, "line_weight": weight, "margin": synthetic["margin"],
-                    "style": _style(rng, synthetic, role, weight, size), "light": _light(rng)}  # fmt: skip
+            spec = {
+                "id": f"{number:05d}",
+                "category": category,
+                "size": list(size),
+                "z_role": role,
+                "line_weight": weight,
+                "margin": synthetic["margin"],
+                "style": _style(rng, synthetic, role, weight, size),
+                "light": _light(rng),
+            }
             if category in ("single", "pair", "triple"):
                 n = {"single": 1, "pair": 2, "triple": 3}[category]
                 spec["kind"] = "solids"
-                spec["objects"] = _solids(rng, settings["solids"], n, size[0] / size[1],
-                                          synthetic["perspective"])  # fmt: skip
+                spec["objects"] = _solids(
+                    rng, settings["solids"], n, size[0] / size[1], synthetic["perspective"]
+                )
                 spec["subject"] = _solid_subject(spec["objects"], spec["style"]["hatching"])
                 folder = f"solids/{category}"
                 if category == "single":
@@ -205,12 +227,16 @@ def plan_synthetic(settings: dict, synthetic: dict) -> list[dict]:
                 bumps = int(rng.integers(3, 7))
                 positions = np.sort(rng.uniform(0.05, 0.95, bumps))
                 spec["cloud"] = {
-                    "centre": [0.5, 0.55], "width": 1 - 2 * synthetic["margin"],
+                    "centre": [0.5, 0.55],
+                    "width": 1 - 2 * synthetic["margin"],
                     "height": round(float(rng.uniform(0.45, 0.6)), 4),
-                    "bumps": [[round(float(p), 4), round(float(rng.uniform(0.45, 0.85)), 4)]
-                              for p in positions],
-                    "seed": int(rng.integers(2**31)), "light": _light(rng)[:2],
-                }  # fmt: skip
+                    "bumps": [
+                        [round(float(p), 4), round(float(rng.uniform(0.45, 0.85)), 4)]
+                        for p in positions
+                    ],
+                    "seed": int(rng.integers(2**31)),
+                    "light": _light(rng)[:2],
+                }
                 spec["cloud"]["light"][1] *= -1  # image y points down
                 spec["subject"] = "stylised cloud" + (
                     " with hatched shading" if spec["style"]["hatching"] else ""
@@ -221,12 +247,14 @@ def plan_synthetic(settings: dict, synthetic: dict) -> list[dict]:
                 light = _light(rng)[:2]
                 spec["kind"] = "shape"
                 spec["shape"] = {
-                    "shape": shape, "centre": [0.5, 0.5],
+                    "shape": shape,
+                    "centre": [0.5, 0.5],
                     "radius": round(0.5 - synthetic["margin"], 4),
                     "angle": round(float(rng.uniform(0, 360)), 3),
                     "inner": round(float(rng.uniform(0.4, 0.6)), 4),
-                    "seed": int(rng.integers(2**31)), "light": [light[0], -light[1]],
-                }  # fmt: skip
+                    "seed": int(rng.integers(2**31)),
+                    "light": [light[0], -light[1]],
+                }
                 spec["subject"] = SHAPE_NAMES[shape] + (
                     " with hatched shading" if spec["style"]["hatching"] else ""
                 )
@@ -256,8 +284,13 @@ def render_spec(spec: dict) -> np.ndarray:
 
 def caption(settings: dict, subject: str, weight: str | None, role: str | None) -> str:
     template = settings["caption"]
-    fields = {"style": template["style"], "subject": subject, "rendering": template["rendering"],
-              "weight": weight or "", "role": role or ""}  # fmt: skip
+    fields = {
+        "style": template["style"],
+        "subject": subject,
+        "rendering": template["rendering"],
+        "weight": weight or "",
+        "role": role or "",
+    }
     try:
         text = template["template"].format(**fields)
     except (KeyError, IndexError) as error:
@@ -292,26 +325,31 @@ def collection_assets(manifests: list[str], caption_indexes: list[str]) -> list[
             seen.add(row.sha256)
             folders = [f for f in row.taxonomy.split("/") if f]
             roles = [Z_ROLE_FOLDERS[f.lower()] for f in folders if f.lower() in Z_ROLE_FOLDERS]
-            assets.append({
-                "id": row.id, "collection": row.collection, "sha256": row.sha256,
-                "image": row.image, "taxonomy": row.taxonomy, "caption": captions[row.id],
-                "z_role": roles[-1] if roles else None,
-            })  # fmt: skip
+            assets.append(
+                {
+                    "id": row.id,
+                    "collection": row.collection,
+                    "sha256": row.sha256,
+                    "image": row.image,
+                    "taxonomy": row.taxonomy,
+                    "caption": captions[row.id],
+                    "z_role": roles[-1] if roles else None,
+                }
+            )
     return assets
 
 
 def fit_to_bucket(rgba: np.ndarray, bucket: tuple[int, int], margin: float) -> np.ndarray:
-    """The asset scaled (premultiplied, by Pillow) to fit inside the bucket with `margin`
-    free on each side, centred on a transparent canvas; never enlarged past 1.25x."""
-    image = Image.fromarray(rgba, "RGBA")
+    """The asset scaled (on premultiplied colour) to fit inside the bucket with `margin` free
+    on each side, centred on a transparent canvas; never enlarged past 1.25x."""
+    height, width = rgba.shape[:2]
     w, h = bucket
-    scale = min(w * (1 - 2 * margin) / image.width, h * (1 - 2 * margin) / image.height, 1.25)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resized = image.resize(size, Image.Resampling.LANCZOS)  # Pillow resamples RGBa
-    canvas = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    canvas.paste(resized, ((w - size[0]) // 2, (h - size[1]) // 2))
-    out = np.asarray(canvas).copy()
-    out[out[..., 3] == 0, :3] = 0
+    scale = min(w * (1 - 2 * margin) / width, h * (1 - 2 * margin) / height, 1.25)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = resize(rgba, *size)
+    out = np.zeros((h, w, 4), np.uint8)
+    x0, y0 = (w - size[0]) // 2, (h - size[1]) // 2
+    out[y0 : y0 + size[1], x0 : x0 + size[0]] = resized
     return out
 
 
@@ -344,16 +382,28 @@ def build_stencil_dataset(
             for suffix, image, text_v, aug in _variants(
                 base, text, settings["flip"], spec["augmentations"]
             ):
-                entries.append(_write(tmp, f"{spec['folder']}/{spec['id']}{suffix}.png", image,
-                                      text_v, spec["category"], spec["z_role"],
-                                      {"spec": spec_record, "augmentation": aug,
-                                       "flipped": suffix == "-flip"}))  # fmt: skip
+                entries.append(
+                    _write(
+                        tmp,
+                        f"{spec['folder']}/{spec['id']}{suffix}.png",
+                        image,
+                        text_v,
+                        spec["category"],
+                        spec["z_role"],
+                        {"spec": spec_record, "augmentation": aug, "flipped": suffix == "-flip"},
+                    )
+                )
         entries += _write_collection_assets(tmp, settings, synthetic, assets)
         stages = _write_stages(tmp, entries)
         with open(tmp / "metadata.jsonl", "w") as handle:
             for e in entries:
-                row = {"file_name": e["file"], "text": e["caption"], "category": e["category"],
-                       "z_role": e["z_role"], "stage": e["stage"]}  # fmt: skip
+                row = {
+                    "file_name": e["file"],
+                    "text": e["caption"],
+                    "category": e["category"],
+                    "z_role": e["z_role"],
+                    "stage": e["stage"],
+                }
                 handle.write(json.dumps(row, sort_keys=True) + "\n")
         base_counts = Counter(e["category"] for e in entries if e["variant"] == "original")
         summary = {
@@ -362,15 +412,22 @@ def build_stencil_dataset(
             "settings": settings,
             "synthetic": synthetic,
             "counts": {"files": len(entries), "base": dict(sorted(base_counts.items()))},
-            "shares": {k: round(v / max(1, sum(base_counts.values())), 4)
-                       for k, v in sorted(base_counts.items())},  # fmt: skip
+            "shares": {
+                k: round(v / max(1, sum(base_counts.values())), 4)
+                for k, v in sorted(base_counts.items())
+            },
             "stages": stages,
             "versions": versions(("numpy", "pillow", "scipy", "scikit-image")),
             "assets": entries,
         }
         (tmp / "manifest.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    log.info("stencil-%s: %d PNGs (%s base assets) in %.1f s", name, len(entries),
-             dict(sorted(base_counts.items())), time.monotonic() - started)  # fmt: skip
+    log.info(
+        "stencil-%s: %d PNGs (%s base assets) in %.1f s",
+        name,
+        len(entries),
+        dict(sorted(base_counts.items())),
+        time.monotonic() - started,
+    )
     return summary
 
 
@@ -379,10 +436,20 @@ def _write(tmp: Path, file: str, image: np.ndarray, text: str, category, role, e
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image, "RGBA").save(path, compress_level=3)
     path.with_suffix(".txt").write_text(text + "\n")
-    variant = "flip" if extra.get("flipped") else "augmented" if extra.get("augmentation") else "original"
-    return {"file": file, "caption_file": file[:-4] + ".txt", "caption": text,
-            "category": category, "z_role": role, "stage": stage_of(category),
-            "variant": variant, "size": [image.shape[1], image.shape[0]], **extra}  # fmt: skip
+    variant = (
+        "flip" if extra.get("flipped") else "augmented" if extra.get("augmentation") else "original"
+    )
+    return {
+        "file": file,
+        "caption_file": file[:-4] + ".txt",
+        "caption": text,
+        "category": category,
+        "z_role": role,
+        "stage": stage_of(category),
+        "variant": variant,
+        "size": [image.shape[1], image.shape[0]],
+        **extra,
+    }
 
 
 def _write_collection_assets(tmp: Path, settings, synthetic, assets: list[dict]) -> list[dict]:
@@ -402,15 +469,29 @@ def _write_collection_assets(tmp: Path, settings, synthetic, assets: list[dict])
         if rendering and rendering not in text:
             text += f", {rendering}"
         rng = np.random.default_rng([settings["seed"], int(asset["sha256"][:12], 16)])
-        augs = [draw_augmentation(rng, settings["augment"]).to_dict()
-                for _ in range(settings["augment"]["copies"])]  # fmt: skip
+        augs = [
+            draw_augmentation(rng, settings["augment"]).to_dict()
+            for _ in range(settings["augment"]["copies"])
+        ]
         folder = "/".join(["collections", asset["collection"], *filter(None, [asset["taxonomy"]])])
         source = {k: asset[k] for k in ("collection", "id", "sha256", "taxonomy")}
         for suffix, image, text_v, aug in _variants(base, text, settings["flip"], augs):
-            entries.append(_write(tmp, f"{folder}/{asset['id']}{suffix}.png", image, text_v,
-                                  "collection", asset["z_role"],
-                                  {"source": source, "bucket": list(bucket), "augmentation": aug,
-                                   "flipped": suffix == "-flip"}))  # fmt: skip
+            entries.append(
+                _write(
+                    tmp,
+                    f"{folder}/{asset['id']}{suffix}.png",
+                    image,
+                    text_v,
+                    "collection",
+                    asset["z_role"],
+                    {
+                        "source": source,
+                        "bucket": list(bucket),
+                        "augmentation": aug,
+                        "flipped": suffix == "-flip",
+                    },
+                )
+            )
     return entries
 
 
@@ -422,8 +503,14 @@ def _write_stages(tmp: Path, entries: list[dict]) -> list[dict]:
         (tmp / "stages" / f"{name}.txt").write_text("".join(f + "\n" for f in included))
         chosen = set(included)
         members = Counter(e["category"] for e in entries if e["file"] in chosen)
-        stages.append({"name": name, "list": f"stages/{name}.txt", "files": len(included),
-                       "categories": dict(sorted(members.items()))})  # fmt: skip
+        stages.append(
+            {
+                "name": name,
+                "list": f"stages/{name}.txt",
+                "files": len(included),
+                "categories": dict(sorted(members.items())),
+            }
+        )
     return stages
 
 

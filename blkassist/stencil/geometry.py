@@ -8,6 +8,7 @@ coordinates have y down. Every solid is scaled to circumradius 1 in its own fram
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ def _signs(*values):
     combos = [()]
     for value in values:
         options = (value, -value) if value else (0.0,)
-        combos = [c + (o,) for c in combos for o in options]
+        combos = [(*c, o) for c in combos for o in options]
     return combos
 
 
@@ -34,7 +35,9 @@ def _raw_vertices(name: str) -> np.ndarray:
     elif name == "cube":
         points = _signs(1, 1, 1)
     elif name == "octahedron":
-        points = [p for axis in range(3) for p in _signs(*(1 if i == axis else 0 for i in range(3)))]
+        points = [
+            p for axis in range(3) for p in _signs(*(1 if i == axis else 0 for i in range(3)))
+        ]
     elif name == "dodecahedron":
         points = _signs(1, 1, 1) + _signs(0, 1 / PHI, PHI) + _signs(1 / PHI, PHI, 0)
         points += _signs(PHI, 0, 1 / PHI)
@@ -90,8 +93,10 @@ def solid(name: str) -> Solid:
         u = vertices[min(members)] - centre
         u /= np.linalg.norm(u)
         v = np.cross(normal, u)
-        angle = {i: math.atan2(np.dot(vertices[i] - centre, v), np.dot(vertices[i] - centre, u))
-                 for i in members}  # fmt: skip
+        angle = {
+            i: math.atan2(np.dot(vertices[i] - centre, v), np.dot(vertices[i] - centre, u))
+            for i in members
+        }
         faces.append(tuple(sorted(members, key=angle.__getitem__)))
         normals.append(normal / np.linalg.norm(normal))
     return Solid(name, vertices, tuple(faces), np.array(normals))
@@ -105,7 +110,9 @@ def random_rotation(rng: np.random.Generator) -> list[float]:
 def facing_camera(direction) -> list[float]:
     """The orientation that turns `direction` (in the solid's frame) towards the camera."""
     direction = np.asarray(direction, dtype=np.float64)
-    rotation, _ = Rotation.align_vectors([[0.0, 0.0, -1.0]], [direction / np.linalg.norm(direction)])
+    rotation, _ = Rotation.align_vectors(
+        [[0.0, 0.0, -1.0]], [direction / np.linalg.norm(direction)]
+    )
     return rotation.as_quat().tolist()
 
 
@@ -166,7 +173,7 @@ def outline(placed: Placed) -> np.ndarray:
 def check_depth_order(objects: list[Placed]) -> None:
     """Objects must lie in disjoint depth slabs, listed far to near: then painting them in
     that order is exact occlusion (every point of a nearer object is nearer)."""
-    for far, near in zip(objects, objects[1:], strict=False):
+    for far, near in itertools.pairwise(objects):
         if near.depth_range()[1] >= far.depth_range()[0]:
             raise ValueError(
                 f"{near.name} at z={near.centre[2]:.3f} is not wholly in front of {far.name} "

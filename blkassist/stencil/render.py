@@ -93,7 +93,7 @@ def _resample(points: np.ndarray, spacing: float, extend: tuple[float, float]):
     points, steps = points[keep], steps[steps > 1e-9]
     arc = np.concatenate([[0.0], np.cumsum(steps)])
     length = arc[-1]
-    count = max(int(math.ceil((length + sum(extend)) / spacing)), 2) + 1
+    count = max(math.ceil((length + sum(extend)) / spacing), 2) + 1
     u = np.linspace(-extend[0], length + extend[1], count)
     inside = np.stack([np.interp(np.clip(u, 0, length), arc, points[:, i]) for i in (0, 1)], 1)
     head = (points[1] - points[0]) / steps[0]
@@ -131,11 +131,19 @@ def closed_strokes(contour: np.ndarray, width: float, seed: int, corner_deg: flo
     before = contour - np.roll(contour, 3, axis=0)
     after = np.roll(contour, -3, axis=0) - contour
     turn = np.abs(
-        np.angle(np.exp(1j * (np.arctan2(after[:, 1], after[:, 0])
-                              - np.arctan2(before[:, 1], before[:, 0]))))
-    )  # fmt: skip
-    corners = [i for i in range(n) if math.degrees(turn[i]) > corner_deg
-               and turn[i] >= turn[(i - 1) % n] and turn[i] >= turn[(i + 1) % n]]  # fmt: skip
+        np.angle(
+            np.exp(
+                1j * (np.arctan2(after[:, 1], after[:, 0]) - np.arctan2(before[:, 1], before[:, 0]))
+            )
+        )
+    )
+    corners = [
+        i
+        for i in range(n)
+        if math.degrees(turn[i]) > corner_deg
+        and turn[i] >= turn[(i - 1) % n]
+        and turn[i] >= turn[(i + 1) % n]
+    ]
     if len(corners) < 2:
         start = int(rng.integers(n))
         pieces = int(rng.integers(2, 4))
@@ -186,8 +194,11 @@ def _hatch_mask(size, hatch: Hatch, style: InkStyle, x0, y0, fill: Image.Image) 
             d, n = (math.cos(a), math.sin(a)), (-math.sin(a), math.cos(a))
             c = k * spacing + rng.uniform(-0.15, 0.15) * spacing
             px, py = cx + n[0] * c, cy + n[1] * c
-            draw.line([px - d[0] * reach, py - d[1] * reach, px + d[0] * reach,
-                       py + d[1] * reach], fill=255, width=line_width)  # fmt: skip
+            draw.line(
+                [px - d[0] * reach, py - d[1] * reach, px + d[0] * reach, py + d[1] * reach],
+                fill=255,
+                width=line_width,
+            )
     clipped = np.asarray(lines, dtype=np.float32) * region
     return Image.fromarray(clipped.astype(np.uint8))
 
@@ -201,9 +212,9 @@ def rasterise(drawing: Drawing, style: InkStyle, canvas_size: tuple[int, int]):
     ss = style.supersample
     pad = style.width * (style.silhouette_scale + style.overshoot) + 3 * style.wobble + 2
     bx0, by0, bx1, by1 = drawing.bounds(pad)
-    x0, y0 = max(int(math.floor(bx0)), 0), max(int(math.floor(by0)), 0)
-    x1 = min(int(math.ceil(bx1)), canvas_size[0])
-    y1 = min(int(math.ceil(by1)), canvas_size[1])
+    x0, y0 = max(math.floor(bx0), 0), max(math.floor(by0), 0)
+    x1 = min(math.ceil(bx1), canvas_size[0])
+    y1 = min(math.ceil(by1), canvas_size[1])
     if x1 <= x0 or y1 <= y0:
         return np.zeros((0, 0, 4), np.float32), x0, y0
     size = ((x1 - x0) * ss, (y1 - y0) * ss)
@@ -218,7 +229,9 @@ def rasterise(drawing: Drawing, style: InkStyle, canvas_size: tuple[int, int]):
     hatch = np.zeros_like(fill)
     if style.hatching:
         for spec in drawing.hatches:
-            hatch = np.maximum(hatch, _reduce(_hatch_mask(size, spec, style, x0, y0, fill_mask), ss)[..., None])
+            hatch = np.maximum(
+                hatch, _reduce(_hatch_mask(size, spec, style, x0, y0, fill_mask), ss)[..., None]
+            )
     paper = np.asarray(style.paper, np.float32)
     ink_colour = np.asarray(style.ink, np.float32)
     colour = paper * fill
@@ -289,9 +302,10 @@ def solid_drawing(
         angle = math.atan2(facing[1], facing[0]) + math.pi / 2 + rng.normal(0, 0.15)
         spacing = style.hatch_spacing * (1.9 - 1.4 * shade)
         drawing.hatches.append(
-            Hatch([(polygon, 255)], angle, spacing, cross=shade > 0.75,
-                  seed=int(rng.integers(2**31)))
-        )  # fmt: skip
+            Hatch(
+                [(polygon, 255)], angle, spacing, cross=shade > 0.75, seed=int(rng.integers(2**31))
+            )
+        )
     return drawing
 
 
@@ -304,6 +318,8 @@ def render_solids(objects: list[dict], size, style: InkStyle, light, margin: flo
     placed = [placed_from_spec(o) for o in objects]
     check_depth_order(placed)
     view = fit_view(placed, size, margin)
-    drawings = [solid_drawing(p, view, style, light, o["seed"]) for p, o in zip(placed, objects, strict=True)]
+    drawings = [
+        solid_drawing(p, view, style, light, o["seed"])
+        for p, o in zip(placed, objects, strict=True)
+    ]
     return paint(drawings, style, size)
-

@@ -64,10 +64,14 @@ def _outlined(fill, size, style: InkStyle, seed: int, light2d, shade_depth: floa
         )
     light = np.asarray(light2d, float) / np.linalg.norm(light2d)
     drawing.hatches.append(
-        Hatch(fill, math.atan2(light[1], light[0]) + math.pi / 4 + rng.normal(0, 0.2),
-              style.hatch_spacing, seed=int(rng.integers(2**31)),
-              shadow_offset=tuple((light * shade_depth).tolist()))
-    )  # fmt: skip
+        Hatch(
+            fill,
+            math.atan2(light[1], light[0]) + math.pi / 4 + rng.normal(0, 0.2),
+            style.hatch_spacing,
+            seed=int(rng.integers(2**31)),
+            shadow_offset=tuple((light * shade_depth).tolist()),
+        )
+    )
     return drawing
 
 
@@ -113,8 +117,10 @@ def shape_drawing(spec: dict, size, style: InkStyle) -> Drawing:
         fill = [(np.stack([cx + radii * np.cos(t), cy + radii * np.sin(t)], axis=1), 255)]
     elif kind == "crescent":
         d = 0.45 * r
-        fill = [(circle(cx, cy, r), 255),
-                (circle(cx + d * math.cos(turn), cy + d * math.sin(turn), 0.85 * r), 0)]  # fmt: skip
+        fill = [
+            (circle(cx, cy, r), 255),
+            (circle(cx + d * math.cos(turn), cy + d * math.sin(turn), 0.85 * r), 0),
+        ]
     elif kind == "ring":
         fill = [(circle(cx, cy, r), 255), (circle(cx, cy, r * spec.get("inner", 0.55)), 0)]
     else:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from blkassist.fsutil import atomic_path
-from blkassist.stencil.composite import checkerboard, over, premultiply, unpremultiply
+from blkassist.stencil.composite import checkerboard, over, premultiply, resize, unpremultiply
 
 LABEL_WIDTH = 220
 
@@ -25,8 +25,9 @@ def category_rows(manifest: dict) -> dict[str, list[str]]:
     return dict(sorted(rows.items()))
 
 
-def contact_sheet(dataset: str | os.PathLike, output: str | os.PathLike, per_row: int = 8,
-                  thumb: int = 160) -> dict:  # fmt: skip
+def contact_sheet(
+    dataset: str | os.PathLike, output: str | os.PathLike, per_row: int = 8, thumb: int = 160
+) -> dict:
     dataset = Path(dataset)
     manifest = json.loads((dataset / "manifest.json").read_text())
     rows = category_rows(manifest)
@@ -40,8 +41,11 @@ def contact_sheet(dataset: str | os.PathLike, output: str | os.PathLike, per_row
         draw.text((8, y + thumb // 2 - 6), f"{folder} ({len(files)})", fill=(0, 0, 0, 255))
         for c, file in enumerate(files[:per_row]):
             with Image.open(dataset / file) as image:
-                image.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)  # RGBa resampling
                 rgba = np.asarray(image.convert("RGBA"))
+            scale = thumb / max(rgba.shape[:2])
+            rgba = resize(
+                rgba, max(1, round(rgba.shape[1] * scale)), max(1, round(rgba.shape[0] * scale))
+            )
             h, w = rgba.shape[:2]
             x0 = LABEL_WIDTH + 8 + c * (thumb + 8) + (thumb - w) // 2
             y0 = y + (thumb - h) // 2
