@@ -447,3 +447,16 @@ def test_resize_keeps_edge_colours(scale):
     assert out.shape == (side, side, 4)
     assert _fringe(out, light, light, 1.5) == 0
     assert coverage(out) == pytest.approx(coverage(disc) * scale**2, rel=0.02)
+
+
+@pytest.mark.parametrize("quarter", [1, 2, 3])
+def test_quarter_turns_match_numpy_exactly(quarter):
+    """The turn is counter-clockwise on screen and about the image centre (no half-pixel
+    shift): a quarter turn of an odd-sized image is numpy's rot90."""
+    rgba = _disc((200, 30, 40), size=41)
+    rgba[5:12, 20:23] = (10, 20, 30, 255)
+    turned = augment(rgba, Augmentation(angle=90.0 * quarter)).astype(int)
+    expected = np.rot90(rgba, quarter).astype(int)
+    assert np.abs(turned[..., 3] - expected[..., 3]).max() <= 1
+    covered = expected[..., 3] > 0  # (the colour stored under alpha 0 is cleared)
+    assert np.abs(turned[covered] - expected[covered]).max() <= 1

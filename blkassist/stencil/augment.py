@@ -1,6 +1,7 @@
 """Alpha-safe augmentation of transparent assets.
 
-Geometry (flip, rotation, scale) resamples premultiplied colour bilinearly and divides back:
+Geometry (flip, rotation, scale) resamples premultiplied float colour bilinearly (libvips'
+affine) and divides back:
 every output pixel's colour is then an alpha-weighted average of the object's own colours,
 so the half-transparent edge keeps the object's colour (no dark or light fringe from the
 colour stored under transparent pixels). Bilinear weights are never negative, so no ringing
@@ -14,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from skimage.transform import AffineTransform, warp
+import pyvips
 
 from blkassist.stencil.composite import premultiply, unpremultiply
 
@@ -95,9 +96,17 @@ def augment(rgba: np.ndarray, augmentation: Augmentation) -> np.ndarray:
         image = image[:, ::-1]
     if augmentation.angle or augmentation.scale != 1:
         height, width = image.shape[:2]
-        inverse = AffineTransform(matrix=np.linalg.inv(_matrix(augmentation, width, height)))
-        image = warp(image, inverse, order=1, mode="constant", cval=0.0, preserve_range=True)
-        image = image.astype(np.float32)
+        m = _matrix(augmentation, width, height)
+        turned = pyvips.Image.new_from_array(np.ascontiguousarray(image)).affine(
+            [m[0, 0], m[0, 1], m[1, 0], m[1, 1]],
+            interpolate=pyvips.Interpolate.new("bilinear"),
+            oarea=[0, 0, width, height],
+            odx=m[0, 2],
+            ody=m[1, 2],
+            background=[0, 0, 0, 0],
+            extend="background",
+        )
+        image = np.asarray(turned.numpy(), dtype=np.float32)
     alpha = np.clip(image[..., 3:4], 0.0, 1.0)
     colour = np.clip(image[..., :3], 0.0, alpha)
     # Colour changes in premultiplied form: alpha * f(straight colour), f affine.

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from blkassist.stencil.composite import over_into, unpremultiply
 from blkassist.stencil.geometry import Placed, check_depth_order, outline, project, solid
@@ -170,19 +170,28 @@ def _paint_ops(size, ops, scale, x0, y0) -> Image.Image:
     return mask
 
 
-def _hatch_mask(size, hatch: Hatch, style: InkStyle, x0, y0, fill: Image.Image) -> Image.Image:
+def _hatch_into(lines: Image.Image, hatch: Hatch, style: InkStyle, x0, y0, fill: Image.Image):
+    """Draw the hatch into `lines` (the supersampled crop), working only on its region's
+    bounding box."""
     ss = style.supersample
-    region = np.asarray(_paint_ops(size, hatch.region, ss, x0, y0), dtype=np.float32) / 255
+    points = np.concatenate([np.asarray(p) for p, _ in hatch.region]) - (x0, y0)
+    bx0, by0 = np.maximum(np.floor(points.min(axis=0) * ss).astype(int) - 2, 0)
+    bx1, by1 = np.minimum(np.ceil(points.max(axis=0) * ss).astype(int) + 2, lines.size)
+    if bx1 <= bx0 or by1 <= by0:
+        return
+    box = (int(bx1 - bx0), int(by1 - by0))
+    region = _paint_ops(box, hatch.region, ss, x0 + bx0 / ss, y0 + by0 / ss)
+    region = np.asarray(region, dtype=np.float32) / 255
     if hatch.shadow_offset is not None:  # the side away from the light: fill minus shifted fill
         dx, dy = (round(v * ss) for v in hatch.shadow_offset)
-        shifted = np.asarray(fill.transform(size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy)))
+        shifted = np.asarray(fill.crop((bx0 - dx, by0 - dy, bx1 - dx, by1 - dy)))
         region *= 1 - shifted.astype(np.float32) / 255
     rows, cols = np.nonzero(region > 0.5)
-    lines = Image.new("L", size, 0)
     if len(rows) == 0:
-        return lines
+        return
     rng = np.random.default_rng(hatch.seed)
-    draw = ImageDraw.Draw(lines)
+    strokes = Image.new("L", box, 0)
+    draw = ImageDraw.Draw(strokes)
     line_width = max(1, round(style.width * style.hatch_width * ss))
     cx, cy = cols.mean(), rows.mean()
     reach = math.hypot(np.ptp(cols) + 1, np.ptp(rows) + 1)
@@ -194,13 +203,11 @@ def _hatch_mask(size, hatch: Hatch, style: InkStyle, x0, y0, fill: Image.Image) 
             d, n = (math.cos(a), math.sin(a)), (-math.sin(a), math.cos(a))
             c = k * spacing + rng.uniform(-0.15, 0.15) * spacing
             px, py = cx + n[0] * c, cy + n[1] * c
-            draw.line(
-                [px - d[0] * reach, py - d[1] * reach, px + d[0] * reach, py + d[1] * reach],
-                fill=255,
-                width=line_width,
-            )
-    clipped = np.asarray(lines, dtype=np.float32) * region
-    return Image.fromarray(clipped.astype(np.uint8))
+            end = (px - d[0] * reach, py - d[1] * reach, px + d[0] * reach, py + d[1] * reach)
+            draw.line(end, fill=255, width=line_width)
+    clipped = Image.fromarray((np.asarray(strokes, dtype=np.float32) * region).astype(np.uint8))
+    target = (int(bx0), int(by0), int(bx1), int(by1))
+    lines.paste(ImageChops.lighter(lines.crop(target), clipped), target[:2])
 
 
 def _reduce(mask: Image.Image, factor: int) -> np.ndarray:
@@ -226,12 +233,11 @@ def rasterise(drawing: Drawing, style: InkStyle, canvas_size: tuple[int, int]):
         draw.polygon(((polygon - (x0, y0)) * ss).ravel().tolist(), fill=255)
     fill = _reduce(fill_mask, ss)[..., None]
     ink = _reduce(ink_mask, ss)[..., None]
-    hatch = np.zeros_like(fill)
+    hatch_mask = Image.new("L", size, 0)
     if style.hatching:
         for spec in drawing.hatches:
-            hatch = np.maximum(
-                hatch, _reduce(_hatch_mask(size, spec, style, x0, y0, fill_mask), ss)[..., None]
-            )
+            _hatch_into(hatch_mask, spec, style, x0, y0, fill_mask)
+    hatch = _reduce(hatch_mask, ss)[..., None]
     paper = np.asarray(style.paper, np.float32)
     ink_colour = np.asarray(style.ink, np.float32)
     colour = paper * fill
