@@ -36,14 +36,13 @@ ONLY = {  # shares that make a set of one category
 
 
 def settings(resolution: int, count: int, shares: dict | None = None):
-    from blkassist.config import _fill_defaults, load_schema
+    from blkassist.config import validate_config
 
-    schema = load_schema(REPO / "config" / "schema.yaml")
     dataset = {"size": count, "resolution": resolution, "seed": 0}
     if shares is not None:
         dataset["shares"] = shares
     config = {"stencil": {"datasets": {"bench": dataset}}}
-    _fill_defaults(config, schema, schema)
+    validate_config(config, REPO / "config" / "schema.yaml")
     return config["stencil"]["datasets"]["bench"], config["stencil"]["synthetic"]
 
 

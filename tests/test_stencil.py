@@ -14,7 +14,7 @@ from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 from skimage.transform import AffineTransform, warp
 
-from blkassist.config import _fill_defaults, load_schema
+from blkassist.config import validate_config
 from blkassist.errors import ConfigError
 from blkassist.stencil.augment import Augmentation, augment, colour_map, fit_scale
 from blkassist.stencil.composite import coverage, over, premultiply, resize
@@ -341,9 +341,8 @@ def test_shares_above_one_are_a_config_error():
 
 
 def _settings(**overrides) -> dict:
-    schema = load_schema(REPO / "config" / "schema.yaml")
     config = {"stencil": {"datasets": {"t": {"size": 20, "resolution": 192, **overrides}}}}
-    _fill_defaults(config, schema, schema)
+    validate_config(config, REPO / "config" / "schema.yaml")
     return config["stencil"]["datasets"]["t"], config["stencil"]["synthetic"]
 
 

@@ -32,7 +32,8 @@ def contact_sheet(
     manifest = json.loads((dataset / "manifest.json").read_text())
     rows = category_rows(manifest)
     height = max(1, len(rows)) * (thumb + 8) + 8
-    width = LABEL_WIDTH + per_row * (thumb + 8) + 8
+    columns = min(per_row, max((len(files) for files in rows.values()), default=1))
+    width = LABEL_WIDTH + columns * (thumb + 8) + 8
     sheet = premultiply(np.full((height, width, 4), 255, np.uint8))
     label = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(label)
