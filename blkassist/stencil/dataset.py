@@ -189,83 +189,88 @@ def _solid_subject(objects: list[dict], hatched: bool) -> str:
     return f"overlapping arrangement of {listing}{shading}, {direction}"
 
 
+def _shaded(subject: str, style: dict) -> str:
+    return subject + (" with hatched shading" if style["hatching"] else "")
+
+
+def _plan_solids(rng, spec: dict, settings: dict, synthetic: dict) -> None:
+    count = {"single": 1, "pair": 2, "triple": 3}[spec["category"]]
+    width, height = spec["size"]
+    objects = _solids(rng, settings["solids"], count, width / height, synthetic["perspective"])
+    spec.update(kind="solids", objects=objects)
+    spec["subject"] = _solid_subject(objects, spec["style"]["hatching"])
+    spec["folder"] = f"solids/{spec['category']}"
+    if count == 1:
+        spec["folder"] += f"/{objects[0]['solid']}"
+
+
+def _plan_cloud(rng, spec: dict, settings: dict, synthetic: dict) -> None:
+    positions = np.sort(rng.uniform(0.05, 0.95, int(rng.integers(3, 7))))
+    light = _light(rng)
+    spec["kind"] = "cloud"
+    spec["cloud"] = {
+        "centre": [0.5, 0.55],
+        "width": 1 - 2 * synthetic["margin"],
+        "height": round(float(rng.uniform(0.45, 0.6)), 4),
+        "bumps": [
+            [round(float(p), 4), round(float(rng.uniform(0.45, 0.85)), 4)] for p in positions
+        ],
+        "seed": int(rng.integers(2**31)),
+        "light": [light[0], -light[1]],  # on the image plane, y down
+    }
+    spec["subject"] = _shaded("stylised cloud", spec["style"])
+    spec["folder"] = "clouds"
+
+
+def _plan_shape(rng, spec: dict, settings: dict, synthetic: dict) -> None:
+    shape = settings["shapes"][int(rng.integers(len(settings["shapes"])))]
+    light = _light(rng)
+    spec["kind"] = "shape"
+    spec["shape"] = {
+        "shape": shape,
+        "centre": [0.5, 0.5],
+        "radius": round(0.5 - synthetic["margin"], 4),
+        "angle": round(float(rng.uniform(0, 360)), 3),
+        "inner": round(float(rng.uniform(0.4, 0.6)), 4),
+        "seed": int(rng.integers(2**31)),
+        "light": [light[0], -light[1]],
+    }
+    spec["subject"] = _shaded(SHAPE_NAMES[shape], spec["style"])
+    spec["folder"] = f"shapes/{shape}"
+
+
+PLANNERS = {"single": _plan_solids, "pair": _plan_solids, "triple": _plan_solids,
+            "cloud": _plan_cloud, "shape": _plan_shape}  # fmt: skip
+
+
 def plan_synthetic(settings: dict, synthetic: dict) -> list[dict]:
-    """One spec per base asset: everything needed to render it again."""
-    seed = settings["seed"]
+    """One spec per base asset: everything needed to render it again. Asset N draws from
+    its own generator seeded by (seed, N)."""
     buckets = aspect_buckets(settings["resolution"], settings["bucket_step"])
     counts = category_counts(settings["size"], settings["shares"])
+    categories = [c for c in CATEGORIES if c in PLANNERS for _ in range(counts.get(c, 0))]
     specs = []
-    number = 0
-    for category in CATEGORIES[:-1]:
-        for _ in range(counts.get(category, 0)):
-            rng = np.random.default_rng([seed, number])
-            size = _bucket(rng, category, buckets)
-            role = settings["z_roles"][int(rng.integers(len(settings["z_roles"])))]
-            weight = settings["line_weights"][int(rng.integers(len(settings["line_weights"])))]
-            spec = {
-                "id": f"{number:05d}",
-                "category": category,
-                "size": list(size),
-                "z_role": role,
-                "line_weight": weight,
-                "margin": synthetic["margin"],
-                "style": _style(rng, synthetic, role, weight, size),
-                "light": _light(rng),
-            }
-            if category in ("single", "pair", "triple"):
-                n = {"single": 1, "pair": 2, "triple": 3}[category]
-                spec["kind"] = "solids"
-                spec["objects"] = _solids(
-                    rng, settings["solids"], n, size[0] / size[1], synthetic["perspective"]
-                )
-                spec["subject"] = _solid_subject(spec["objects"], spec["style"]["hatching"])
-                folder = f"solids/{category}"
-                if category == "single":
-                    folder += f"/{spec['objects'][0]['solid']}"
-            elif category == "cloud":
-                spec["kind"] = "cloud"
-                bumps = int(rng.integers(3, 7))
-                positions = np.sort(rng.uniform(0.05, 0.95, bumps))
-                spec["cloud"] = {
-                    "centre": [0.5, 0.55],
-                    "width": 1 - 2 * synthetic["margin"],
-                    "height": round(float(rng.uniform(0.45, 0.6)), 4),
-                    "bumps": [
-                        [round(float(p), 4), round(float(rng.uniform(0.45, 0.85)), 4)]
-                        for p in positions
-                    ],
-                    "seed": int(rng.integers(2**31)),
-                    "light": _light(rng)[:2],
-                }
-                spec["cloud"]["light"][1] *= -1  # image y points down
-                spec["subject"] = "stylised cloud" + (
-                    " with hatched shading" if spec["style"]["hatching"] else ""
-                )
-                folder = "clouds"
-            else:
-                shape = settings["shapes"][int(rng.integers(len(settings["shapes"])))]
-                light = _light(rng)[:2]
-                spec["kind"] = "shape"
-                spec["shape"] = {
-                    "shape": shape,
-                    "centre": [0.5, 0.5],
-                    "radius": round(0.5 - synthetic["margin"], 4),
-                    "angle": round(float(rng.uniform(0, 360)), 3),
-                    "inner": round(float(rng.uniform(0.4, 0.6)), 4),
-                    "seed": int(rng.integers(2**31)),
-                    "light": [light[0], -light[1]],
-                }
-                spec["subject"] = SHAPE_NAMES[shape] + (
-                    " with hatched shading" if spec["style"]["hatching"] else ""
-                )
-                folder = f"shapes/{shape}"
-            spec["folder"] = folder
-            spec["augmentations"] = [
-                draw_augmentation(rng, settings["augment"]).to_dict()
-                for _ in range(settings["augment"]["copies"])
-            ]
-            specs.append(spec)
-            number += 1
+    for number, category in enumerate(categories):
+        rng = np.random.default_rng([settings["seed"], number])
+        size = _bucket(rng, category, buckets)
+        role = settings["z_roles"][int(rng.integers(len(settings["z_roles"])))]
+        weight = settings["line_weights"][int(rng.integers(len(settings["line_weights"])))]
+        spec = {
+            "id": f"{number:05d}",
+            "category": category,
+            "size": list(size),
+            "z_role": role,
+            "line_weight": weight,
+            "margin": synthetic["margin"],
+            "style": _style(rng, synthetic, role, weight, size),
+            "light": _light(rng),
+        }
+        PLANNERS[category](rng, spec, settings, synthetic)
+        spec["augmentations"] = [
+            draw_augmentation(rng, settings["augment"]).to_dict()
+            for _ in range(settings["augment"]["copies"])
+        ]
+        specs.append(spec)
     return specs
 
 
@@ -282,25 +287,23 @@ def render_spec(spec: dict) -> np.ndarray:
     raise ValueError(f"unknown asset kind {spec['kind']!r}")
 
 
-def caption(settings: dict, subject: str, weight: str | None, role: str | None) -> str:
+def caption(settings: dict, subject: str, weight: str, role: str) -> str:
+    """A synthetic asset's caption from the set's template."""
     template = settings["caption"]
     fields = {
         "style": template["style"],
         "subject": subject,
         "rendering": template["rendering"],
-        "weight": weight or "",
-        "role": role or "",
+        "weight": weight,
+        "role": role,
     }
     try:
-        text = template["template"].format(**fields)
+        return " ".join(template["template"].format(**fields).split())
     except (KeyError, IndexError) as error:
         raise ConfigError(
             f"stencil.datasets.NAME.caption.template: unknown field {error}; use "
             f"{{{'}, {'.join(sorted(fields))}}}"
         ) from None
-    # Parts left empty (no weight or role for the artist's assets) leave no stray commas.
-    parts = [p.strip() for p in text.split(",")]
-    return ", ".join(p for p in parts if p and p not in ("line weight", "element"))
 
 
 # -- the artist's RGBA assets ---------------------------------------------------------------
