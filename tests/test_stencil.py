@@ -22,6 +22,7 @@ from blkassist.stencil.dataset import (
     build_stencil_dataset,
     caption,
     category_counts,
+    check_stencil_config,
     plan_synthetic,
     render_spec,
 )
@@ -411,9 +412,9 @@ def test_every_asset_renders_again_from_its_manifest_entry(built):
     out, *_ = built
     manifest = json.loads((out / "manifest.json").read_text())
     for entry in manifest["assets"]:
-        if entry["variant"] == "flip":
-            continue
         image = render_spec(entry["spec"])
+        if entry["flipped"]:
+            image = image[:, ::-1]
         if entry["augmentation"]:
             image = augment(image, Augmentation(**entry["augmentation"]))
         assert np.array_equal(image, np.asarray(Image.open(out / entry["file"]))), entry["file"]
@@ -459,3 +460,46 @@ def test_quarter_turns_match_numpy_exactly(quarter):
     assert np.abs(turned[..., 3] - expected[..., 3]).max() <= 1
     covered = expected[..., 3] > 0  # (the colour stored under alpha 0 is cleared)
     assert np.abs(turned[covered] - expected[covered]).max() <= 1
+
+
+def test_z_roles_ink_bg_overlays_lighter_thinner_and_translucent():
+    looks = {}
+    for role in ("FG", "MG", "BG-overlay"):
+        settings, synthetic = _settings(
+            z_roles=[role], size=3, shares={"pair": 0.0, "triple": 0.0, "cloud": 0.0, "shape": 0.0}
+        )
+        rgba = render_spec(plan_synthetic(settings, synthetic)[0])  # the same solid each time
+        covered = rgba[..., 3] > 0
+        darkness = 255 - rgba[..., :3].min(axis=-1).astype(int)
+        looks[role] = (rgba[..., 3].max(), darkness[covered].max(), (darkness > 128).sum())
+    assert looks["FG"][0] == looks["MG"][0] == 255 and looks["BG-overlay"][0] == 153
+    assert looks["FG"][1] > looks["MG"][1] > looks["BG-overlay"][1]  # lighter ink
+    assert looks["FG"][2] > looks["BG-overlay"][2]  # thinner lines: less ink
+
+
+def test_cross_key_config_errors_name_the_fix():
+    base = {
+        "corpus": {
+            "collections": {"scans": {"path": "s", "artist": "A", "licence": "x", "consent": True}}
+        }
+    }
+    cases = [
+        ({"stencil": {"collections": ["nowhere"]}}, "'nowhere' is not a collection"),
+        ({"stencil": {"collections": ["scans"]}}, "corpus.collections.scans.alpha: keep"),
+        (
+            {
+                "stencil": {"datasets": {"a": {}}},
+                "datasets": {"stencil-a": {"collections": ["scans"]}},
+            },
+            "both build datasets/stencil-a",
+        ),
+        (
+            {"stencil": {"datasets": {"a": {"shares": {"pair": 0.9, "triple": 0.2}}}}},
+            r"stencil\.datasets\.a\.shares add up to 1\.200",
+        ),
+    ]
+    for extra, message in cases:
+        config = json.loads(json.dumps({**base, **extra}))
+        validate_config(config, REPO / "config" / "schema.yaml")
+        with pytest.raises(ConfigError, match=message):
+            check_stencil_config(config)
