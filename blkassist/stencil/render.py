@@ -130,13 +130,8 @@ def closed_strokes(contour: np.ndarray, width: float, seed: int, corner_deg: flo
     n = len(contour)
     before = contour - np.roll(contour, 3, axis=0)
     after = np.roll(contour, -3, axis=0) - contour
-    turn = np.abs(
-        np.angle(
-            np.exp(
-                1j * (np.arctan2(after[:, 1], after[:, 0]) - np.arctan2(before[:, 1], before[:, 0]))
-            )
-        )
-    )
+    # The turn at each point: the angle between the incoming and the outgoing direction.
+    turn = np.abs(np.angle((after @ (1, 1j)) * np.conj(before @ (1, 1j))))
     corners = [
         i
         for i in range(n)
@@ -215,7 +210,8 @@ def _reduce(mask: Image.Image, factor: int) -> np.ndarray:
 
 
 def rasterise(drawing: Drawing, style: InkStyle, canvas_size: tuple[int, int]):
-    """The drawing as a premultiplied RGBA crop and its top-left corner on the canvas."""
+    """The drawing as an opaque-inked premultiplied RGBA crop and its top-left corner on the
+    canvas (`paint` applies the element's opacity)."""
     ss = style.supersample
     pad = style.width * (style.silhouette_scale + style.overshoot) + 3 * style.wobble + 2
     bx0, by0, bx1, by1 = drawing.bounds(pad)
@@ -245,21 +241,16 @@ def rasterise(drawing: Drawing, style: InkStyle, canvas_size: tuple[int, int]):
     for cover in (hatch, ink):  # ink over paper, premultiplied
         colour = ink_colour * cover + colour * (1 - cover)
         alpha = cover + alpha * (1 - cover)
-    layer = np.concatenate([colour, alpha], axis=-1) * style.opacity
-    return layer.astype(np.float32), x0, y0
+    return np.concatenate([colour, alpha], axis=-1).astype(np.float32), x0, y0
 
 
 def paint(drawings: list[Drawing], style: InkStyle, size: tuple[int, int]) -> np.ndarray:
     """Drawings composited far to near on a transparent canvas; straight uint8 RGBA out."""
     canvas = np.zeros((size[1], size[0], 4), np.float32)
     for drawing in drawings:
-        if style.opacity < 1:  # a translucent element is one sheet, not see-through layers
-            opaque = InkStyle(**{**style.__dict__, "opacity": 1.0})
-            layer, x0, y0 = rasterise(drawing, opaque, size)
-        else:
-            layer, x0, y0 = rasterise(drawing, style, size)
+        layer, x0, y0 = rasterise(drawing, style, size)
         over_into(canvas, layer, x0, y0)
-    canvas *= style.opacity
+    canvas *= style.opacity  # a translucent element is one sheet, not see-through layers
     return unpremultiply(canvas)
 
 
