@@ -17,6 +17,7 @@ wildcard_constraints:
     run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"])) or "(?!)",
     concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
     pick="|".join(CONCEPTOR["picks"]) or "(?!)",
+    stencil="|".join(STENCIL_SETS) or "(?!)",
 
 
 include: "rules/demo.smk"
@@ -26,6 +27,7 @@ include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
+include: "rules/stencil.smk"
 
 
 rule all:
@@ -40,3 +42,5 @@ rule all:
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
         ),
         expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),
+        expand("datasets/stencil-{stencil}", stencil=STENCIL_SETS),
+        expand("results/stencil/{stencil}_contact_sheet.png", stencil=STENCIL_SETS),

@@ -202,3 +202,18 @@ def concept_inputs(wildcards):
 def pick_index(wildcards):
     concept = CONCEPTOR["picks"][wildcards.pick]["concept"]
     return f"results/concepts/{concept}/concepts.json"
+
+
+STENCIL = config["stencil"]
+STENCIL_SETS = STENCIL["datasets"]
+
+
+def stencil_inputs(wildcards):
+    """The artist's RGBA asset collections a Stencil set includes, with their captions."""
+    included = STENCIL_SETS[wildcards.stencil]["collections"]
+    collections = STENCIL["collections"] if included else []
+    return {
+        "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
+        "captions": [f"captions/{c}/index.json" for c in collections],
+        "sidecars": caption_sidecars(collections),
+    }

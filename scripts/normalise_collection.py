@@ -9,5 +9,5 @@ with rule_logging(snakemake):
     require_consent(name, collection)
     normalise_collection(
         name, collection["path"], snakemake.params.images, snakemake.output.manifest,
-        snakemake.output.report, snakemake.params.max_pixels,
+        snakemake.output.report, snakemake.params.max_pixels, collection["alpha"],
     )  # fmt: skip

@@ -51,6 +51,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         ]
 
 
+def clear_transparent(image: pyvips.Image) -> pyvips.Image:
+    """RGBA with colour 0 wherever alpha is 0 (stray colour there is invisible noise)."""
+    return (image[3] == 0).ifthenelse([0, 0, 0, 0], image)
+
+
 def normalise_collection(
     name: str,
     folder: str | os.PathLike,
@@ -58,11 +63,13 @@ def normalise_collection(
     manifest: str | os.PathLike,
     report: str | os.PathLike,
     max_pixels: int,
+    alpha: str = "passthrough",
 ) -> list[ManifestRow]:
     """Normalise every scan of a collection; fail at the end, naming each bad file.
 
     Good scans are normalised even when others are bad, so fixing one file and rerunning
-    redoes only that file.
+    redoes only that file. alpha="keep" is for collections of transparent RGBA assets: an
+    image without alpha is refused, and colour under fully transparent pixels is cleared.
     """
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +88,18 @@ def normalise_collection(
             duplicates.append({"source": str(scan), "same_as": seen[image_id].source})
             log.warning("%s duplicates %s; using it once", scan, seen[image_id].source)
             continue
-        target = images_dir / f"{image_id}.png"
         image = open_as_srgb8(scan, max_pixels)
+        if alpha == "keep":
+            if not image.hasalpha():
+                problems.append(
+                    f"{scan}: no alpha channel, but collection {name!r} holds transparent "
+                    "assets (alpha: keep). Export it as RGBA PNG/TIFF with transparency, or "
+                    "move it to a scan collection."
+                )
+                continue
+            image = clear_transparent(image)
+        suffix = "-rgba" if alpha == "keep" else ""  # the two modes write different pixels
+        target = images_dir / f"{image_id}{suffix}.png"
         if not target.exists():  # named by content hash: an existing one is this scan
             try:
                 with atomic_path(target) as tmp:
