@@ -14,7 +14,7 @@ wildcard_constraints:
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",
     dataset="|".join(DATASETS) or "(?!)",
-    run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"])) or "(?!)",
+    run="|".join({*ESRGAN_RUNS, *CONCEPTOR["runs"], *TEXTURE_RUNS}) or "(?!)",
     concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
     pick="|".join(CONCEPTOR["picks"]) or "(?!)",
 
@@ -26,6 +26,7 @@ include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
+include: "rules/texture.smk"
 
 
 rule all:
@@ -40,3 +41,5 @@ rule all:
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
         ),
         expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),
+        expand("datasets/texture-{run}", run=TEXTURE_RUNS),
+        expand("results/texture/{run}/review.html", run=TEXTURE_RUNS),

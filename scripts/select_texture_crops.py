@@ -1,0 +1,11 @@
+"""Choose texture-primitive crops from the run's collections and cut them out."""
+
+from blkassist.runlog import rule_logging
+from blkassist.texture.select import texture_sources, write_crops
+
+with rule_logging(snakemake):
+    run = snakemake.wildcards.run
+    write_crops(
+        run, texture_sources(snakemake.input.manifests), snakemake.params.settings,
+        snakemake.output.crops, snakemake.output.plan, f"texture.runs.{run}.dataset",
+    )  # fmt: skip
