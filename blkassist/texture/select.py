@@ -113,11 +113,10 @@ def source_candidates(source: TextureSource, settings: dict, seed: int) -> list[
     if not sizes:
         return []
     grid = cell_grid(read_luma(source.image), cell)
-    rows, cols = grid.shape
     mask = None
     if source.mask and settings["mask_mode"] != "ignore":
-        mask = read_mask(source.mask, -(-source.width // cell), -(-source.height // cell))
-        mask = mask[:rows, :cols].astype(np.float64)
+        mask = read_mask(source.mask, source.width, source.height, cell).astype(np.float64)
+    textured_cells = (grid.tensor[..., 0] + grid.tensor[..., 1]) / cell**2 >= settings["min_energy"]
     split = split_of(source.id, settings["validation_fraction"], seed)
     shares = settings["classes"]
     boxes, fields = [], []
@@ -127,6 +126,8 @@ def source_candidates(source: TextureSource, settings: dict, seed: int) -> list[
         primitive, purity = classify(features)
         score = features.energy * purity  # much texture, and a clear example of its class
         allowed = features.energy >= settings["min_energy"]
+        coverage = window_sums(textured_cells.astype(np.float64), span) / (span * span)
+        allowed &= coverage >= settings["min_coverage"]  # texture throughout, not an edge
         allowed &= np.isin(primitive, [i for i, p in enumerate(PRIMITIVES) if shares[p] > 0])
         if mask is not None:
             if settings["mask_mode"] == "restrict":  # every cell of the crop inside the mask

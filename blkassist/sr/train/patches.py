@@ -24,14 +24,18 @@ class PatchSource:
     mask: str | None = None
 
 
-def read_mask(path: str, width: int, height: int) -> np.ndarray:
-    """An artist's mask (white = train here) resized to width x height, floats in [0, 1].
+def read_mask(path: str, width: int, height: int, cell: int = 1) -> np.ndarray:
+    """An artist's mask (white = train here) resized to width x height, floats in [0, 1];
+    with `cell` > 1, the mean over each whole cell x cell block (height // cell rows).
 
     The convention every sampler shares: "weight" scales by the mask, "restrict" keeps
     only where it is above one half, "ignore" does not read it.
     """
     mask = pyvips.Image.new_from_file(path).colourspace("b-w")[0]
     mask = mask.resize(width / mask.width, vscale=height / mask.height)
+    if cell > 1:  # a box mean: a cell's value is exactly the share of it the artist allows
+        mask = mask.crop(0, 0, width // cell * cell, height // cell * cell).shrink(cell, cell)
+        width, height = width // cell, height // cell
     mask = mask.numpy().astype(np.float32)[:height, :width] / 255
     if mask.shape != (height, width):  # libvips rounds the size: repeat the last row/column
         mask = np.pad(mask, ((0, height - mask.shape[0]), (0, width - mask.shape[1])), "edge")
