@@ -243,7 +243,8 @@ def texture_prompt(wildcards):
 
 
 def texture_dataset_inputs(wildcards):
-    """Crops, captions and each caption sidecar (an artist's edit rebuilds the set)."""
+    """Crops, captions and each caption sidecar (an artist's edit rebuilds the set and
+    its review sheet)."""
     index = checkpoints.caption_texture_crops.get(run=wildcards.run).output.index
     return {
         "plan": f"work/texture/{wildcards.run}/crops.json",

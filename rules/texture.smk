@@ -60,9 +60,7 @@ rule build_texture_dataset:
 
 rule texture_review_sheet:
     input:
-        plan="work/texture/{run}/crops.json",
-        crops="work/texture/{run}/crops",
-        index="captions/texture-{run}/index.json",
+        unpack(texture_dataset_inputs),
     output:
         sheet=report(
             "results/texture/{run}/review.html",

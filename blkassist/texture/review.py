@@ -4,6 +4,7 @@ can check the classes and edit captions (sidecars) before training."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 from blkassist.captions.review import caption_card, review_page
 from blkassist.fsutil import atomic_path, read_json
@@ -16,7 +17,7 @@ def write_texture_review_sheet(run: str, plan_path: str, caption_index: str, out
     cards = [
         caption_card(
             crop["id"],
-            captions[crop["id"]],
+            _current(captions[crop["id"]]),
             f'<span class="tag">{html.escape(crop["primitive"])}</span> '
             f'<span class="tag">{crop["split"]}</span> '
             f'<span class="tag">{crop["box"][2] - crop["box"][0]} px</span><br>',
@@ -32,3 +33,9 @@ def write_texture_review_sheet(run: str, plan_path: str, caption_index: str, out
     )
     with atomic_path(output) as tmp:
         tmp.write_text(review_page(f"Texture crops: {run}", intro, cards))
+
+
+def _current(entry: dict) -> dict:
+    """The index entry with the sidecar as it is now: the artist may have edited it since."""
+    text = " ".join(Path(entry["sidecar"]).read_text().split())
+    return entry if text == entry["caption"] else {**entry, "caption": text, "status": "edited"}
