@@ -360,3 +360,15 @@ def test_crops_captions_edits_dataset_and_sheet(tmp_path):
     assert page.count("<figure>") == 6 and page.count("data:image/jpeg;base64,") == 6
     assert "2 hatch" in page and "my own words" in page and 'class="tag edited"' in page
     assert str(read_json(plan_path)["sources"][0]["source"]) in page
+
+
+def test_strips_measure_exactly_what_one_pass_does(monkeypatch):
+    from blkassist.texture import measure
+
+    luma = scan(np.maximum(hatch(200, 168, 35), grain(200, 168, 2, "stipple")))
+    whole = cell_grid(luma, CELL)
+    monkeypatch.setattr(measure, "STRIP_PIXELS", CELL * 2)  # many strips, many seams
+    strips = cell_grid(luma, CELL)
+    assert whole.shape == strips.shape == (200 // CELL, 168 // CELL)
+    np.testing.assert_allclose(strips.tensor, whole.tensor, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(strips.histogram, whole.histogram, rtol=1e-5, atol=1e-9)

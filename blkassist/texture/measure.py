@@ -92,14 +92,13 @@ def cell_grid(luma: np.ndarray, cell: int) -> CellGrid:
         for channel, values in enumerate((gx * gx, gy * gy, gx * gy)):
             tensor[r0:r1, :, channel] = values.reshape(shape).sum(axis=(1, 3))
         angle = np.arctan2(gy, gx) % np.pi
-        bins = np.minimum((angle * (BINS / np.pi)).astype(np.int64), BINS - 1)
-        cell_index = (
-            (np.arange(r1 - r0)[:, None] * cols + np.arange(cols)[None, :])
-            .repeat(cell, axis=0)
-            .repeat(cell, axis=1)
-        )
+        bins = np.minimum((angle * (BINS / np.pi)).astype(np.int32), BINS - 1)
+        # index (cell row * cols + cell column) * BINS + bin: a column of row offsets
+        # broadcast against a row of column offsets
+        row_offset = (np.arange(y1 - y0, dtype=np.int32) // cell * (cols * BINS))[:, None]
+        column_offset = (np.arange(cols * cell, dtype=np.int32) // cell * BINS)[None, :]
         counts = np.bincount(
-            (cell_index * BINS + bins).ravel(),
+            (bins + row_offset + column_offset).ravel(),
             weights=np.hypot(gx, gy).ravel(),
             minlength=(r1 - r0) * cols * BINS,
         )
