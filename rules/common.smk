@@ -234,7 +234,19 @@ def texture_inputs(wildcards):
     }
 
 
+# What texture captions come from: "embedded", or the served model.
+TEXTURE_CAPTIONER = (
+    "embedded"
+    if config["captions"]["captioner"] == "embedded"
+    else f"vllm:{config['captions']['vllm']['model']}"
+)
+
+
 def texture_prompt(wildcards):
+    """The texture prompt files, as inputs only when a model reads them: with the
+    built-in captioner, editing them must not rebuild the set (and retrain)."""
+    if TEXTURE_CAPTIONER == "embedded":
+        return {}
     dataset = TEXTURE_RUNS[wildcards.run]["dataset"]
     return {
         "system_prompt": workflow_file(dataset["system_prompt"]),

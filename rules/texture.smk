@@ -37,7 +37,9 @@ checkpoint caption_texture_crops:
     resources:
         gpu=caption_resources,
     params:
-        captions={k: config["captions"][k] for k in ("captioner", "vllm")},
+        # What the captions come from; the server's scheduling knobs (concurrency,
+        # timeouts, retries) are read from the config in the script and never rerun.
+        captioner=TEXTURE_CAPTIONER,
         folder="captions/texture-{run}",
     script:
         "../scripts/caption_texture_crops.py"

@@ -4,8 +4,8 @@ from blkassist.runlog import rule_logging
 from blkassist.texture.captions import caption_crops
 
 with rule_logging(snakemake):
+    prompt = snakemake.input.get("system_prompt"), snakemake.input.get("examples")
     caption_crops(
         snakemake.input.plan, snakemake.params.folder, snakemake.output.index,
-        snakemake.params.captions, snakemake.input.system_prompt, snakemake.input.examples,
-        server_log=snakemake.log[0] + ".vllm-server",
+        snakemake.config["captions"], *prompt, server_log=snakemake.log[0] + ".vllm-server",
     )  # fmt: skip

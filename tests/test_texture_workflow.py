@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from tests.conftest import run_snakemake, synthetic_corpus, write_config
 
@@ -56,3 +57,15 @@ def test_texture_dataset_workflow_reruns_nothing_and_keeps_edits(tmp_path):
     assert sidecar.read_text().startswith("hand-written")
     sheet = (tmp_path / "results/texture/t/review.html").read_text()
     assert "hand-written: loose diagonal hatching" in sheet
+
+    # The artist masks out a scan that gave crops: adding the mask re-selects without it.
+    plan = json.loads((tmp_path / "work/texture/t/crops.json").read_text())
+    used = {crop["source_id"] for crop in plan["crops"]}
+    masked = next(source for source in plan["sources"] if source["id"] in used)
+    scan = tmp_path / masked["source"]
+    Image.new("L", Image.open(scan).size, 0).save(scan.with_name(f"{scan.stem}.mask.png"))
+    reselected = run_snakemake(tmp_path, [config], *TARGETS)
+    assert "select_texture_crops" in reselected.stdout + reselected.stderr
+    plan = json.loads((tmp_path / "work/texture/t/crops.json").read_text())
+    assert masked["id"] not in {crop["source_id"] for crop in plan["crops"]}
+    assert sidecar.read_text().startswith("hand-written")  # the edit outlives re-selection

@@ -84,8 +84,8 @@ def caption_images(
     captions_dir: str,
     index: str,
     settings: dict,
-    system_prompt: str,
-    examples: str,
+    system_prompt: str | None,
+    examples: str | None,
     embedded_version: str,
     server_log: str | None = None,
 ) -> dict:

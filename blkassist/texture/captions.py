@@ -23,12 +23,12 @@ def caption_crops(
     captions_dir: str,
     index: str,
     captions: dict,
-    system_prompt: str,
-    examples: str,
+    system_prompt: str | None,
+    examples: str | None,
     server_log: str | None = None,
 ) -> dict:
     """Caption every crop of the plan that needs it. `captions` is the workflow's captions
-    block (embedded or vllm); the prompt files are the texture prompt."""
+    block (embedded or vllm); the prompt files are the texture prompt (vllm only)."""
     plan = read_json(plan_path)
     scans = {source["id"]: source["source"] for source in plan["sources"]}
     jobs = [
