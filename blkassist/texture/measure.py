@@ -34,8 +34,8 @@ BINS = 36  # orientation histogram: 5 degree bins over 180 degrees
 PEAK_HALF_WIDTH = 2  # bins either side of a peak counted as its mass (+-10 degrees)
 SECOND_PEAK_GAP = 6  # a second direction is at least this many bins (30 degrees) away
 SIGMA = 1.0  # Gaussian derivative scale in pixels
-MARGIN = 4  # strip overlap that keeps the derivative exact at strip seams
-STRIP_PIXELS = 512  # rows of float work at a time: memory does not grow with the image
+MARGIN = 4  # strip overlap: the derivative kernel radius (4 sigma), exact at seams
+STRIP_PIXELS = 512  # rows of float work at a time: past the 8-bit luma, memory is flat
 
 FLOOR_PERCENTILE = 20  # the isotropic floor of an orientation histogram
 

@@ -2,9 +2,10 @@
 artist's masks obeyed, bounded overlap, the same crops for the same seed.
 
 Per source: measure the cell grid once (blkassist.texture.measure), score every grid-aligned
-crop of every configured size by its high-frequency energy (times the mask, see
-blkassist.sr.train.patches.read_mask), and keep a best-first list of crops that overlap no
-kept crop by more than `max_overlap`. Across sources: fill each class's share of `count`
+crop of every configured size by its high-frequency energy times how clear an example of
+its class it is (times the artist's mask, read the way the Real-ESRGAN patch sampler reads
+it: blkassist.sr.train.patches.read_mask), and keep a best-first list of crops that
+overlap no kept crop by more than `max_overlap`. Across sources: fill each class's share of `count`
 round-robin over the sources (each source's best crop of a class first), so one dense
 scan does not supply the whole set. Crops are never resampled: a texture's pixel scale is
 what the LoRA is meant to learn. A source smaller than a crop size gets no crops of that
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,7 +132,7 @@ def source_candidates(source: TextureSource, settings: dict, seed: int) -> list[
         allowed &= coverage >= settings["min_coverage"]  # texture throughout, not an edge
         allowed &= np.isin(primitive, [i for i, p in enumerate(PRIMITIVES) if shares[p] > 0])
         if mask is not None:
-            if settings["mask_mode"] == "restrict":  # every cell of the crop inside the mask
+            if settings["mask_mode"] == "restrict":  # every cell mostly inside the mask
                 allowed &= window_sums((mask <= 0.5).astype(np.float64), span) == 0
             else:
                 score = score * window_sums(mask, span) / (span * span)
@@ -233,6 +235,8 @@ def select_crops(
             report.append({**entry, "skipped": f"smaller than {smallest} px"})
             continue
         crops = source_candidates(source, settings, seed)
+        log.info("%s: %d candidate crops %s", source.source, len(crops),
+                 dict(Counter(crop.primitive for crop in crops)))  # fmt: skip
         per_source.append(crops)
         report.append({**entry, "candidates": len(crops)})
     return choose_crops(per_source, settings), report
@@ -290,8 +294,8 @@ def write_crops(
         "counts": counts,
     }
     write_json(plan_path, plan)
-    log.info("wrote %d crops to %s in %.1f s", len(crops), crops_dir,
-             time.monotonic() - started)  # fmt: skip
+    log.info("wrote %d crops to %s and the plan to %s in %.1f s (selection included)",
+             len(crops), crops_dir, plan_path, time.monotonic() - started)  # fmt: skip
     return plan
 
 
