@@ -107,7 +107,7 @@ def primitive_of(ink: np.ndarray) -> str:
 # --- classes ----------------------------------------------------------------------------
 
 HATCH_CASES = list(itertools.product(range(0, 180, 15), (7.0, 12.0)))
-CROSS_CASES = list(itertools.product(range(0, 180, 30), (45, 60, 90)))
+CROSS_CASES = list(itertools.product(range(0, 180, 30), (30, 45, 60, 90)))
 STROKE_CASES = [(cx, cy) for cx in (-60, 0, 96, 192) for cy in (-60, 96, 250)]
 GRAIN_CASES = list(itertools.product(range(3), ("speckle", "stipple")))
 

@@ -43,7 +43,7 @@ FLOOR_PERCENTILE = 20  # the isotropic floor of an orientation histogram
 MIN_ANISOTROPY = 0.3  # less of the histogram above its floor: no real direction
 PEAK_SHARE = 0.25  # a direction holding this share of the oriented part is a real one
 HATCH_PEAK = 0.6  # one direction holding this share is hatching
-CROSS_CELL = 0.8  # two directions and cells below this coherence: they cross everywhere
+CROSS_CELL = 0.9  # two directions and cells below this coherence: they cross everywhere
 STROKE_CELL = 0.55  # locally one direction (but flowing): strokes
 
 
