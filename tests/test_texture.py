@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from blkassist.config import validate_config
 from blkassist.corpus.normalise import normalise_collection
-from blkassist.errors import ConfigError
+from blkassist.errors import ConfigError, InputImageError
 from blkassist.flux.data import read_split
 from blkassist.fsutil import read_json
 from blkassist.texture.captions import caption_crops
@@ -199,6 +199,20 @@ def test_artist_masks_are_obeyed(tmp_path, mode):
         assert (right[:, 2] <= 160).any()
     else:
         assert (right[:, 0] >= 160).any()
+
+
+def test_unreadable_mask_is_named_before_any_work(tmp_path):
+    sources = corpus(tmp_path, {"a": scan(hatch(128, 128, 10)), "b": scan(hatch(128, 128, 80))})
+    (tmp_path / "scans" / "b.mask.png").write_bytes(b"not an image")
+    sources = texture_sources([str(tmp_path / "corpus" / "manifest.tsv")])
+    with pytest.raises(
+        InputImageError,
+        match=r"(?s)1 artist mask\(s\) cannot be read.*b\.mask\.png: not a readable",
+    ):
+        write_crops("t", sources, settings(), str(tmp_path / "crops"), str(tmp_path / "c.json"))
+    assert not (tmp_path / "crops").exists()
+    write_crops("t", sources, settings(mask_mode="ignore"), str(tmp_path / "crops"),
+                str(tmp_path / "c.json"))  # fmt: skip
 
 
 def overlap(a, b) -> float:

@@ -27,7 +27,7 @@ import pyvips
 from blkassist.corpus.collections import mask_for
 from blkassist.corpus.datasets import split_of
 from blkassist.corpus.normalise import read_manifest
-from blkassist.errors import ConfigError
+from blkassist.errors import ConfigError, InputImageError
 from blkassist.fsutil import atomic_path, write_json
 from blkassist.sr.train.patches import read_mask
 from blkassist.texture.measure import (
@@ -97,6 +97,25 @@ def check_settings(settings: dict, key: str) -> None:
         )
     if not any(settings["classes"].values()):
         raise ConfigError(f"{key}.classes: every share is 0; give at least one class a share")
+
+
+def check_masks(sources: list[TextureSource], mask_mode: str) -> None:
+    """Every artist mask opens, before any scan is measured; a bad one is named."""
+    if mask_mode == "ignore":
+        return
+    bad = []
+    for source in sources:
+        if source.mask:
+            try:
+                pyvips.Image.new_from_file(source.mask)
+            except pyvips.Error:
+                bad.append(f"{source.mask}: not a readable image")
+    if bad:
+        listing = "\n".join(f"  - {line}" for line in bad)
+        raise InputImageError(
+            f"{len(bad)} artist mask(s) cannot be read; fix or remove them (a mask is a "
+            f"grayscale image beside its scan, white = use):\n{listing}"
+        )
 
 
 def _overlaps(box: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -252,6 +271,7 @@ def write_crops(
 ) -> dict:
     """Select, then write each crop as a PNG (named by its id) and the plan as JSON."""
     check_settings(settings, key)
+    check_masks(sources, settings["mask_mode"])
     seed = settings["seed"]
     started = time.monotonic()
     crops, report = select_crops(sources, settings, seed)
