@@ -211,9 +211,14 @@ check_texture_runs(config)
 
 
 def texture_selection(run):
-    """What decides the crops (not the caption prompt: editing it must not re-cut them)."""
+    """What decides the crops; not the caption prompt nor the min_count check: changing
+    them must not re-cut the crops (and rebuild the set, and retrain)."""
     dataset = TEXTURE_RUNS[run]["dataset"]
-    return {k: v for k, v in dataset.items() if k not in ("system_prompt", "examples")}
+    return {
+        k: v
+        for k, v in dataset.items()
+        if k not in ("system_prompt", "examples", "min_count")
+    }
 
 
 def texture_masks(collections):

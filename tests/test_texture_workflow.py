@@ -41,6 +41,12 @@ def test_texture_dataset_workflow_reruns_nothing_and_keeps_edits(tmp_path):
 
     again = run_snakemake(tmp_path, [config], *TARGETS)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Settings that check or schedule, not define, the set redo nothing either.
+    knobs = json.loads(json.dumps(CONFIG))
+    knobs["texture"]["runs"]["t"]["dataset"]["min_count"] = 2
+    knobs["captions"] = {"vllm": {"concurrency": 9, "timeout_s": 30}}
+    same = run_snakemake(tmp_path, [write_config(tmp_path, knobs, "knobs.yaml")], *TARGETS)
+    assert "Nothing to be done" in same.stdout + same.stderr
 
     edited = rows[0]["file_name"].rsplit("/", 1)[-1].removesuffix(".png")
     sidecar = tmp_path / "captions" / "texture-t" / f"{edited}.txt"
