@@ -14,7 +14,7 @@ wildcard_constraints:
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",
     dataset="|".join(DATASETS) or "(?!)",
-    run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"])) or "(?!)",
+    run="|".join({*ESRGAN_RUNS, *CONCEPTOR["runs"], *TEXTURE_RUNS}) or "(?!)",
     concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
     pick="|".join(CONCEPTOR["picks"]) or "(?!)",
     stencil="|".join(STENCIL_SETS) or "(?!)",
@@ -28,6 +28,7 @@ include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
 include: "rules/stencil.smk"
+include: "rules/texture.smk"
 
 
 rule all:
@@ -44,3 +45,5 @@ rule all:
         expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),
         expand("datasets/stencil-{stencil}", stencil=STENCIL_SETS),
         expand("results/stencil/{stencil}_contact_sheet.png", stencil=STENCIL_SETS),
+        expand("datasets/texture-{run}", run=TEXTURE_RUNS),
+        expand("results/texture/{run}/review.html", run=TEXTURE_RUNS),

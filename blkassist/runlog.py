@@ -22,6 +22,7 @@ def rule_logging(snakemake):
         handlers=handlers,
         force=True,
     )
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' per-operation chatter
     try:
         yield logging.getLogger(f"blkassist.rule.{snakemake.rule}")
     except BlkAssistError as error:

@@ -3,10 +3,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
+from blkassist.corpus.collections import MASK_TAG
 from blkassist.fsutil import read_json
 from blkassist.probe import header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
+from blkassist.texture.select import check_runs as check_texture_runs
 from blkassist.tiling import plan_mural
 
 validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -216,4 +218,69 @@ def stencil_inputs(wildcards):
         "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
         "captions": [f"captions/{c}/index.json" for c in collections],
         "sidecars": caption_sidecars(collections),
+    }
+
+
+TEXTURE_RUNS = config["texture"]["runs"]
+check_texture_runs(config)
+
+
+def texture_selection(run):
+    """What decides the crops; not the caption prompt nor the min_count check: changing
+    them must not re-cut the crops (and rebuild the set, and retrain)."""
+    dataset = TEXTURE_RUNS[run]["dataset"]
+    return {
+        k: v
+        for k, v in dataset.items()
+        if k not in ("system_prompt", "examples", "min_count")
+    }
+
+
+def texture_masks(collections):
+    """Artist masks (scan.mask.png) as inputs, so adding or editing one re-selects."""
+    masks = []
+    for collection in collections:
+        folder = Path(COLLECTIONS[collection]["path"])
+        if folder.is_dir():
+            masks += [str(m) for m in sorted(folder.rglob(f"*{MASK_TAG}.*"))]
+    return masks
+
+
+def texture_inputs(wildcards):
+    collections = TEXTURE_RUNS[wildcards.run]["collections"]
+    return {
+        "manifests": [f"work/corpus/{c}/manifest.tsv" for c in collections],
+        "masks": texture_masks(collections),
+    }
+
+
+# What texture captions come from: "embedded", or the served model.
+TEXTURE_CAPTIONER = (
+    "embedded"
+    if config["captions"]["captioner"] == "embedded"
+    else f"vllm:{config['captions']['vllm']['model']}"
+)
+
+
+def texture_prompt(wildcards):
+    """The texture prompt files, as inputs only when a model reads them: with the
+    built-in captioner, editing them must not rebuild the set (and retrain)."""
+    if TEXTURE_CAPTIONER == "embedded":
+        return {}
+    dataset = TEXTURE_RUNS[wildcards.run]["dataset"]
+    return {
+        "system_prompt": workflow_file(dataset["system_prompt"]),
+        "examples": workflow_file(dataset["examples"]),
+    }
+
+
+def texture_dataset_inputs(wildcards):
+    """Crops, captions and each caption sidecar (an artist's edit rebuilds the set and
+    its review sheet)."""
+    index = checkpoints.caption_texture_crops.get(run=wildcards.run).output.index
+    return {
+        "plan": f"work/texture/{wildcards.run}/crops.json",
+        "crops": f"work/texture/{wildcards.run}/crops",
+        "index": index,
+        "sidecars": [entry["sidecar"] for entry in read_json(index).values()],
     }

@@ -176,3 +176,47 @@ def _runs(proc: Path, needle: str) -> bool:
         return needle in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+def test_texture_crop_captions_use_the_texture_prompt(tmp_path, proxy):
+    from blkassist.config import validate_config
+    from blkassist.texture.captions import caption_crops
+    from blkassist.texture.select import texture_sources, write_crops
+
+    write_corpus(tmp_path / "corpus", seed=5, compositions=2, details=0, long_side=256,
+                 high_resolution=0)  # fmt: skip
+    work = tmp_path / "work"
+    normalise_collection("ink", tmp_path / "corpus", work / "images", work / "manifest.tsv",
+                         work / "report.json", 10**8)  # fmt: skip
+    config = {
+        "corpus": {"collections": {"ink": {"path": "corpus", "artist": "A", "licence": "L",
+                                           "consent": True}}},
+        "texture": {"runs": {"t": {"collections": ["ink"], "dataset": {
+            "crop_sizes": [64], "cell": 16, "count": 3, "min_count": 1}}}},
+    }  # fmt: skip
+    chosen = validate_config(config, REPO / "config" / "schema.yaml")["texture"]["runs"]["t"]
+    plan_path = str(tmp_path / "crops.json")
+    plan = write_crops("t", texture_sources([str(work / "manifest.tsv")]), chosen["dataset"],
+                       str(tmp_path / "crops"), plan_path)  # fmt: skip
+    captions = settings(tmp_path, proxy.url)
+    prompt = tmp_path / "prompt" / "texture_system_prompt.md"
+    examples = tmp_path / "prompt" / "texture_examples.yaml"
+    folder, index = tmp_path / "captions", str(tmp_path / "index.json")
+
+    result = caption_crops(plan_path, str(folder), index, captions, str(prompt), str(examples))
+    chats = proxy.chats()
+    assert len(chats) == len(plan["crops"]) == 3
+    for body in chats:
+        system = body["messages"][0]["content"]
+        assert prompt.read_text().split("\n")[0] in system
+        assert "- dense ink cross-hatching on warm paper" in system  # a texture example
+    assert all(entry["caption"] for entry in result.values())
+
+    proxy.requests.clear()
+    edited = plan["crops"][0]["id"]
+    (folder / f"{edited}.txt").write_text("my own: bristly hatching\n")
+    prompt.write_text(prompt.read_text() + "\nName the paper colour.\n")
+    changed = caption_crops(plan_path, str(folder), index, captions, str(prompt), str(examples))
+    assert len(proxy.chats()) == 2  # the texture prompt changed: all but the edited crop
+    assert changed[edited]["status"] == "edited"
+    assert (folder / f"{edited}.txt").read_text() == "my own: bristly hatching\n"

@@ -1,5 +1,6 @@
 """The built-in offline captioner: templates over the collection's folder taxonomy plus
-simple measurements of the image (ink coverage, line density, stroke direction)."""
+simple measurements of the image (ink coverage, line density, stroke direction), and a
+texture vocabulary for texture-primitive crops (blkassist.texture)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def analyse(image_path: str) -> dict[str, float | str]:
     gradient_angle = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))
     coherence = np.hypot(jxx - jyy, 2 * jxy) / max(jxx + jyy, 1e-9)
     saturation = float((rgb[..., :3].max(axis=2) - rgb[..., :3].min(axis=2)).mean())
+    paper_rgb = rgb[..., :3][luma >= paper - 0.02].mean(axis=0)
     return {
         "ink_coverage": float(ink.mean()),
         "edge_density": float(edges.mean()),
@@ -34,6 +36,8 @@ def analyse(image_path: str) -> dict[str, float | str]:
         "coherence": float(coherence),
         "saturation": saturation,
         "aspect": image.width / image.height,
+        "paper_luma": paper,
+        "paper_warmth": float(paper_rgb[0] - paper_rgb[2]),  # red minus blue of the paper
     }
 
 
@@ -80,3 +84,41 @@ def caption(image_path: str, taxonomy: str, collection: str, description: str = 
     if description:
         parts.append(description.strip().rstrip("."))
     return ", ".join(parts) + "."
+
+
+def _tone(coverage: float) -> str:
+    return "sparse" if coverage < 0.08 else "moderate" if coverage < 0.25 else "dense"
+
+
+def _paper(facts: dict) -> str:
+    if facts["paper_luma"] < 0.45:
+        return "dark"
+    warmth = facts["paper_warmth"]
+    return "warm" if warmth > 0.03 else "cool" if warmth < -0.03 else "white"
+
+
+def _axis(orientation: float) -> str:
+    """Words for a stroke direction in degrees (0 = horizontal, 90 = vertical)."""
+    if orientation < 22.5 or orientation >= 157.5:
+        return "horizontal"
+    return "vertical" if 67.5 <= orientation < 112.5 else "diagonal"
+
+
+def texture_caption(image_path: str, primitive: str, orientation: float) -> str:
+    """A short texture-centric caption ("dense ink cross-hatching on warm paper") for a
+    crop of a known primitive (hatch, cross-hatch, grain, stroke)."""
+    facts = analyse(image_path)
+    tone = _tone(facts["ink_coverage"])
+    medium = "ink" if facts["saturation"] < 0.08 else "coloured ink"
+    paper = f"{_paper(facts)} paper"
+    if primitive == "hatch":
+        return f"{tone} {medium} hatching, {_axis(orientation)} parallel strokes, on {paper}"
+    if primitive == "cross-hatch":
+        return f"{tone} {medium} cross-hatching on {paper}"
+    if primitive == "stroke":
+        return f"{tone} long flowing {medium} strokes on {paper}"
+    if primitive == "grain":
+        if facts["ink_coverage"] < 0.03:
+            return f"fine {paper} grain with faint {medium} specks"
+        return f"{tone} {medium} stippling and grain on {paper}"
+    raise ValueError(f"unknown texture primitive {primitive!r}")

@@ -24,30 +24,43 @@ code{font-size:.8em;color:#666}
 """
 
 
-def _thumbnail(path: str) -> str:
+def thumbnail_url(path: str) -> str:
     image = pyvips.Image.thumbnail(path, THUMB_SIDE)
     if image.hasalpha():
         image = image.flatten(background=255)
     return "data:image/jpeg;base64," + base64.b64encode(image.jpegsave_buffer(Q=80)).decode()
 
 
-def write_review_sheet(index: dict, collection: str, output: str) -> None:
-    cards = []
-    for image_id, entry in sorted(index.items(), key=lambda item: item[1]["source"]):
-        cards.append(
-            "<figure>"
-            f'<img src="{_thumbnail(entry["image"])}" alt="{html.escape(image_id)}">'
-            f'<figcaption><span class="tag {entry["status"]}">{entry["status"]}</span> '
-            f"{html.escape(entry['caption'])}<br>"
-            f"<code>{html.escape(entry['source'])}</code><br>"
-            f"<code>edit: {html.escape(entry['sidecar'])}</code></figcaption></figure>"
-        )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Captions: "
-        f"{html.escape(collection)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Captions: {html.escape(collection)}</h1><p>{len(cards)} images. Edit a "
-        "caption in its .txt file; the workflow never overwrites your edits.</p>"
+def caption_card(image_id: str, entry: dict, tags: str = "") -> str:
+    """A figure: thumbnail, caption status (and any further `tags` HTML), caption, source,
+    the sidecar to edit."""
+    return (
+        "<figure>"
+        f'<img src="{thumbnail_url(entry["image"])}" alt="{html.escape(image_id)}">'
+        f'<figcaption><span class="tag {entry["status"]}">{entry["status"]}</span> {tags}'
+        f"{html.escape(entry['caption'])}<br>"
+        f"<code>{html.escape(entry['source'])}</code><br>"
+        f"<code>edit: {html.escape(entry['sidecar'])}</code></figcaption></figure>"
+    )
+
+
+def review_page(title: str, intro: str, cards: list[str]) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{intro}</p>"
         f"<div class='grid'>{''.join(cards)}</div></body></html>\n"
     )
+
+
+def write_review_sheet(index: dict, collection: str, output: str) -> None:
+    cards = [
+        caption_card(image_id, entry)
+        for image_id, entry in sorted(index.items(), key=lambda item: item[1]["source"])
+    ]
+    intro = (
+        f"{len(cards)} images. Edit a caption in its .txt file; the workflow never "
+        "overwrites your edits."
+    )
     with atomic_path(output) as tmp:
-        tmp.write_text(page)
+        tmp.write_text(review_page(f"Captions: {collection}", intro, cards))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from blkassist.captions import embedded
@@ -44,6 +47,18 @@ def vllm_endpoint(settings: dict, log_path: Path):
         server.stop()
 
 
+@dataclass(frozen=True)
+class CaptionJob:
+    """One image to caption: where it is, what its pixels are, how the built-in captioner
+    describes it."""
+
+    id: str
+    image: str
+    image_sha256: str
+    source: str
+    embedded: Callable[[], str]
+
+
 def caption_collection(
     manifest: str,
     captions_dir: str,
@@ -52,27 +67,52 @@ def caption_collection(
     description: str = "",
     server_log: str | None = None,
 ) -> dict:
-    rows = read_manifest(manifest)
+    jobs = [
+        CaptionJob(row.id, row.image, row.sha256, row.source,
+                   partial(embedded.caption, row.image, row.taxonomy, row.collection,
+                           description))
+        for row in read_manifest(manifest)
+    ]  # fmt: skip
+    return caption_images(
+        jobs, captions_dir, index, settings, settings["system_prompt"], settings["examples"],
+        EMBEDDED_VERSION, server_log,
+    )  # fmt: skip
+
+
+def caption_images(
+    jobs: list[CaptionJob],
+    captions_dir: str,
+    index: str,
+    settings: dict,
+    system_prompt: str | None,
+    examples: str | None,
+    embedded_version: str,
+    server_log: str | None = None,
+) -> dict:
+    """Caption what needs it (new, or its image/prompt/captioner changed), keep the rest.
+
+    `settings` is the captions block (captioner, vllm); the prompt files are passed apart
+    so that another set of images (texture crops) can use its own prompt.
+    """
     store = CaptionStore(captions_dir)
     if settings["captioner"] == "embedded":
-        digest, captioner = "none", EMBEDDED_VERSION
+        digest, captioner = "none", embedded_version
     else:
-        prompt = FewShotPrompt.load(settings["system_prompt"], settings["examples"])
+        prompt = FewShotPrompt.load(system_prompt, examples)
         digest, captioner = prompt.digest, f"vllm:{settings['vllm']['model']}"
-    origins = {row.id: Origin(row.sha256, digest, captioner) for row in rows}
-    status = {row.id: store.status(row.id, origins[row.id]) for row in rows}
-    needed = [row for row in rows if status[row.id] == "needed"]
+    origins = {job.id: Origin(job.image_sha256, digest, captioner) for job in jobs}
+    status = {job.id: store.status(job.id, origins[job.id]) for job in jobs}
+    needed = [job for job in jobs if status[job.id] == "needed"]
     log.info(
         "%d images: %d need a caption, %d edited by the artist (kept), %d current",
-        len(rows),
+        len(jobs),
         len(needed),
         sum(s == "edited" for s in status.values()),
         sum(s == "current" for s in status.values()),
     )
     if needed and settings["captioner"] == "embedded":
-        for row in needed:
-            text = embedded.caption(row.image, row.taxonomy, row.collection, description)
-            store.write(row.id, text, origins[row.id])
+        for job in needed:
+            store.write(job.id, job.embedded(), origins[job.id])
     elif needed:
         from blkassist.captions.client import VllmCaptioner
 
@@ -86,20 +126,20 @@ def caption_collection(
                 image_long_side=vllm["image_long_side"],
             )  # fmt: skip
             captioner_client.caption_all(
-                [row.image for row in needed],
+                [job.image for job in needed],
                 lambda i, text: store.write(needed[i].id, text, origins[needed[i].id]),
             )
-    for row in needed:
-        status[row.id] = "generated"
+    for job in needed:
+        status[job.id] = "generated"
     result = {
-        row.id: {
-            "status": status[row.id],
-            "caption": store.read(row.id),
-            "sidecar": str(store.sidecar(row.id)),
-            "image": row.image,
-            "source": row.source,
+        job.id: {
+            "status": status[job.id],
+            "caption": store.read(job.id),
+            "sidecar": str(store.sidecar(job.id)),
+            "image": job.image,
+            "source": job.source,
         }
-        for row in rows
+        for job in jobs
     }
     write_json(index, result)
     return result

@@ -18,7 +18,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import pyvips
@@ -160,34 +162,72 @@ def _render(source: pyvips.Image, sample: Sample) -> pyvips.Image:
     return crop.fliphor() if sample.flipped else crop
 
 
-def build_dataset(name: str, images: list[SourceImage], settings: dict, output: str) -> dict:
-    seed = settings["seed"]
-    samples = plan_samples(images, settings, seed)
-    by_id = {image.id: image for image in images}
+@dataclass(frozen=True)
+class DatasetImage:
+    """One image of a training set: where it goes, its caption, its further metadata.jsonl
+    fields, and how to write its PNG (called once, with the path to write)."""
+
+    split: str
+    file_name: str  # relative to the split folder: RES/WxH/NAME.png
+    caption: str
+    fields: dict
+    write_png: Callable[[Path], None]
+
+
+def write_image_folder(
+    output: str,
+    images: Iterable[DatasetImage],
+    summarise: Callable[[dict[str, list[dict]]], dict],
+) -> dict:
+    """Write a training set in the layout above, atomically: each PNG with its .txt caption,
+    metadata.jsonl per split, and dataset.json from `summarise(rows by split)`."""
     with atomic_path(output) as tmp:
         metadata: dict[str, list[dict]] = {"train": [], "validation": []}
-        current_id, source = None, None
-        for sample in samples:
-            if sample.source_id != current_id:  # one decoded source in memory at a time
-                current_id = sample.source_id
-                source = pyvips.Image.new_from_file(by_id[current_id].image)
-                if source.hasalpha():
-                    source = source.flatten(background=255)
-                source = source.copy_memory()
-            path = tmp / sample.split / sample.file_name
+        for image in images:
+            path = tmp / image.split / image.file_name
             path.parent.mkdir(parents=True, exist_ok=True)
-            _render(source, sample).pngsave(str(path), compression=3, keep="none")
-            path.with_suffix(".txt").write_text(sample.caption + "\n")
-            metadata[sample.split].append(
-                {"file_name": sample.file_name, "text": sample.caption,
-                 "bucket": list(sample.bucket), "resolution": sample.resolution,
-                 "kind": sample.kind, "flipped": sample.flipped, "source_id": sample.source_id}
-            )  # fmt: skip
+            image.write_png(path)
+            path.with_suffix(".txt").write_text(image.caption + "\n")
+            metadata[image.split].append(
+                {"file_name": image.file_name, "text": image.caption, **image.fields}
+            )
         for split, rows in metadata.items():
             if rows:
                 with open(tmp / split / "metadata.jsonl", "w") as handle:
                     handle.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        summary = {
+        summary = summarise(metadata)
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _rendered(samples: list[Sample], by_id: dict[str, SourceImage]) -> Iterator[DatasetImage]:
+    current_id, source = None, None
+    for sample in samples:
+        if sample.source_id != current_id:  # one decoded source in memory at a time
+            current_id = sample.source_id
+            source = pyvips.Image.new_from_file(by_id[current_id].image)
+            if source.hasalpha():
+                source = source.flatten(background=255)
+            source = source.copy_memory()
+        yield DatasetImage(
+            sample.split, sample.file_name, sample.caption,
+            {"bucket": list(sample.bucket), "resolution": sample.resolution,
+             "kind": sample.kind, "flipped": sample.flipped, "source_id": sample.source_id},
+            partial(_save_png, _render(source, sample)),
+        )  # fmt: skip
+
+
+def _save_png(image: pyvips.Image, path: Path) -> None:
+    image.pngsave(str(path), compression=3, keep="none")
+
+
+def build_dataset(name: str, images: list[SourceImage], settings: dict, output: str) -> dict:
+    seed = settings["seed"]
+    samples = plan_samples(images, settings, seed)
+    by_id = {image.id: image for image in images}
+
+    def summarise(metadata: dict[str, list[dict]]) -> dict:
+        return {
             "name": name,
             "settings": settings,
             "sources": sorted(
@@ -200,8 +240,8 @@ def build_dataset(name: str, images: list[SourceImage], settings: dict, output: 
             "buckets": dict(Counter(f"{s.bucket[0]}x{s.bucket[1]}" for s in samples)),
             "detail_share": _share(samples),
         }
-        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+
+    return write_image_folder(output, _rendered(samples, by_id), summarise)
 
 
 def _share(samples: list[Sample]) -> float:

@@ -24,6 +24,24 @@ class PatchSource:
     mask: str | None = None
 
 
+def read_mask(path: str, width: int, height: int, cell: int = 1) -> np.ndarray:
+    """An artist's mask (white = train here) resized to width x height, floats in [0, 1];
+    with `cell` > 1, the mean over each whole cell x cell block (height // cell rows).
+
+    The convention every sampler shares: "weight" scales by the mask, "restrict" keeps
+    only where it is above one half, "ignore" does not read it.
+    """
+    mask = pyvips.Image.new_from_file(path).colourspace("b-w")[0]
+    mask = mask.resize(width / mask.width, vscale=height / mask.height)
+    if cell > 1:  # a box mean: a cell's value is exactly the share of it the artist allows
+        mask = mask.crop(0, 0, width // cell * cell, height // cell * cell).shrink(cell, cell)
+        width, height = width // cell, height // cell
+    mask = mask.numpy().astype(np.float32)[:height, :width] / 255
+    if mask.shape != (height, width):  # libvips rounds the size: repeat the last row/column
+        mask = np.pad(mask, ((0, height - mask.shape[0]), (0, width - mask.shape[1])), "edge")
+    return np.clip(mask, 0, 1)
+
+
 def importance_map(source: PatchSource, mask_mode: str) -> tuple[np.ndarray, float]:
     """(probabilities over a reduced grid, grid-to-image scale)."""
     image = pyvips.Image.thumbnail(source.image, MAP_SIDE)
@@ -34,9 +52,7 @@ def importance_map(source: PatchSource, mask_mode: str) -> tuple[np.ndarray, flo
     detail = ndimage.gaussian_filter(np.abs(ndimage.laplace(luma)), 1.5)
     weights = detail + FLOOR * max(float(detail.mean()), 1e-6)
     if source.mask is not None and mask_mode != "ignore":
-        mask = pyvips.Image.new_from_file(source.mask).colourspace("b-w")[0]
-        mask = mask.resize(image.width / mask.width, vscale=image.height / mask.height)
-        mask = mask.numpy().astype(np.float32)[: weights.shape[0], : weights.shape[1]] / 255
+        mask = read_mask(source.mask, image.width, image.height)
         weights = weights * (mask > 0.5) if mask_mode == "restrict" else weights * mask
     total = weights.sum()
     if total <= 0:

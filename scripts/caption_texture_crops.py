@@ -1,0 +1,11 @@
+"""Texture-centric captions for the crops; the artist's edited sidecars are kept."""
+
+from blkassist.runlog import rule_logging
+from blkassist.texture.captions import caption_crops
+
+with rule_logging(snakemake):
+    prompt = snakemake.input.get("system_prompt"), snakemake.input.get("examples")
+    caption_crops(
+        snakemake.input.plan, snakemake.params.folder, snakemake.output.index,
+        snakemake.config["captions"], *prompt, server_log=snakemake.log[0] + ".vllm-server",
+    )  # fmt: skip
