@@ -14,7 +14,8 @@ wildcard_constraints:
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",
     dataset="|".join(DATASETS) or "(?!)",
-    run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"])) or "(?!)",
+    run="|".join(set(ESRGAN_RUNS) | set(CONCEPTOR["runs"]) | set(TEXTURE["runs"]))
+    or "(?!)",
     concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
     pick="|".join(CONCEPTOR["picks"]) or "(?!)",
 
@@ -26,6 +27,7 @@ include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
+include: "rules/texture.smk"
 
 
 rule all:
@@ -40,3 +42,4 @@ rule all:
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
         ),
         expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),
+        expand("results/texture/{run}/model_card.json", run=TEXTURE["runs"]),

@@ -3,6 +3,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
+from blkassist.errors import ConfigError
+from blkassist.flux.recipe import concept_sequence_length
 from blkassist.fsutil import read_json
 from blkassist.probe import header_size
 from blkassist.runlock import clear_stale_locks
@@ -193,6 +195,21 @@ def conceptor_inputs(wildcards):
     return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
 
 
+for _name, _concept in CONCEPTOR["concepts"].items():
+    # A LoRA learnt prompt embeddings of its recipe's length: concepts use that length.
+    _run = _concept["run"]
+    if _run is not None and _run not in CONCEPTOR["runs"]:
+        raise ConfigError(
+            f"conceptor.concepts.{_name}.run: {_run!r} is not a conceptor run "
+            f"(runs: {', '.join(CONCEPTOR['runs']) or 'none'})"
+        )
+    _concept["max_sequence_length"] = concept_sequence_length(
+        _concept,
+        CONCEPTOR["runs"][_run]["recipe"] if _run else None,
+        f"conceptor.concepts.{_name}",
+    )
+
+
 def concept_inputs(wildcards):
     run = CONCEPTOR["concepts"][wildcards.concept]["run"]
     lora = [f"{MODELS_DIR}/conceptor-{run}.safetensors"] if run else []
@@ -202,3 +219,23 @@ def concept_inputs(wildcards):
 def pick_index(wildcards):
     concept = CONCEPTOR["picks"][wildcards.pick]["concept"]
     return f"results/concepts/{concept}/concepts.json"
+
+
+TEXTURE = config["texture"]
+TEXTURE_MODEL = workflow_file(TEXTURE["model"])
+
+
+def texture_inputs(wildcards):
+    """The run's own texture crops (datasets/texture-RUN), or the training set it names."""
+    run = TEXTURE["runs"][wildcards.run]
+    dataset = run["training_set"] or f"texture-{wildcards.run}"
+    return {"dataset": f"datasets/{dataset}", "model": TEXTURE_MODEL}
+
+
+def texture_recipe_params(run):
+    """The recipe settings that define the outputs; checkpoint housekeeping (keep,
+    keep_resumable) and gradient checkpointing only schedule, so changing them reruns
+    nothing."""
+    recipe = TEXTURE["runs"][run]["recipe"]
+    housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
+    return {k: v for k, v in recipe.items() if k not in housekeeping}

@@ -23,6 +23,9 @@ from blkassist.errors import ConfigError, ModelFileError
 from blkassist.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
+# peft imports bitsandbytes when it is installed; its CPU backend then warns about an
+# optional 4-bit kernel package that nothing here uses.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 PARTS = (
     "transformer",
