@@ -24,7 +24,6 @@ import time
 import traceback
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"
 FULL_RANDOM_SPEC = REPO / "resources" / "flux" / "flux1-dev-random.yaml"

@@ -5,6 +5,7 @@ strength (alpha != rank)."""
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 
 import pytest
@@ -74,11 +75,11 @@ def test_schedule_has_the_asked_warmup_and_shape(shape, warmup, steps):
     assert max(seen) == pytest.approx(settings.lr)
     if warmup:
         assert seen[0] == 0 and seen[warmup] == pytest.approx(settings.lr)
-        assert all(a < b for a, b in zip(seen[:warmup], seen[1 : warmup + 1], strict=True))
+        assert all(a < b for a, b in itertools.pairwise(seen[: warmup + 1]))
     if shape == "cosine":
         assert seen[-1] == pytest.approx(0, abs=1e-15)
         after = seen[warmup:]
-        assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(after))
         middle = warmup + (steps - warmup) / 2
         if middle.is_integer():
             assert seen[int(middle)] == pytest.approx(settings.lr / 2)
@@ -111,7 +112,8 @@ def test_accumulated_gradient_equals_the_large_batch_gradient(data, tmp_path, sp
     loss, pieces = gradient(split)
     equal = len(set(split)) == 1
     assert any(g.abs().sum() > 0 for g in big)
-    close = all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(big, pieces, strict=True))
+    pairs = zip(big, pieces, strict=True)
+    close = all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in pairs)
     assert close == equal
     assert (loss == pytest.approx(big_loss, rel=1e-5)) == equal
 

@@ -20,6 +20,7 @@ from tests.flux_fixtures import SCHEMA, TINY_SPEC, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("flux-data")
