@@ -59,3 +59,20 @@ def test_texture_lora_card_sheet_and_plot(tmp_path):
     path = write_config(tmp_path, config)
     again = run_snakemake(tmp_path, [path], "results/texture/ink/model_card.json")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_concepts_sequence_length_must_match_its_runs(tmp_path):
+    config = {
+        "conceptor": {
+            "runs": {"ink": {"dataset": "small", "recipe": {"max_sequence_length": 64}}},
+            "concepts": {"towers": {"run": "ink", "prompts": ["two towers"],
+                                    "max_sequence_length": 128}},
+        },
+    }  # fmt: skip
+    path = write_config(tmp_path, config)
+    result = run_snakemake(tmp_path, [path], "-n", check=False)
+    assert result.returncode != 0
+    assert (
+        "conceptor.concepts.towers.max_sequence_length: 128 differs"
+        in result.stdout + result.stderr
+    )

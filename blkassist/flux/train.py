@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -65,13 +66,17 @@ def train_run(
         )
         trainer = FluxLoraTrainer(recipe, components, train_dir, run_dir, validation_dir)
         log.info(
-            "training %s: %d images (%d held out), run folder %s, optimiser %s",
+            "training %s on %s: %d images (%d held out), run folder %s, optimiser %s, "
+            "resuming from %s",
             key,
+            train_dir,
             len(trainer.data.images),
             len(trainer.data.held_out),
             trainer.run_dir,
             trainer.optimizer_record,
+            trainer.resumed_from or "nothing",
         )
+        started = time.perf_counter()
         result = {**trainer.run(), "device": lease.torch_device}
         chosen = trainer.export(export, chosen_step)
     if contact_sheet:
@@ -79,5 +84,7 @@ def train_run(
     if loss_plot:
         _copy(trainer.run_dir / "losses.png", loss_plot)
     write_json(model_card, trainer.model_card(chosen, result, title))
-    log.info("wrote %s and %s: %s", export, model_card, result)
+    log.info(
+        "wrote %s and %s in %.1f s: %s", export, model_card, time.perf_counter() - started, result
+    )
     return result
