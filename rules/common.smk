@@ -4,7 +4,7 @@ from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
 from blkassist.errors import ConfigError
-from blkassist.flux.recipe import concept_sequence_length
+from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
 from blkassist.probe import header_size
 from blkassist.runlock import clear_stale_locks
@@ -195,19 +195,8 @@ def conceptor_inputs(wildcards):
     return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
 
 
-for _name, _concept in CONCEPTOR["concepts"].items():
-    # A LoRA learnt prompt embeddings of its recipe's length: concepts use that length.
-    _run = _concept["run"]
-    if _run is not None and _run not in CONCEPTOR["runs"]:
-        raise ConfigError(
-            f"conceptor.concepts.{_name}.run: {_run!r} is not a conceptor run "
-            f"(runs: {', '.join(CONCEPTOR['runs']) or 'none'})"
-        )
-    _concept["max_sequence_length"] = concept_sequence_length(
-        _concept,
-        CONCEPTOR["runs"][_run]["recipe"] if _run else None,
-        f"conceptor.concepts.{_name}",
-    )
+# A LoRA learnt prompt embeddings of its recipe's length: concepts use that length.
+resolve_concept_sequence_lengths(CONCEPTOR)
 
 
 def concept_inputs(wildcards):
@@ -223,6 +212,13 @@ def pick_index(wildcards):
 
 TEXTURE = config["texture"]
 TEXTURE_MODEL = workflow_file(TEXTURE["model"])
+for _run, _settings in TEXTURE["runs"].items():
+    if _settings["training_set"] not in (None, *DATASETS):
+        raise ConfigError(
+            f"texture.runs.{_run}.training_set: {_settings['training_set']!r} is not a "
+            f"training set under datasets: ({', '.join(DATASETS) or 'none'}); add it or "
+            "remove the setting (the run's texture crops are used)."
+        )
 
 
 def texture_inputs(wildcards):

@@ -17,7 +17,7 @@ from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.optim import make_schedule
-from blkassist.flux.recipe import concept_sequence_length
+from blkassist.flux.recipe import concept_sequence_length, resolve_concept_sequence_lengths
 from blkassist.flux.trainer import Batch, FluxLoraTrainer
 from tests.flux_fixtures import TINY_SPEC, recipe
 
@@ -131,10 +131,18 @@ def test_a_step_accumulates_the_asked_batches_and_clips(data, tmp_path):
 
 def test_texture_run_uses_8bit_adamw_and_resumes_identically(data, tmp_path):
     cache = tmp_path / "cache"
-    straight = trainer(data, tmp_path / "a", cache)
+    big = {"rank": 128}  # LoRA factors of 4096 values: bitsandbytes keeps 8-bit states
+    straight = trainer(data, tmp_path / "a", cache, **big)
     assert straight.optimizer_record["used"] == "bitsandbytes.optim.AdamW8bit"
     straight.run()
-    interrupted = trainer(data, tmp_path / "b", cache)
+    states = straight.optimizer.state_dict()["state"].values()
+    assert any(
+        v.dtype == torch.uint8
+        for state in states
+        for v in state["__bnb_optimizer_quant_state__"].values()
+        if torch.is_tensor(v)
+    )
+    interrupted = trainer(data, tmp_path / "b", cache, **big)
     save = interrupted.save_checkpoint
 
     def killed_at_step_6():
@@ -145,7 +153,7 @@ def test_texture_run_uses_8bit_adamw_and_resumes_identically(data, tmp_path):
     interrupted.save_checkpoint = killed_at_step_6
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
-    resumed = trainer(data, tmp_path / "b", cache)
+    resumed = trainer(data, tmp_path / "b", cache, **big)
     assert resumed.step == 3
     resumed.run()
     a, b = straight.state_dict(), resumed.state_dict()
@@ -162,7 +170,7 @@ def test_texture_run_uses_8bit_adamw_and_resumes_identically(data, tmp_path):
     wanted = [expected_lr(s, 1e-4, 2, 6, "cosine") for s in range(6)]
     assert lrs == pytest.approx(wanted, rel=1e-5)  # the log keeps 6 digits
     card = straight.model_card(straight.export(tmp_path / "t.safetensors"), {})
-    assert card["recipe"]["optimizer"] == "adamw8bit" and card["recipe"]["rank"] == 16
+    assert card["recipe"]["optimizer"] == "adamw8bit" and card["recipe"]["alpha"] == 16
     assert card["optimizer"]["used"] == "bitsandbytes.optim.AdamW8bit"
     assert card["guidance"]["trained_with"] == 1.0 and card["guidance"]["sampling_default"] == 3.5
 
@@ -223,3 +231,14 @@ def test_concepts_use_their_runs_sequence_length():
     assert concept_sequence_length({"max_sequence_length": 77}, None, "c") == 77
     with pytest.raises(ConfigError, match=r"c\.max_sequence_length: 128 differs .* 64"):
         concept_sequence_length({"max_sequence_length": 128}, run, "c")
+
+    conceptor = {
+        "runs": {"ink": {"recipe": run}},
+        "concepts": {"a": {"run": "ink", "max_sequence_length": None},
+                     "b": {"run": None, "max_sequence_length": None}},
+    }  # fmt: skip
+    resolve_concept_sequence_lengths(conceptor)
+    assert [c["max_sequence_length"] for c in conceptor["concepts"].values()] == [64, 512]
+    conceptor["concepts"]["c"] = {"run": "inks", "max_sequence_length": None}
+    with pytest.raises(ConfigError, match=r"conceptor\.concepts\.c\.run: 'inks' is not"):
+        resolve_concept_sequence_lengths(conceptor)

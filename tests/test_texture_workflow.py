@@ -61,18 +61,23 @@ def test_texture_lora_card_sheet_and_plot(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_a_concepts_sequence_length_must_match_its_runs(tmp_path):
-    config = {
+BAD_CONFIGS = {
+    "conceptor.concepts.towers.max_sequence_length: 128 differs": {
         "conceptor": {
             "runs": {"ink": {"dataset": "small", "recipe": {"max_sequence_length": 64}}},
             "concepts": {"towers": {"run": "ink", "prompts": ["two towers"],
                                     "max_sequence_length": 128}},
         },
-    }  # fmt: skip
-    path = write_config(tmp_path, config)
+    },
+    "texture.runs.ink.training_set: 'crops' is not a training set": {
+        "texture": {"runs": {"ink": {"collections": ["ink"], "training_set": "crops"}}},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("message", list(BAD_CONFIGS))
+def test_inconsistent_flux_settings_are_refused_before_any_job(tmp_path, message):
+    path = write_config(tmp_path, BAD_CONFIGS[message])
     result = run_snakemake(tmp_path, [path], "-n", check=False)
     assert result.returncode != 0
-    assert (
-        "conceptor.concepts.towers.max_sequence_length: 128 differs"
-        in result.stdout + result.stderr
-    )
+    assert message in result.stdout + result.stderr

@@ -93,9 +93,6 @@ class Recipe:
         """The settings that decide the trained weights (the run's digest)."""
         return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE}
 
-    def replace(self, **changes) -> Recipe:
-        return recipe_from_config({**asdict(self), **changes})
-
 
 _TUPLES = {f.name for f in fields(Recipe) if str(f.type).startswith("tuple")}
 
@@ -143,3 +140,19 @@ def concept_sequence_length(concept: dict, run_recipe: dict | None, key: str) ->
             f"max_sequence_length {trained}; remove it (the run's is used) or make them equal."
         )
     return trained
+
+
+def resolve_concept_sequence_lengths(conceptor: dict) -> None:
+    """Set every concept's max_sequence_length (in place) from its run, refusing a
+    concept whose run does not exist or whose explicit length differs."""
+    runs = conceptor["runs"]
+    for name, concept in conceptor["concepts"].items():
+        run = concept["run"]
+        if run is not None and run not in runs:
+            raise ConfigError(
+                f"conceptor.concepts.{name}.run: {run!r} is not a conceptor run "
+                f"(runs: {', '.join(runs) or 'none'})"
+            )
+        recipe = runs[run]["recipe"] if run else None
+        key = f"conceptor.concepts.{name}"
+        concept["max_sequence_length"] = concept_sequence_length(concept, recipe, key)
