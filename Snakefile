@@ -47,3 +47,4 @@ rule all:
         expand("results/stencil/{stencil}_contact_sheet.png", stencil=STENCIL_SETS),
         expand("datasets/texture-{run}", run=TEXTURE_RUNS),
         expand("results/texture/{run}/review.html", run=TEXTURE_RUNS),
+        expand("results/texture/{run}/model_card.json", run=TEXTURE_RUNS),

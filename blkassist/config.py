@@ -45,6 +45,8 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
         schema = target
     if not isinstance(instance, dict):
         return
+    for part in schema.get("allOf", ()):  # earlier parts' defaults win (recipe over base)
+        _fill_defaults(instance, part, root)
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
@@ -73,6 +75,26 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         if "scale" in mural and "target_long_side" in mural:
             raise ConfigError(f"murals.{name}: give either scale or target_long_side, not both")
     return config
+
+
+def definition_with_defaults(instance: dict, schema_path: str | Path, name: str, key: str) -> dict:
+    """A copy of `instance` validated against the schema's `$defs/NAME`, defaults filled
+    (a config section on its own: tests, benchmarks, tools). Errors name `key`."""
+    root = load_schema(schema_path)
+    if name not in root.get("$defs", {}):
+        raise ConfigError(f"{key}: {schema_path} has no $defs/{name}")
+    schema = {"$defs": root["$defs"], "$ref": f"#/$defs/{name}"}
+    instance = copy.deepcopy(instance)
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    if errors:
+        problems = (
+            f"{key}{'.' if error.absolute_path else ''}"
+            + _describe(error).removeprefix("(top level)")
+            for error in errors
+        )
+        raise ConfigError("; ".join(problems))
+    _fill_defaults(instance, schema, schema)
+    return instance
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
 from blkassist.corpus.collections import MASK_TAG
+from blkassist.errors import ConfigError
+from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
 from blkassist.probe import header_size
 from blkassist.runlock import clear_stale_locks
@@ -195,6 +197,10 @@ def conceptor_inputs(wildcards):
     return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
 
 
+# A LoRA learnt prompt embeddings of its recipe's length: concepts use that length.
+resolve_concept_sequence_lengths(CONCEPTOR)
+
+
 def concept_inputs(wildcards):
     run = CONCEPTOR["concepts"][wildcards.concept]["run"]
     lora = [f"{MODELS_DIR}/conceptor-{run}.safetensors"] if run else []
@@ -221,7 +227,8 @@ def stencil_inputs(wildcards):
     }
 
 
-TEXTURE_RUNS = config["texture"]["runs"]
+TEXTURE = config["texture"]
+TEXTURE_RUNS = TEXTURE["runs"]
 check_texture_runs(config)
 
 
@@ -284,3 +291,29 @@ def texture_dataset_inputs(wildcards):
         "index": index,
         "sidecars": [entry["sidecar"] for entry in read_json(index).values()],
     }
+
+
+TEXTURE_MODEL = workflow_file(TEXTURE["model"])
+for _run, _settings in TEXTURE["runs"].items():
+    if _settings["training_set"] not in (None, *DATASETS):
+        raise ConfigError(
+            f"texture.runs.{_run}.training_set: {_settings['training_set']!r} is not a "
+            f"training set under datasets: ({', '.join(DATASETS) or 'none'}); add it or "
+            "remove the setting (the run's texture crops are used)."
+        )
+
+
+def texture_training_inputs(wildcards):
+    """The run's own texture crops (datasets/texture-RUN), or the training set it names."""
+    run = TEXTURE["runs"][wildcards.run]
+    dataset = run["training_set"] or f"texture-{wildcards.run}"
+    return {"dataset": f"datasets/{dataset}", "model": TEXTURE_MODEL}
+
+
+def texture_recipe_params(run):
+    """The recipe settings that define the outputs; checkpoint housekeeping (keep,
+    keep_resumable) and gradient checkpointing only schedule, so changing them reruns
+    nothing."""
+    recipe = TEXTURE["runs"][run]["recipe"]
+    housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
+    return {k: v for k, v in recipe.items() if k not in housekeeping}

@@ -1,6 +1,6 @@
-# BLK-Upscale texture LoRA, data half: texture-primitive crops chosen by measured texture,
+# BLK-Upscale's texture LoRA: texture-primitive crops chosen by measured texture,
 # texture-centric sidecar captions (the artist's edits kept), datasets/texture-RUN and a
-# review sheet.
+# review sheet; then a Flux.1-dev adapter trained on them for tiled diffusion refinement.
 
 
 rule select_texture_crops:
@@ -75,3 +75,41 @@ rule texture_review_sheet:
         "../envs/vips.yaml"
     script:
         "../scripts/texture_review_sheet.py"
+
+
+rule train_texture:
+    input:
+        unpack(texture_training_inputs),
+    output:
+        lora=f"{MODELS_DIR}/texture-{{run}}.safetensors",
+        model_card=report(
+            "results/texture/{run}/model_card.json",
+            caption="../report/texture_model_card.rst",
+            category="Texture LoRA",
+        ),
+        contact_sheet=report(
+            "results/texture/{run}/contact_sheet.png",
+            caption="../report/texture_contact_sheet.rst",
+            category="Texture LoRA",
+        ),
+        loss_plot=report(
+            "results/texture/{run}/losses.png",
+            caption="../report/texture_losses.rst",
+            category="Texture LoRA",
+        ),
+    log:
+        "logs/texture/{run}.log",
+    benchmark:
+        "benchmarks/texture/{run}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        recipe=lambda wildcards: texture_recipe_params(wildcards.run),
+        chosen_step=lambda wildcards: TEXTURE["runs"][wildcards.run]["chosen_step"],
+        run_dir="work/texture/{run}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/train_texture.py"

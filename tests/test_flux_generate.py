@@ -18,9 +18,10 @@ from blkassist.flux.generate import (
     render,
     size_near_megapixel,
 )
-from blkassist.flux.loader import TINY_SPEC, load_flux
-from blkassist.flux.train import FluxLoraTrainer, LoraSettings
+from blkassist.flux.loader import load_flux
+from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.probe import sha256_file
+from tests.flux_fixtures import TINY_SPEC, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,13 +55,7 @@ def lora(tmp_path_factory):
     """A LoRA file from the trainer, with weights large enough to change the image."""
     root = tmp_path_factory.mktemp("flux-lora")
     write_demo_split(root / "train", count=1)
-    settings = LoraSettings(
-        quantize=False,
-        gradient_checkpointing=False,
-        steps=1,
-        max_sequence_length=32,
-        sample_seeds=(),
-    )
+    settings = recipe("conceptor", steps=1, sample_seeds=[])
     run = FluxLoraTrainer(settings, load_flux(TINY_SPEC), root / "train", root / "run")
     run.run()
     generator = torch.Generator().manual_seed(0)

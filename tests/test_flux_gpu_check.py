@@ -3,13 +3,17 @@ run needs a GPU and is never started here)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
-from blkassist.flux import gpu_check
-from blkassist.flux.loader import FULL_RANDOM_SPEC, TINY_SPEC
+from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, SCHEMA, TINY_SPEC
+
+_spec = importlib.util.spec_from_file_location("flux_gpu_check", REPO / "bench/flux_gpu_check.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def test_help_and_defaults(capsys):
@@ -42,6 +46,8 @@ def test_smoke_run_on_the_cpu_with_the_tiny_model(capsys):
                 "2",
                 "--images",
                 "1",
+                "--texture-steps",
+                "1",
             ]
         )
     finally:
@@ -51,12 +57,17 @@ def test_smoke_run_on_the_cpu_with_the_tiny_model(capsys):
     assert report["quantized"] and report["train"]["losses_finite"]
     assert report["train"]["trainable_parameters"] == 14336
     assert report["generate"]["with_lora"] and report["generate"]["seconds_per_image"] > 0
+    texture = report["train_texture"]
+    assert texture["losses_finite"] and texture["gradient_accumulation"] == 8
+    assert texture["optimizer"]["asked"] == "adamw8bit"
+    assert texture["trainable_parameters"] == 14336 // 2  # rank 16 instead of 32
 
 
 def test_full_size_spec_has_flux1_dev_shapes():
     """Built on the meta device: shapes and parameter counts without memory."""
+    from blkassist.flux.adapter import add_adapter
     from blkassist.flux.loader import load_flux
-    from blkassist.flux.train import LoraSettings, add_adapter
+    from blkassist.flux.recipe import schema_recipe
 
     full = load_flux(FULL_RANDOM_SPEC, "meta", torch.bfloat16)
 
@@ -67,5 +78,5 @@ def test_full_size_spec_has_flux1_dev_shapes():
     assert billions(full.text_encoder_2) == 4.76  # T5 v1.1 XXL encoder
     assert full.vae_scale_factor == 8 and full.transformer.config.guidance_embeds
     assert {p.dtype for p in full.transformer.parameters()} == {torch.bfloat16}
-    lora = add_adapter(full.transformer, LoraSettings())
+    lora = add_adapter(full.transformer, schema_recipe("conceptor", {}, SCHEMA))
     assert sum(p.numel() for p in lora) == 37_355_520  # rank 32 on to_q/k/v/out.0

@@ -11,13 +11,12 @@ import torch
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import render
 from blkassist.flux.loader import (
-    FULL_RANDOM_SPEC,
-    TINY_SPEC,
     check_flux_folder,
     load_flux,
     read_spec,
     save_random_flux,
 )
+from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, TINY_SPEC
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,3 +91,30 @@ def test_8bit_quantised_transformer_generates_close_to_full_precision():
     a = np.asarray(render(full.pipeline(), **IMAGE)).astype(int)
     b = np.asarray(render(quantised.pipeline(), **IMAGE)).astype(int)
     assert np.abs(a - b).max() <= 8
+
+
+def test_the_flux_library_works_without_the_checkout(tmp_path):
+    """Installed alone (no resources/, no config/), every Flux module imports and builds a
+    model from a spec passed in."""
+    import subprocess
+    import sys
+
+    shutil.copytree(REPO / "blkassist", tmp_path / "lib" / "blkassist")
+    spec = shutil.copy(TINY_SPEC, tmp_path / "spec.yaml")
+    code = (
+        "import blkassist.flux, pkgutil, importlib\n"
+        "for m in pkgutil.iter_modules(blkassist.flux.__path__):\n"
+        "    importlib.import_module('blkassist.flux.' + m.name)\n"
+        "from blkassist.flux.loader import load_flux\n"
+        f"print(load_flux({str(spec)!r}).transformer.config.num_layers)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "lib"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("1")

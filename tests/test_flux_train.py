@@ -13,23 +13,12 @@ from blkassist.errors import ConfigError
 from blkassist.flux.data import BucketOrder, caption_variants
 from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
-from blkassist.flux.loader import TINY_SPEC, load_flux
-from blkassist.flux.train import FluxLoraTrainer, LoraSettings, settings_from_config
+from blkassist.flux.loader import load_flux
+from blkassist.flux.recipe import recipe_from_config
+from blkassist.flux.trainer import FluxLoraTrainer
+from tests.flux_fixtures import SCHEMA, TINY_SPEC, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-SMALL = {
-    "quantize": False,
-    "gradient_checkpointing": False,
-    "max_sequence_length": 32,
-    "sample_size": (64, 64),
-    "sample_steps": 2,
-    "sample_seeds": (0,),
-    "sample_count": 1,
-    "validation_images": 2,
-    "steps": 4,
-    "save_every": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def data(tmp_path_factory):
 
 
 def trainer(data, run_dir, cache_dir=None, components=None, **overrides) -> FluxLoraTrainer:
-    settings = LoraSettings(**{**SMALL, **overrides})
+    settings = recipe("conceptor", **overrides)
     components = components or load_flux(
         TINY_SPEC,
         quantize=settings.quantize,
@@ -92,16 +81,11 @@ def test_steps_write_checkpoints_logs_samples_and_a_model_card(data, tmp_path):
 
 def test_one_image_overfit_lowers_the_loss(tmp_path):
     write_demo_split(tmp_path / "one" / "train", count=1)
-    settings = {
-        **SMALL,
-        "steps": 100,
-        "save_every": 100,
-        "caption_dropout": 0.0,
-        "shuffle_tags": False,
-        "sample_seeds": (),
-    }
+    settings = recipe(
+        steps=100, save_every=100, caption_dropout=0.0, shuffle_tags=False, sample_seeds=[]
+    )
     run = FluxLoraTrainer(
-        LoraSettings(**settings), load_flux(TINY_SPEC), tmp_path / "one" / "train", tmp_path / "run"
+        settings, load_flux(TINY_SPEC), tmp_path / "one" / "train", tmp_path / "run"
     )
     run.run()
     validation = {
@@ -172,7 +156,7 @@ def test_cached_latents_and_text_embeddings_are_reused(data, tmp_path):
 
 
 def test_lokr_trains_and_its_file_loads(data, tmp_path):
-    run = trainer(data, tmp_path / "run", adapter="lokr", steps=1, sample_seeds=())
+    run = trainer(data, tmp_path / "run", adapter="lokr", steps=1, sample_seeds=[])
     before = [p.detach().clone() for p in run.params]
     run.run()
     assert any(not torch.equal(a, b) for a, b in zip(before, run.params, strict=True))
@@ -192,7 +176,7 @@ def test_8bit_base_with_gradient_checkpointing_trains(data, tmp_path):
     from optimum.quanto.nn import QLinear
 
     run = trainer(
-        data, tmp_path / "run", quantize=True, gradient_checkpointing=True, steps=2, sample_seeds=()
+        data, tmp_path / "run", quantize=True, gradient_checkpointing=True, steps=2, sample_seeds=[]
     )
     base = run.transformer.transformer_blocks[0].attn.to_q.base_layer
     assert isinstance(base, QLinear)
@@ -224,11 +208,38 @@ def test_bucket_order_batches_one_bucket_and_restores():
     assert [again.next() for _ in range(4)] == ahead
 
 
-def test_settings_from_config_names_unknown_keys():
-    settings = settings_from_config({"rank": 16, "target_modules": ["to_q", "to_v"]})
-    assert settings.rank == 16 and settings.target_modules == ("to_q", "to_v")
-    assert settings.alpha == 32 and settings.d_coef == 2 and settings.steps == 6000
-    with pytest.raises(ConfigError, match=r"flux\.rnak"):
-        settings_from_config({"rnak": 16})
-    with pytest.raises(ConfigError, match="adapter"):
-        settings_from_config({"adapter": "dora"})
+def test_recipe_defaults_come_from_the_schema_and_bad_keys_are_named():
+    from dataclasses import asdict
+
+    from blkassist.flux.recipe import schema_recipe
+
+    conceptor = schema_recipe("conceptor", {"rank": 16, "target_modules": ["to_q"]}, SCHEMA)
+    assert conceptor.rank == 16 and conceptor.target_modules == ("to_q",)
+    assert (conceptor.alpha, conceptor.optimizer, conceptor.d_coef, conceptor.steps) == (
+        32,
+        "prodigy",
+        2,
+        6000,
+    )
+    assert (conceptor.lr_schedule, conceptor.gradient_accumulation) == ("constant", 1)
+    texture = schema_recipe("texture", {}, SCHEMA)
+    assert (texture.rank, texture.alpha, texture.dropout) == (16, 16, 0)
+    assert texture.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
+    assert (texture.optimizer, texture.lr, texture.betas, texture.weight_decay) == (
+        "adamw8bit",
+        1e-4,
+        (0.9, 0.999),
+        0.01,
+    )
+    assert (texture.lr_schedule, texture.warmup_steps, texture.steps) == ("cosine", 500, 10000)
+    assert (texture.gradient_accumulation, texture.max_grad_norm) == (8, 1.0)
+    with pytest.raises(ConfigError, match=r"conceptor\.recipe.*rnak"):
+        schema_recipe("conceptor", {"rnak": 16}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"texture\.recipe\.optimizer"):
+        schema_recipe("texture", {"optimizer": "sgd"}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"run\.rnak"):
+        recipe_from_config({**asdict(texture), "rnak": 1}, "run")
+    incomplete = asdict(texture)
+    del incomplete["warmup_steps"]
+    with pytest.raises(ConfigError, match="warmup_steps missing"):
+        recipe_from_config(incomplete, "run")

@@ -1,16 +1,24 @@
 """The training set as the trainer sees it: samples from a datasets/NAME split, caption
 shuffles, bucketed batch order with a two-integer state, and a content-addressed tensor
-cache for latents and text embeddings."""
+cache for latents and text embeddings.
+
+Latents and text embeddings are computed once and cached on disk by content hash, so a
+rerun (or another recipe on the same data and model) skips the VAE and both text encoders,
+and the encoders can leave the GPU during training. Caption shuffling therefore draws from
+a fixed pool of `caption_variants` shuffles per caption."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from blkassist.errors import ConfigError, InputImageError
@@ -141,3 +149,112 @@ class TensorCache:
 
 def content_key(*parts) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
+
+
+class TrainingData:
+    """The train and held-out samples of one run, their cached latents and embeddings,
+    and the caption each draw uses."""
+
+    def __init__(self, recipe, components, train_dir, validation_dir, cache: TensorCache):
+        self.recipe, self.components, self.cache = recipe, components, cache
+        self.device = components.device
+        multiple = components.vae_scale_factor * 2
+        self.images = read_split(train_dir, multiple)
+        held_out = validation_dir and (Path(validation_dir) / "metadata.jsonl").is_file()
+        self.held_out = read_split(validation_dir, multiple) if held_out else []
+        self.stats: Counter = Counter()
+
+    def fingerprint(self) -> str:
+        return data_fingerprint(self.images)
+
+    def sample_prompts(self) -> list[str]:
+        """The recipe's sample prompts, or the first distinct held-out (then train) captions."""
+        r = self.recipe
+        if r.sample_prompts:
+            return list(r.sample_prompts)
+        prompts = []
+        for image in self.held_out + self.images:
+            if image.caption not in prompts:
+                prompts.append(image.caption)
+        return prompts[: r.sample_count]
+
+    # -- cache keys ------------------------------------------------------------------
+    def _latent_key(self, image: TrainingImage) -> str:
+        vae = self.components.vae
+        return content_key(
+            "latents", self.components.identity["vae"], vae.dtype, image.sha256, image.bucket
+        )
+
+    def _text_key(self, text: str) -> str:
+        c = self.components
+        parts = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+        return content_key(
+            "text",
+            *(c.identity[part] for part in parts),
+            c.text_encoder.dtype,
+            self.recipe.max_sequence_length,
+            text,
+        )
+
+    def variants(self, caption: str) -> list[str]:
+        r = self.recipe
+        count = r.caption_variants if r.shuffle_tags else 1
+        return caption_variants(caption, count, r.keep_tags, r.seed)
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Encode what the cache lacks: VAE latent distributions, text embeddings."""
+        c = self.components
+        processor = VaeImageProcessor(vae_scale_factor=c.vae_scale_factor * 2)
+        for image in self.images + self.held_out:
+            key = self._latent_key(image)
+            if self.cache.has("latents", key):
+                self.stats["latents_reused"] += 1
+                continue
+            with Image.open(image.path) as pil:
+                pixels = processor.preprocess(pil.convert("RGB"))
+            pixels = pixels.to(self.device, c.vae.dtype)
+            parameters = c.vae.encode(pixels).latent_dist.parameters.float()
+            self.cache.save("latents", key, {"parameters": parameters[0]})
+            self.stats["latents_encoded"] += 1
+        texts = {""} | set(self.sample_prompts())
+        for image in self.images + self.held_out:
+            texts.update(self.variants(image.caption))
+        missing = sorted(t for t in texts if not self.cache.has("text", self._text_key(t)))
+        self.stats["texts_reused"] += len(texts) - len(missing)
+        pipe = c.pipeline() if missing else None
+        for start in range(0, len(missing), 8):
+            batch = missing[start : start + 8]
+            embeds, pooled, _ = pipe.encode_prompt(
+                batch, prompt_2=None, max_sequence_length=self.recipe.max_sequence_length
+            )
+            for text, e, p in zip(batch, embeds, pooled, strict=True):
+                self.cache.save(
+                    "text", self._text_key(text), {"embeds": e.clone(), "pooled": p.clone()}
+                )
+            self.stats["texts_encoded"] += len(batch)
+
+    # -- what a step reads -------------------------------------------------------------
+    def text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        loaded = [self.cache.load("text", self._text_key(t)) for t in texts]
+        embeds = torch.stack([t["embeds"] for t in loaded]).to(self.device)
+        pooled = torch.stack([t["pooled"] for t in loaded]).to(self.device)
+        return embeds, pooled
+
+    def latents(self, images: list[TrainingImage], generator=None) -> torch.Tensor:
+        """Scaled latents: drawn from the cached distribution with `generator`, or (None)
+        its mean."""
+        config = self.components.vae.config
+        batch = []
+        for image in images:
+            parameters = self.cache.load("latents", self._latent_key(image))["parameters"][None]
+            dist = DiagonalGaussianDistribution(parameters)
+            latent = dist.sample(generator) if generator is not None else dist.mean
+            batch.append((latent - config.shift_factor) * config.scaling_factor)
+        return torch.cat(batch).to(self.device)
+
+    def caption(self, caption: str, rng: random.Random) -> str:
+        """The caption a training draw sees: dropped to "" or one of its shuffles."""
+        if rng.random() < self.recipe.caption_dropout:
+            return ""
+        return rng.choice(self.variants(caption))

@@ -79,11 +79,15 @@ def load_adapter(pipe, path: str | os.PathLike, scale: float = 1.0, name=ADAPTER
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: LoRA file not found. Train one or fix the lora setting.")
+    # Folder + weight_name: diffusers then reads the file's adapter metadata (rank, alpha,
+    # targets); given the file path alone it infers alpha = rank, which applies an adapter
+    # trained with alpha != rank at rank/alpha times its strength.
+    where = {"weight_name": path.name, "adapter_name": name}
     if adapter_is_lokr(path):
         # FluxPipeline.load_lora_weights only accepts keys with "lora" in them.
-        pipe.transformer.load_lora_adapter(str(path), prefix="transformer", adapter_name=name)
+        pipe.transformer.load_lora_adapter(str(path.parent), prefix="transformer", **where)
     else:
-        pipe.load_lora_weights(str(path), adapter_name=name)
+        pipe.load_lora_weights(str(path.parent), **where)
     pipe.set_adapters([name], adapter_weights=[scale])
     return sha256_file(path)
 
@@ -100,9 +104,11 @@ def render(
     prompt_embeds: torch.Tensor | None = None,
     pooled_prompt_embeds: torch.Tensor | None = None,
     max_sequence_length: int = 512,
-) -> Image.Image:
-    """One image. The starting noise comes from a CPU generator, so a seed gives the same
-    image on any device (up to the device's arithmetic)."""
+    output_type: str = "pil",
+) -> Image.Image | torch.Tensor:
+    """One image (output_type "latent": its final packed latents). The starting noise
+    comes from a CPU generator, so a seed gives the same image on any device (up to the
+    device's arithmetic)."""
     multiple = pipe.vae_scale_factor * 2
     if width % multiple or height % multiple:
         raise ConfigError(f"size {width}x{height}: both sides must be multiples of {multiple}")
@@ -116,6 +122,7 @@ def render(
         guidance_scale=guidance,
         generator=torch.Generator("cpu").manual_seed(seed),
         max_sequence_length=max_sequence_length,
+        output_type=output_type,
     ).images[0]
 
 

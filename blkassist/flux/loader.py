@@ -1,8 +1,9 @@
 """The one loader for all Flux work: training, sampling, concept generation, GPU checks.
 
 Production loads a local Flux.1-dev diffusers folder (never the network). Demos and tests
-build a random model of the same classes from a spec file (`resources/flux/tiny.yaml`),
-which can be saved as a diffusers folder, so the production path is exercised offline too.
+build a random model of the same classes from a spec file (the workflow's
+`resources/flux/tiny.yaml`, whose path comes from config), which can be saved as a
+diffusers folder, so the production path is exercised offline too.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from blkassist.errors import ConfigError, ModelFileError
 from blkassist.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
-
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "flux"
-TINY_SPEC = RESOURCES / "tiny.yaml"
-FULL_RANDOM_SPEC = RESOURCES / "flux1-dev-random.yaml"
+# peft imports bitsandbytes when it is installed; its CPU backend then warns about an
+# optional 4-bit kernel package that nothing here uses.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 PARTS = (
     "transformer",

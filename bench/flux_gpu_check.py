@@ -1,12 +1,13 @@
-"""Time and memory of the Conceptor recipe at full size on one GPU; prints JSON.
+"""Time and memory of the Flux LoRA recipes at full size on one GPU; prints JSON.
 
-    python -m blkassist.flux.gpu_check [--model SPEC_OR_FOLDER] [--size 1024] ...
+    .venv/bin/python bench/flux_gpu_check.py [--model SPEC_OR_FOLDER] [--size 1024] ...
 
 By default the model is Flux.1-dev's full architecture with random weights (no download:
 resources/flux/flux1-dev-random.yaml), so numbers are real but images are noise. It runs
 the library's own code: load_flux (8-bit base, gradient checkpointing), FluxLoraTrainer's
-train_step (LoRA rank 32, Prodigy, bf16 autocast), and render for generation. Each phase
-reports its error instead of stopping the others.
+train_step with the schema's recipes (Conceptor: LoRA rank 32, Prodigy; texture: rank 16,
+AdamW 8-bit, 8 accumulated batches per optimiser step), bf16 autocast, and render for
+generation. Each phase reports its error instead of stopping the others.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import time
 import traceback
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "config" / "schema.yaml"
+FULL_RANDOM_SPEC = REPO / "resources" / "flux" / "flux1-dev-random.yaml"
+PHASES = ("train", "generate", "train_texture")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from blkassist.flux.loader import FULL_RANDOM_SPEC
-
     parser = argparse.ArgumentParser(
-        prog="python -m blkassist.flux.gpu_check", description=__doc__.split("\n\n")[0]
+        prog="bench/flux_gpu_check.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--model",
@@ -36,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a random-model spec (.yaml) or a Flux.1-dev diffusers folder",
     )
     parser.add_argument("--size", type=int, default=1024, help="square image side in pixels")
-    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--rank", type=int, default=32, help="Conceptor phase's LoRA rank")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--gen-steps", type=int, default=28, help="denoising steps per image")
@@ -44,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-quantize", action="store_true", help="bf16 base, not qint8")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--skip-train-texture", action="store_true")
+    parser.add_argument(
+        "--texture-steps",
+        type=int,
+        default=2,
+        help="timed optimiser steps of the texture recipe (each of 8 accumulated batches)",
+    )
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the script")
     parser.add_argument("--output", help="also write the JSON here")
     return parser.parse_args(argv)
@@ -75,25 +86,30 @@ class _Device:
         return round((cuda.max_memory_allocated() if peak else cuda.memory_allocated()) / 2**30, 2)
 
 
-def _train(args, components, device: _Device, work: Path) -> dict:
+def _train(args, components, device: _Device, work: Path, kind: str = "conceptor") -> dict:
     from blkassist.flux.demo import write_demo_split
-    from blkassist.flux.train import FluxLoraTrainer, LoraSettings
+    from blkassist.flux.recipe import schema_recipe
+    from blkassist.flux.trainer import FluxLoraTrainer
 
-    settings = LoraSettings(
-        rank=args.rank,
-        alpha=args.rank,
-        quantize=not args.no_quantize,
-        sample_seeds=(),
-        caption_variants=2,
-    )
-    write_demo_split(work / "train", count=2, buckets=((args.size, args.size),))
-    trainer = FluxLoraTrainer(settings, components, work / "train", work / "run")
+    overrides = {"quantize": not args.no_quantize, "sample_seeds": [], "caption_variants": 2}
+    if kind == "conceptor":
+        overrides.update(rank=args.rank, alpha=args.rank)
+    recipe = schema_recipe(kind, overrides, SCHEMA)
+    if getattr(components.transformer, "peft_config", None):
+        components.transformer.delete_adapters(list(components.transformer.peft_config))
+    split = work / kind / "train"
+    write_demo_split(split, count=2, buckets=((args.size, args.size),))
+    trainer = FluxLoraTrainer(recipe, components, split, work / kind / "run")
     device.reset_peak()
-    for _ in range(args.warmup_steps):
+    steps = args.train_steps if kind == "conceptor" else args.texture_steps
+    for _ in range(args.warmup_steps if kind == "conceptor" else 1):
         trainer.train_step()
-    timed = [device.timed(trainer.train_step) for _ in range(args.train_steps)]
+    timed = [device.timed(trainer.train_step) for _ in range(steps)]
     trainer.transformer.eval()
     return {
+        "recipe": kind,
+        "optimizer": trainer.optimizer_record,
+        "gradient_accumulation": recipe.gradient_accumulation,
         "seconds_per_step": round(statistics.median(t for t, _ in timed), 3),
         "step_seconds": [round(t, 3) for t, _ in timed],
         "peak_memory_gib": device.gib(),
@@ -161,6 +177,7 @@ def measure(args) -> dict:
     phases = {
         "train": lambda: _train(args, components, device, work),
         "generate": lambda: _generate(args, components, device),
+        "train_texture": lambda: _train(args, components, device, work, "texture"),
     }
     try:
         for name, phase in phases.items():
