@@ -23,7 +23,8 @@ RECIPE = {"steps": 4, "save_every": 2, "warmup_steps": 1, "gradient_accumulation
 
 
 def test_texture_lora_card_sheet_and_plot(tmp_path):
-    # Until the texture crops rule lands, the run trains on a set of the same layout.
+    # training_set: the run trains on a Conceptor-layout set (the texture-crops chain is
+    # the demo's and test_texture_workflow's).
     config = {
         "corpus": synthetic_corpus(3, 1, 256),
         "datasets": {"crops": {"collections": ["ink"], "resolutions": [128],
@@ -70,6 +71,7 @@ BAD_CONFIGS = {
         },
     },
     "texture.runs.ink.training_set: 'crops' is not a training set": {
+        "corpus": synthetic_corpus(1, 0, 256),
         "texture": {"runs": {"ink": {"collections": ["ink"], "training_set": "crops"}}},
     },
 }  # fmt: skip
