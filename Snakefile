@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "rules/demo.smk"
 include: "rules/models.smk"
 include: "rules/upscale.smk"
+include: "rules/refine.smk"
 include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"

@@ -1,0 +1,238 @@
+# BLK-Upscale diffusion path: after each SR step, refinement passes of Flux img2img over
+# overlapping windows (tile jobs -> per-pass window store -> blend jobs -> canvas), a seam
+# QA job per pass, a coherence pass on a half-tile-offset grid, and one report per mural.
+
+
+from blkassist.refine.settings import choose_path, plan_stages, refine_settings
+
+REFINE = {
+    name: refine_settings(config, name, MODELS_DIR, CONCEPTOR["model"])
+    for name in config["murals"]
+}
+
+
+@functools.cache
+def mural_path(mural):
+    """("sr" or "diffusion", why): auto refines only murals longer than 8192 px."""
+    plan = mural_plan(mural)
+    return choose_path(REFINE[mural].path, plan.final_width, plan.final_height)
+
+
+def is_diffusion(mural):
+    return mural_path(mural)[0] == "diffusion"
+
+
+def path_record(mural):
+    path, reason = mural_path(mural)
+    return {"path": path, "reason": reason}
+
+
+@functools.cache
+def refine_stages(mural):
+    """Every refinement pass of a diffusion mural, in order (known at DAG build)."""
+    sizes = [(p.output_width, p.output_height) for p in mural_plan(mural).passes]
+    return plan_stages(sizes, REFINE[mural])
+
+
+def refine_stage(wildcards):
+    step, number = int(wildcards.step), int(wildcards.rpass)
+    for stage in refine_stages(wildcards.mural):
+        if (stage.step, stage.number) == (step, number):
+            return stage
+    raise ValueError(f"mural {wildcards.mural} has no refinement pass {step}.{number}")
+
+
+def stage_dir(mural, stage):
+    return f"work/{mural}/refine{stage.step}.{stage.number}"
+
+
+def stage_blend_markers(mural, stage):
+    folder = stage_dir(mural, stage)
+    return [f"{folder}/blend-{blend}.done" for blend in range(stage.blend_count)]
+
+
+def stage_tile_markers(mural, stage):
+    folder = stage_dir(mural, stage)
+    return [f"{folder}/tiles-{batch}.done" for batch in range(stage.batch_count)]
+
+
+def blend_tile_markers(wildcards):
+    stage = refine_stage(wildcards)
+    folder = stage_dir(wildcards.mural, stage)
+    batches = stage.blend_batches(int(wildcards.blend))
+    return [f"{folder}/tiles-{batch}.done" for batch in batches]
+
+
+def refined_step_inputs(mural, step):
+    """The last refined canvas of SR step `step` (what the next step or the assembly reads)."""
+    stage = [s for s in refine_stages(mural) if s.step == step][-1]
+    return {
+        "canvas": f"{stage_dir(mural, stage)}/allocation.json",
+        "batches": stage_blend_markers(mural, stage),
+    }
+
+
+def refine_allocation_inputs(wildcards):
+    """A pass refines the previous pass's canvas (or the SR step's output), anchored to
+    the SR step's output."""
+    stages = refine_stages(wildcards.mural)
+    stage = refine_stage(wildcards)
+    position = stages.index(stage)
+    base = f"work/{wildcards.mural}/canvas{stage.step}.json"
+    if position == 0 or stages[position - 1].step != stage.step:
+        previous = {
+            "previous": base,
+            "batches": batch_markers(wildcards.mural, stage.step),
+        }
+    else:
+        earlier = stages[position - 1]
+        previous = {
+            "previous": f"{stage_dir(wildcards.mural, earlier)}/allocation.json",
+            "batches": stage_blend_markers(wildcards.mural, earlier),
+        }
+    return {**previous, "base": base}
+
+
+def refine_model(mural):
+    return workflow_file(REFINE[mural].model)
+
+
+def refine_pixel_settings(wildcards):
+    return REFINE[wildcards.mural].pixel_settings(refine_stage(wildcards))
+
+
+def refine_report_stages(mural):
+    stages = []
+    for stage in refine_stages(mural):
+        folder = stage_dir(mural, stage)
+        stages.append(
+            {
+                "allocation": f"{folder}/allocation.json",
+                "seams": f"{folder}/seams.json",
+                "heatmap": f"{folder}/seams.png",
+                "markers": stage_tile_markers(mural, stage),
+                "settings": REFINE[mural].pixel_settings(stage),
+            }
+        )
+    return stages
+
+
+def refine_report_inputs(wildcards):
+    stages = refine_report_stages(wildcards.mural)
+    return {
+        "seams": [s["seams"] for s in stages],
+        "heatmaps": [s["heatmap"] for s in stages],
+        "markers": [m for s in stages for m in s["markers"]],
+    }
+
+
+def refinement_provenance(wildcards):
+    """The refinement report, for the assembly of a diffusion mural."""
+    if not is_diffusion(wildcards.mural):
+        return []
+    return f"work/{wildcards.mural}/refine.provenance.json"
+
+
+wildcard_constraints:
+    rpass=r"\d+",
+    blend=r"\d+",
+
+
+rule allocate_refinement:
+    input:
+        unpack(refine_allocation_inputs),
+    output:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/allocate.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/allocate.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        geometry=lambda wildcards: refine_stage(wildcards).geometry(),
+        folder="work/{mural}/refine{step}.{rpass}",
+    script:
+        "../scripts/allocate_refinement.py"
+
+
+rule refine_tile_batch:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        model=lambda wildcards: refine_model(wildcards.mural),
+        lora=lambda wildcards: REFINE[wildcards.mural].lora or [],
+    output:
+        marker="work/{mural}/refine{step}.{rpass}/tiles-{batch}.done",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/tiles-{batch}.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/tiles-{batch}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: refine_pixel_settings(wildcards),
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/refine_tile_batch.py"
+
+
+rule blend_refinement:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        tiles=blend_tile_markers,
+    output:
+        marker="work/{mural}/refine{step}.{rpass}/blend-{blend}.done",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/blend-{blend}.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/blend-{blend}.tsv"
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/blend_refinement.py"
+
+
+rule measure_seams:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        blends=lambda wildcards: stage_blend_markers(
+            wildcards.mural, refine_stage(wildcards)
+        ),
+    output:
+        report="work/{mural}/refine{step}.{rpass}/seams.json",
+        heatmap="work/{mural}/refine{step}.{rpass}/seams.png",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/seams.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/seams.tsv"
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/measure_seams.py"
+
+
+rule refine_report:
+    input:
+        unpack(refine_report_inputs),
+    output:
+        seams_png=report(
+            "results/{mural}_seams.png",
+            caption="../report/seams.rst",
+            category="Murals",
+        ),
+        seams_json="results/{mural}_seams.json",
+        provenance="work/{mural}/refine.provenance.json",
+    log:
+        "logs/{mural}/refine_report.log",
+    benchmark:
+        "benchmarks/{mural}/refine_report.tsv"
+    conda:
+        "../envs/vips.yaml"
+    params:
+        path=lambda wildcards: path_record(wildcards.mural),
+        stages=lambda wildcards: refine_report_stages(wildcards.mural),
+    script:
+        "../scripts/refine_report.py"
