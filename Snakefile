@@ -5,6 +5,7 @@ min_version("9.0")
 
 
 include: "rules/common.smk"
+include: "rules/refine_common.smk"
 
 
 wildcard_constraints:

@@ -216,3 +216,56 @@ def test_diffusers_strength_would_start_higher_at_larger_tiles():
         diffusers_start_sigma(0.3, 28, (px // 16) ** 2, FLUX_SCHEDULER) for px in (512, 1024, 1280)
     ]
     assert starts == sorted(starts) and starts[0] > 0.45 and starts[-1] > 0.65
+
+
+# -- the tiny Flux refiner ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_flux(one_torch_thread):
+    from blkassist.flux.loader import TINY_SPEC, load_flux
+
+    return load_flux(TINY_SPEC)
+
+
+def test_flux_refiner_is_deterministic_per_window_seed(tiny_flux):
+    from blkassist.refine.refiner import FluxRefiner
+
+    refiner = FluxRefiner(tiny_flux, steps=8, max_sequence_length=32)
+    windows = np.stack([textured(40, 56, seed=1), textured(40, 56, seed=2)])  # not x16
+    first = refiner.refine(windows, [5, 6], 0.3)
+    assert first.shape == windows.shape and first.dtype == np.uint8
+    assert np.array_equal(refiner.refine(windows, [5, 6], 0.3), first)
+    # A window's noise is its own: alone it comes out the same up to batched arithmetic.
+    alone = refiner.refine(windows[:1], [5], 0.3)[0]
+    assert np.abs(alone.astype(int) - first[0]).max() <= 2
+    other_seed = refiner.refine(windows[:1], [7], 0.3)[0]
+    assert np.abs(other_seed.astype(int) - first[0]).max() > 10
+    described = refiner.describe(0.3)
+    assert described["start_sigma"] == 0.3 and described["lora"] is None
+    rgba = textured(48, 48, bands=4, seed=3)[None]
+    assert np.array_equal(refiner.refine(rgba, [1], 0.2)[0, ..., 3], rgba[0, ..., 3])
+
+
+def test_flux_refiner_applies_the_lora_and_records_its_hash(tiny_flux, tmp_path):
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from blkassist.flux.loader import TINY_SPEC, load_flux
+    from blkassist.probe import sha256_file
+    from blkassist.refine.refiner import FluxRefiner
+
+    donor = load_flux(TINY_SPEC)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(3)
+    donor.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                   target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )  # fmt: skip
+    FluxPipeline.save_lora_weights(
+        tmp_path, transformer_lora_layers=get_peft_model_state_dict(donor.transformer)
+    )
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    windows = textured(32, 32, seed=4)[None]
+    plain = FluxRefiner(tiny_flux, steps=8, max_sequence_length=32).refine(windows, [1], 0.5)
+    with_lora = FluxRefiner(load_flux(TINY_SPEC), lora=lora, steps=8, max_sequence_length=32)
+    assert with_lora.describe(0.5)["lora"]["sha256"] == sha256_file(lora)
+    assert not np.array_equal(with_lora.refine(windows, [1], 0.5), plain)

@@ -56,6 +56,7 @@ class FluxRefiner:
         steps: int = 28,
         guidance: float = 3.5,
         max_sequence_length: int = 512,
+        quantize: bool = False,
     ):
         import torch
 
@@ -67,6 +68,8 @@ class FluxRefiner:
         if lora is not None:
             digest = load_adapter(self.pipe, lora, lora_scale, name="texture")
             self.lora = {"file": str(lora), "sha256": digest, "scale": lora_scale}
+        if quantize:
+            self._quantize()
         self.prompt, self.steps, self.guidance = prompt, steps, guidance
         self.max_sequence_length = max_sequence_length
         with torch.no_grad():
@@ -75,6 +78,20 @@ class FluxRefiner:
             )
         components.park_text_encoders()
         self.scheduler_config = dict(components.scheduler.config)
+
+    def _quantize(self) -> None:
+        """8-bit (qint8) transformer. A LoRA is fused into the full-precision weights first:
+        diffusers cannot load one onto quantised weights, and the texture LoRA is fixed for
+        the whole job anyway (no adapter overhead per forward)."""
+        from optimum.quanto import freeze, qint8, quantize
+
+        if self.lora is not None:
+            self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0)
+            self.pipe.unload_lora_weights()
+            self.lora["fused_before_quantizing"] = True
+        quantize(self.components.transformer, weights=qint8)
+        freeze(self.components.transformer)
+        self.components.quantized = True
 
     def describe(self, denoise: float) -> dict:
         sigmas = pass_sigmas(denoise, self.steps, self.scheduler_config)
@@ -160,8 +177,8 @@ def load_flux_refiner(
     lora: str | None = None,
     **options,
 ) -> FluxRefiner:
-    """Load Flux (optionally with an 8-bit transformer) and the LoRA, once per job."""
+    """Load Flux and the LoRA once per job (then, optionally, make the transformer 8-bit)."""
     from blkassist.flux.loader import load_flux
 
-    components = load_flux(model, device, quantize=quantize)
-    return FluxRefiner(components, lora=lora, **options)
+    components = load_flux(model, device)
+    return FluxRefiner(components, lora=lora, quantize=quantize, **options)
