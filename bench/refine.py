@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.tiles, args.count, args.canvas_mpx = [64, 128], 3, 4.0
-        args.refine_tile, args.rss_sizes, args.repeat = 64, ["80x60", "160x120"], 1
+        args.refine_tile, args.overlap = 128, 16
+        args.rss_sizes, args.repeat = ["80x60", "160x120"], 1
     global VENV_BIN
     if not (VENV_BIN / "snakemake").exists():
         VENV_BIN = Path(sys.executable).parent

@@ -20,6 +20,8 @@ rule allocate_refinement:
     conda:
         "../envs/torch.yaml"
     params:
+        # All pixel settings, not just the geometry: a change must reset the pass's progress.
+        settings=lambda wildcards: refine_pixel_settings(wildcards),
         geometry=lambda wildcards: refine_stage(wildcards).geometry(),
         folder="work/{mural}/refine{step}.{rpass}",
     script:

@@ -90,7 +90,11 @@ def refine_allocation_inputs(wildcards):
             "previous": f"{stage_dir(wildcards.mural, earlier)}/allocation.json",
             "batches": stage_blend_markers(wildcards.mural, earlier),
         }
-    return {**previous, "base": base}
+    # The model and LoRA too: new weights must reset the pass's progress.
+    weights = {"model": refine_model(wildcards.mural)}
+    if REFINE[wildcards.mural].lora:
+        weights["lora"] = REFINE[wildcards.mural].lora
+    return {**previous, "base": base, **weights}
 
 
 def refine_model(mural):

@@ -16,10 +16,11 @@ from blkassist.refine.anchor import low_frequencies
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.jobs import allocate_stage, stage_plan
 from blkassist.refine.plan import RefinePass, regular_positions, seam_centres
+from blkassist.refine.settings import choose_path, plan_stages, refine_settings
 from blkassist.refine.sigmas import diffusers_start_sigma, pass_sigmas
 from blkassist.refine.windows import pass_seeds, refine_windows
 from blkassist.sr.tiler import ProgressLog
-from tests.conftest import textured
+from tests.conftest import REPO, textured
 
 FLUX_SCHEDULER = {
     "use_dynamic_shifting": True,
@@ -268,4 +269,66 @@ def test_flux_refiner_applies_the_lora_and_records_its_hash(tiny_flux, tmp_path)
     plain = FluxRefiner(tiny_flux, steps=8, max_sequence_length=32).refine(windows, [1], 0.5)
     with_lora = FluxRefiner(load_flux(TINY_SPEC), lora=lora, steps=8, max_sequence_length=32)
     assert with_lora.describe(0.5)["lora"]["sha256"] == sha256_file(lora)
-    assert not np.array_equal(with_lora.refine(windows, [1], 0.5), plain)
+    lora_result = with_lora.refine(windows, [1], 0.5)
+    assert not np.array_equal(lora_result, plain)
+    # 8-bit: the LoRA is fused into the weights first (diffusers cannot load it onto qint8).
+    eight_bit = FluxRefiner(
+        load_flux(TINY_SPEC), lora=lora, steps=8, max_sequence_length=32, quantize=True
+    )
+    described = eight_bit.describe(0.5)
+    assert described["flux"]["quantized"] == "qint8"
+    assert described["lora"]["fused_before_quantizing"]
+    quantized = eight_bit.refine(windows, [1], 0.5).astype(int)
+    assert np.abs(quantized - lora_result).mean() < np.abs(quantized - plain).mean()
+
+
+# -- settings -----------------------------------------------------------------------------
+def mural_config(**mural):
+    from blkassist.config import validate_config
+
+    config = {"murals": {"m": {"source": "a.png", **mural}}}
+    return validate_config(config, REPO / "config" / "schema.yaml")
+
+
+@pytest.mark.parametrize(
+    ("configured", "long_side", "expected"),
+    [(p, side, p if p != "auto" else ("diffusion" if side > 8192 else "sr"))
+     for p in ("auto", "sr", "diffusion") for side in (4000, 8192, 8193, 64000)],
+)  # fmt: skip
+def test_path_choice_and_its_reason(configured, long_side, expected):
+    path, reason = choose_path(configured, long_side, long_side * 3 // 4)
+    assert path == expected
+    assert str(long_side) in reason if configured == "auto" else configured in reason
+
+
+def test_refine_settings_defaults_lora_names_and_passes():
+    config = mural_config(refine={"lora": "texture:studio"})
+    settings = refine_settings(config, "m", "work/models", "resources/flux/tiny.yaml")
+    assert settings.lora == "work/models/texture-studio.safetensors"
+    assert settings.passes == (0.30, 0.20, 0.15) and settings.coherence == 0.12
+    assert (settings.tile, settings.overlap, settings.steps) == (1024, 96, 28)
+    assert settings.model == "resources/flux/tiny.yaml" and config["murals"]["m"]["path"] == "auto"
+    stages = plan_stages([(3000, 2000), (12000, 8000)], settings)
+    assert [s.name for s in stages] == ["1.1", "1.2", "1.3", "2.1", "2.2", "2.3", "2.4"]
+    assert [s.coherence for s in stages].count(True) == 1 and stages[-1].coherence
+    none = refine_settings(mural_config(refine={"lora": "none", "coherence": None}), "m", "w", "x")
+    assert none.lora is None and none.coherence is None
+    assert len(plan_stages([(3000, 2000)], none)) == 3
+
+
+@pytest.mark.parametrize(
+    ("refine", "message"),
+    [
+        ({"tile": 64, "overlap": 40}, r"murals\.m\.refine\.overlap: 40 is more than half"),
+        ({"lora": "texture"}, r"murals\.m\.refine\.lora: 'texture' is not valid"),
+        ({"tile": 100}, r"murals\.m\.refine\.tile: 100 is not a multiple of 16"),
+        ({"passes": []}, r"murals\.m\.refine\.passes: \[\] should be non-empty"),
+        ({"passes": [{"denoise": 1.5}]}, r"murals\.m\.refine\.passes\.0\.denoise"),
+        ({"denoise": 0.3}, r"'denoise' was unexpected"),
+    ],
+)
+def test_bad_refine_settings_are_refused_naming_the_key(refine, message):
+    from blkassist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        refine_settings(mural_config(path="diffusion", refine=refine), "m", "w", "x")

@@ -69,13 +69,13 @@ def diffusion_config(workdir: Path, lora: Path) -> Path:
                 "refine": {
                     "model": str(TINY_SPEC),
                     "lora": str(lora),
-                    "tile": 48,
-                    "overlap": 16,
+                    "tile": 32,
+                    "overlap": 8,
                     "passes": [{"denoise": 0.3}],
                     "coherence": {"denoise": 0.12},
                     "steps": 12,
                     "max_sequence_length": 32,
-                    "tiles_per_job": 12,
+                    "tiles_per_job": 40,
                     "blocks_per_job": 1,
                 },
             }
@@ -99,13 +99,13 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
         start_new_session=True,
         env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
     )
-    progress = killed / "work/m/refine2.1/windows.progress"
+    progress = killed / "work/m/refine1.1/windows.progress"  # 9 windows, one job
     deadline, interrupted = time.monotonic() + 600, None
     while time.monotonic() < deadline and interrupted is None and process.poll() is None:
         for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
             batch = record.stem.split("-")[1]
             done = record.read_text().split()
-            if 0 < len(done) < 12 and not (progress.parent / f"tiles-{batch}.done").exists():
+            if 0 < len(done) < 9 and not (progress.parent / f"tiles-{batch}.done").exists():
                 interrupted = batch
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
@@ -131,12 +131,23 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
         assert entry["refiner"]["lora"]["sha256"] == sha256(tiny_lora)
         assert entry["refiner"]["flux"]["identity"]
         assert len(entry["seeds"]["per_window"]) == entry["windows"]
-        assert entry["settings"]["tile"] == 48 and entry["settings"]["overlap"] == 16
+        assert entry["settings"]["tile"] == 32 and entry["settings"]["overlap"] == 8
     seams = json.loads((killed / "results/m_seams.json").read_text())
     assert [p["pass"] for p in seams["passes"]] == ["1.1", "2.1", "2.2"]
     assert all(p["worst_at"] and p["worst_score"] >= p["mean_score"] for p in seams["passes"])
     final = pyvips.Image.new_from_file(str(killed / "results/m_final.tif"))
     assert (final.width, final.height) == (144, 120)
+
+    # A pixel setting of the coherence pass changed: that pass (and what follows) is redone,
+    # from scratch; the earlier passes are not.
+    changed = yaml.safe_load(config.read_text())
+    changed["murals"]["m"]["refine"]["coherence"]["denoise"] = 0.2
+    redo = run_snakemake(killed, [write_config(killed, changed, "changed.yaml")])
+    counts = job_counts(redo.stdout + redo.stderr)
+    assert counts["allocate_refinement"] == 1 and "upscale_tile_batch" not in counts
+    coherence = killed / "work/m/refine2.2"
+    assert all(json.loads(m.read_text())["skipped"] == 0 for m in coherence.glob("tiles-*.done"))
+    assert sha256(killed / "results/m_final.tif") != sha256(reference / "results/m_final.tif")
 
 
 def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
