@@ -332,3 +332,16 @@ def test_bad_refine_settings_are_refused_naming_the_key(refine, message):
 
     with pytest.raises(ConfigError, match=message):
         refine_settings(mural_config(path="diffusion", refine=refine), "m", "w", "x")
+
+
+@pytest.mark.parametrize(("tiles_per_job", "size"), [(4, 2), (6, 4), (5, 1), (8, 3)])
+def test_forward_groups_are_aligned_on_the_pass(tiles_per_job, size):
+    from blkassist.refine.windows import forward_groups
+
+    plan = RefinePass(1, 1, False, 400, 300, 64, 16, tiles_per_job, 4)
+    seen = []
+    for batch in range(plan.batch_count):
+        for group in forward_groups(plan.batch_windows(batch), size):
+            assert len({w.index // size for w in group}) == 1 and len(group) <= size
+            seen += [w.index for w in group]
+    assert seen == list(range(plan.window_count))

@@ -59,9 +59,14 @@ class TileReport:
 
 
 def forward_groups(windows: list[Window], size: int) -> list[list[Window]]:
-    """Consecutive windows, `size` per forward pass (all windows of a pass share a shape).
-    Fixed by the plan alone, so a resumed job computes each window exactly as before."""
-    return [windows[i : i + size] for i in range(0, len(windows), size)]
+    """Windows sampled together: `size` consecutive windows of the pass (all windows of a
+    pass share a shape), aligned on the whole pass rather than on the job, so a resumed job
+    or a re-batching with tiles_per_job a multiple of `size` samples every window in the
+    same company, hence bit-identically."""
+    groups: dict[int, list[Window]] = {}
+    for window in windows:
+        groups.setdefault(window.index // size, []).append(window)
+    return list(groups.values())
 
 
 def refine_windows(
