@@ -230,6 +230,7 @@ def write_refine_report(
         seams.panel_sheet(panels).save(tmp, format="PNG")
     write_json(seams_json, {"mural": mural, "passes": qa})
     write_json(provenance, {"mural": mural, "path": path_choice, "passes": passes})
+    log.info("mural %s: %s path (%s)", mural, path_choice["path"], path_choice["reason"])
     for entry in passes:
         log.info(
             "pass %s: denoise %.3f (start sigma %s), worst seam %.2f, mean %.2f",

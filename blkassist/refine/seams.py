@@ -5,8 +5,10 @@ picture's own edges would otherwise swamp the measure wherever a seam happens to
 one). For every seam segment (a seam line between two crossings of the other axis' seams)
 the discontinuity is the largest per-band difference between the mean change in a band of
 pixels on one side of the line and on the other side. The same measure on lines through
-window centres gives what a seamless refinement does; a seam's score is its discontinuity
-over the median of those control lines (about 1: no worse than inside a window).
+window centres (midway between neighbouring seams) gives what a seamless refinement does; a
+seam's score is its discontinuity over the median of those control lines (about 1: no
+worse than inside a window). The coherence pass is scored on its own seams and on the
+regular grid's seams that it exists to hide.
 A thumbnail with every segment drawn in its score's colour shows where to look. The artist
 judges: nothing here fails a run. Memory: one strip or one block at a time.
 """
@@ -20,7 +22,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from blkassist.refine.plan import BLOCK, RefinePass
+from blkassist.refine.plan import BLOCK, RefinePass, regular_positions, seam_centres
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,28 @@ def _step(canvas, base, axis: str, line: int, lo: int, hi: int, band: int) -> fl
     return float(np.max(np.abs(before.mean(axis=(0, 1)) - after.mean(axis=(0, 1)))[:3]))
 
 
-def _lines(plan: RefinePass) -> dict[str, dict[str, list[int]]]:
-    centres_x = sorted({x + plan.window_width // 2 for x in plan.xs})
-    centres_y = sorted({y + plan.window_height // 2 for y in plan.ys})
+def _axis_lines(own: tuple[int, ...], earlier: tuple[int, ...], length: int, band: int):
+    """Seam lines (this pass's, then the regular grid's where they differ) and control
+    lines midway between neighbouring seam lines, so no control sits on any seam."""
+    seams = [(line, "own") for line in own]
+    seams += [(line, "earlier") for line in earlier if line not in own]
+    points = [0, *sorted({line for line, _ in seams}), length]
+    controls = [(a + b) // 2 for a, b in itertools.pairwise(points) if b - a > 2 * band]
+    return seams, controls, points[1:-1]
+
+
+def _lines(plan: RefinePass, band: int) -> dict[str, tuple]:
+    """Per axis: seam lines with their grid, control lines, and where segments are cut.
+    The coherence pass is also scored on the regular grid's seams it is there to hide."""
+    earlier_x = earlier_y = ()
+    if plan.coherence:
+        earlier_x = seam_centres(regular_positions(plan.width, plan.window_width, plan.overlap),
+                                 plan.window_width)  # fmt: skip
+        earlier_y = seam_centres(regular_positions(plan.height, plan.window_height, plan.overlap),
+                                 plan.window_height)  # fmt: skip
     return {
-        "x": {"seams": list(plan.seams_x), "controls": centres_x},
-        "y": {"seams": list(plan.seams_y), "controls": centres_y},
+        "x": _axis_lines(plan.seams_x, earlier_x, plan.width, band),
+        "y": _axis_lines(plan.seams_y, earlier_y, plan.height, band),
     }
 
 
@@ -69,17 +87,25 @@ def measure(plan: RefinePass, canvas, base) -> dict:
     """Seam segments of `canvas` (refined from `base`) with their scores, and the pass's
     worst and mean score."""
     band = band_width(plan)
-    lines = _lines(plan)
-    spans = {"x": _cuts(plan.height, plan.seams_y), "y": _cuts(plan.width, plan.seams_x)}
+    lines = _lines(plan, band)
+    spans = {
+        "x": _cuts(plan.height, tuple(lines["y"][2])),
+        "y": _cuts(plan.width, tuple(lines["x"][2])),
+    }
     raw = {"seams": [], "controls": []}
     for axis in ("x", "y"):
-        for kind in ("seams", "controls"):
-            for line in lines[axis][kind]:
+        seam_lines, control_lines, _ = lines[axis]
+        for kind, entries in (
+            ("seams", seam_lines),
+            ("controls", [(c, None) for c in control_lines]),
+        ):
+            for line, grid in entries:
                 if not 0 < line < (plan.width if axis == "x" else plan.height):
                     continue
                 for lo, hi in spans[axis]:
                     step = _step(canvas, base, axis, line, lo, hi, band)
-                    raw[kind].append({"axis": axis, "at": line, "from": lo, "to": hi, "step": step})
+                    entry = {"axis": axis, "at": line, "from": lo, "to": hi, "step": step}
+                    raw[kind].append({**entry, "grid": grid} if grid else entry)
     reference = float(np.median([c["step"] for c in raw["controls"]])) if raw["controls"] else 0.0
     segments = []
     for seam in raw["seams"]:
