@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import zarr
+
 from blkassist import canvas
 from blkassist.devices import lease_device
 from blkassist.fsutil import atomic_path, read_json, write_json
@@ -92,8 +94,6 @@ def run_refine_batch(
     plan = stage_plan(record, scheduling["tiles_per_job"])
     source = canvas.open_canvas(record["input_canvas"])
     base = canvas.open_canvas(record["base_canvas"])
-    import zarr
-
     store = zarr.open_array(record["windows"], mode="r+")
     described = {}
     with lease_device(lock_dir) as lease:
@@ -153,8 +153,6 @@ def run_refine_batch(
 def run_blend(allocation: str, blend: int, scheduling: dict, marker: str) -> None:
     record = read_json(allocation)
     plan = stage_plan(record, scheduling["tiles_per_job"], scheduling["blocks_per_job"])
-    import zarr
-
     store = zarr.open_array(record["windows"], mode="r")
     target = canvas.open_canvas(record["canvas"], mode="r+")
     write_json(marker, blend_blocks(plan, blend, store, target))
