@@ -5,6 +5,7 @@ min_version("9.0")
 
 
 include: "rules/common.smk"
+include: "rules/refine_common.smk"
 
 
 wildcard_constraints:
@@ -23,6 +24,7 @@ wildcard_constraints:
 include: "rules/demo.smk"
 include: "rules/models.smk"
 include: "rules/upscale.smk"
+include: "rules/refine.smk"
 include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"

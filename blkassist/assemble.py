@@ -7,6 +7,7 @@ applies any fractional final resize, and compresses, reading that file tile by t
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from blkassist.fsutil import atomic_path, read_json, write_json
 from blkassist.provenance import file_record, versions
 
 TIFF_TILE = 256
+
+log = logging.getLogger(__name__)
 
 
 def plain_tile_size(chunk: int, width: int, height: int) -> int:
@@ -123,8 +126,14 @@ def assemble_mural(
     final_size: tuple[int, int],
     image: str,
     provenance: str,
+    path: dict | None = None,
+    refinement: str | None = None,
 ) -> None:
+    """`path`: the SR/diffusion choice and why; `refinement`: the diffusion path's report
+    (per-pass provenance and seam QA), recorded in the provenance."""
     record = read_json(allocation)
+    if path:
+        log.info("mural path: %s (%s)", path["path"], path["reason"])
     source = read_json(report)
     final = canvas.open_canvas(record["canvas"])
     factor = final_size[0] / source["width"], final_size[1] / source["height"]
@@ -148,6 +157,8 @@ def assemble_mural(
             },
             "settings": settings,
             "final_pass": record["plan"],
+            "path": path,
+            "refinement": read_json(refinement) if refinement else None,
             "versions": versions(),
         },
     )

@@ -89,6 +89,9 @@ def allocation_inputs(wildcards):
     step = int(wildcards.step)
     if step == 1:
         return {"canvas": f"work/{wildcards.mural}/canvas0.zarr"}
+    # Diffusion path (rules/refine.smk): the last refined canvas of the previous step.
+    if is_diffusion(wildcards.mural):
+        return refined_step_inputs(wildcards.mural, step - 1)
     return {
         "canvas": f"work/{wildcards.mural}/canvas{step - 1}.json",
         "batches": batch_markers(wildcards.mural, step - 1),
@@ -96,10 +99,16 @@ def allocation_inputs(wildcards):
 
 
 def final_batches(wildcards):
-    return batch_markers(wildcards.mural, len(mural_plan(wildcards.mural).passes))
+    steps = len(mural_plan(wildcards.mural).passes)
+    if is_diffusion(wildcards.mural):  # diffusion path (rules/refine.smk)
+        return refined_step_inputs(wildcards.mural, steps)["batches"]
+    return batch_markers(wildcards.mural, steps)
 
 
 def final_canvas(wildcards):
+    if is_diffusion(wildcards.mural):  # diffusion path (rules/refine.smk)
+        steps = len(mural_plan(wildcards.mural).passes)
+        return refined_step_inputs(wildcards.mural, steps)["canvas"]
     return (
         f"work/{wildcards.mural}/canvas{len(mural_plan(wildcards.mural).passes)}.json"
     )

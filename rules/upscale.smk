@@ -89,6 +89,7 @@ rule assemble_mural:
         allocation=final_canvas,
         report="work/{mural}/probe.json",
         weights=model_weights,
+        refinement=lambda wildcards: refinement_provenance(wildcards),
     output:
         image="results/{mural}_final.tif",
         provenance="results/{mural}_final.provenance.json",
@@ -104,5 +105,6 @@ rule assemble_mural:
             mural_plan(wildcards.mural).final_width,
             mural_plan(wildcards.mural).final_height,
         ),
+        path=lambda wildcards: path_record(wildcards.mural),
     script:
         "../scripts/assemble_mural.py"

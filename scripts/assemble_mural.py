@@ -12,4 +12,6 @@ with rule_logging(snakemake):
         final_size=tuple(snakemake.params.final_size),
         image=snakemake.output.image,
         provenance=snakemake.output.provenance,
+        path=snakemake.params.path,
+        refinement=snakemake.input.refinement or None,
     )

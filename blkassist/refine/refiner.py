@@ -1,0 +1,184 @@
+"""Refiners: uint8 windows in, refined uint8 windows of the same shape out.
+
+The tile jobs only know this interface, so tests plug in deterministic stand-ins. The
+production refiner is Flux img2img with the texture LoRA, loaded once per job, sampling
+several windows per forward pass. Its sampler is driven here (not through diffusers'
+FluxImg2ImgPipeline), so that a pass starts exactly at sigma = denoise whatever the tile size
+(see sigmas.py), and so that each window draws its noise from its own seed: a window's
+result does not depend on which other windows share its forward pass's batch index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from blkassist.refine.plan import SIZE_MULTIPLE
+from blkassist.refine.sigmas import pass_sigmas, reference_shift
+
+log = logging.getLogger(__name__)
+
+
+class Refiner(Protocol):
+    def refine(self, windows: np.ndarray, seeds: Sequence[int], denoise: float) -> np.ndarray:
+        """(N, H, W, C) uint8 windows, one seed each -> refined (N, H, W, C) uint8."""
+        ...
+
+    def describe(self, denoise: float) -> dict:
+        """What provenance records about the refiner for a pass at `denoise`."""
+        ...
+
+
+def _pad_to_multiple(windows: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+    height, width = windows.shape[1:3]
+    pad_y, pad_x = -height % multiple, -width % multiple
+    if pad_y or pad_x:
+        mode = "reflect" if min(height, width) > max(pad_y, pad_x) else "edge"
+        windows = np.pad(windows, ((0, 0), (0, pad_y), (0, pad_x), (0, 0)), mode=mode)
+    return windows, height, width
+
+
+class FluxRefiner:
+    """Flux img2img at a given starting sigma, with an optional LoRA, on one device."""
+
+    def __init__(
+        self,
+        components,
+        *,
+        lora: str | os.PathLike | None = None,
+        lora_scale: float = 1.0,
+        prompt: str = "",
+        steps: int = 28,
+        guidance: float = 3.5,
+        max_sequence_length: int = 512,
+        quantize: bool = False,
+    ):
+        import torch
+
+        from blkassist.flux.generate import load_adapter
+
+        self.components = components
+        self.pipe = components.pipeline()
+        self.lora = None
+        if lora is not None:
+            digest = load_adapter(self.pipe, lora, lora_scale, name="texture")
+            self.lora = {"file": str(lora), "sha256": digest, "scale": lora_scale}
+        if quantize:
+            self._quantize()
+        self.prompt, self.steps, self.guidance = prompt, steps, guidance
+        self.max_sequence_length = max_sequence_length
+        with torch.no_grad():
+            self.embeds, self.pooled, self.text_ids = self.pipe.encode_prompt(
+                prompt, prompt_2=None, max_sequence_length=max_sequence_length
+            )
+        components.park_text_encoders()
+        self.scheduler_config = dict(components.scheduler.config)
+
+    def _quantize(self) -> None:
+        """8-bit (qint8) transformer. A LoRA is fused into the full-precision weights first:
+        diffusers cannot load one onto quantised weights, and the texture LoRA is fixed for
+        the whole job anyway (no adapter overhead per forward)."""
+        from optimum.quanto import freeze, qint8, quantize
+
+        if self.lora is not None:
+            self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0)
+            self.pipe.unload_lora_weights()
+            self.lora["fused_before_quantizing"] = True
+        quantize(self.components.transformer, weights=qint8)
+        freeze(self.components.transformer)
+        self.components.quantized = True
+
+    def describe(self, denoise: float) -> dict:
+        sigmas = pass_sigmas(denoise, self.steps, self.scheduler_config)
+        return {
+            "kind": "flux-img2img",
+            "denoise": denoise,
+            "start_sigma": float(sigmas[0]),
+            "sigmas": [round(float(s), 6) for s in sigmas],
+            "sampler_steps": len(sigmas) - 1,
+            "schedule_steps": self.steps,
+            "shift": reference_shift(self.scheduler_config),
+            "guidance": self.guidance,
+            "prompt": self.prompt,
+            "max_sequence_length": self.max_sequence_length,
+            "lora": self.lora,
+            "flux": self.components.describe(),
+            "noise": "per window: torch CPU generator seeded with the window seed",
+        }
+
+    def refine(self, windows: np.ndarray, seeds: Sequence[int], denoise: float) -> np.ndarray:
+        import torch
+
+        pipe, device, dtype = self.pipe, self.components.device, self.components.dtype
+        vae = self.components.vae
+        colour = windows[..., :3]
+        padded, height, width = _pad_to_multiple(colour, SIZE_MULTIPLE)
+        count = padded.shape[0]
+        sigmas = pass_sigmas(denoise, self.steps, self.scheduler_config)
+        with torch.no_grad():
+            pixels = torch.from_numpy(padded).to(device).permute(0, 3, 1, 2)
+            pixels = pixels.to(dtype) / 127.5 - 1
+            clean = vae.encode(pixels).latent_dist.mode()
+            clean = (clean - vae.config.shift_factor) * vae.config.scaling_factor
+            channels, lat_h, lat_w = clean.shape[1:]
+            noise = torch.stack(
+                [
+                    torch.randn(
+                        (channels, lat_h, lat_w),
+                        generator=torch.Generator("cpu").manual_seed(int(seed)),
+                    )
+                    for seed in seeds
+                ]
+            ).to(device)
+            start = float(sigmas[0])
+            latents = start * noise + (1 - start) * clean.float()
+            latents = pipe._pack_latents(latents, count, channels, lat_h, lat_w)
+            image_ids = pipe._prepare_latent_image_ids(count, lat_h // 2, lat_w // 2, device, dtype)
+            guidance = None
+            if self.components.transformer.config.guidance_embeds:
+                guidance = torch.full((count,), self.guidance, device=device, dtype=torch.float32)
+            embeds = self.embeds.to(device).expand(count, -1, -1)
+            pooled = self.pooled.to(device).expand(count, -1)
+            for sigma, next_sigma in itertools.pairwise(sigmas):
+                velocity = self.components.transformer(
+                    hidden_states=latents.to(dtype),
+                    timestep=torch.full((count,), sigma, device=device, dtype=dtype),
+                    guidance=guidance,
+                    pooled_projections=pooled,
+                    encoder_hidden_states=embeds,
+                    txt_ids=self.text_ids.to(device),
+                    img_ids=image_ids,
+                    return_dict=False,
+                )[0]
+                latents = latents + float(next_sigma - sigma) * velocity.float()
+            latents = pipe._unpack_latents(
+                latents, lat_h * pipe.vae_scale_factor, lat_w * pipe.vae_scale_factor,
+                pipe.vae_scale_factor,
+            )  # fmt: skip
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+            decoded = vae.decode(latents.to(dtype), return_dict=False)[0]
+            decoded = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out = decoded.permute(0, 2, 3, 1).cpu().numpy()[:, :height, :width]
+        if windows.shape[3] == 4:  # the alpha band is the artist's: never redrawn
+            out = np.concatenate([out, windows[..., 3:]], axis=3)
+        return np.ascontiguousarray(out)
+
+
+def load_flux_refiner(
+    model: str,
+    device: str,
+    *,
+    quantize: bool = False,
+    lora: str | None = None,
+    **options,
+) -> FluxRefiner:
+    """Load Flux and the LoRA once per job (then, optionally, make the transformer 8-bit)."""
+    from blkassist.flux.loader import load_flux
+
+    components = load_flux(model, device)
+    return FluxRefiner(components, lora=lora, quantize=quantize, **options)

@@ -1,0 +1,143 @@
+"""A mural's refinement settings, its path choice and its list of refinement passes.
+
+Schema defaults are already filled in (config/schema.yaml, `murals.NAME.refine`); this
+module only resolves names (LoRA, model), checks what the schema cannot, and plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from blkassist.errors import ConfigError
+from blkassist.refine.plan import RefinePass
+
+SR_ONLY_LONG_SIDE = 8192  # `path: auto` refines only murals whose long side is larger
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    mural: str
+    path: str  # as configured: sr, diffusion or auto
+    model: str
+    lora: str | None  # a .safetensors path, or None for the base model
+    lora_name: str  # as configured (none, texture:RUN or a path)
+    lora_scale: float
+    prompt: str
+    tile: int
+    overlap: int
+    passes: tuple[float, ...]
+    coherence: float | None
+    steps: int
+    guidance: float
+    seed: int
+    anchor_strength: float
+    anchor_levels: int
+    quantize: bool
+    max_sequence_length: int
+    tiles_per_job: int
+    tiles_per_forward: int
+    blocks_per_job: int
+
+    def pixel_settings(self, stage: RefinePass) -> dict:
+        """Everything that defines a pass's pixels (rule params; batching left out)."""
+        return {
+            "denoise": self.coherence if stage.coherence else self.passes[stage.number - 1],
+            "model": self.model,
+            "lora": self.lora_name,
+            "lora_scale": self.lora_scale,
+            "prompt": self.prompt,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+            "anchor_strength": self.anchor_strength,
+            "anchor_levels": self.anchor_levels,
+            "quantize": self.quantize,
+            "max_sequence_length": self.max_sequence_length,
+            **stage.geometry(),
+        }
+
+
+def lora_file(name: str, models_dir: str) -> str | None:
+    """none -> None; texture:RUN -> the texture run's export; otherwise the path itself."""
+    if name == "none":
+        return None
+    if name.startswith("texture:"):
+        return f"{models_dir}/texture-{name.removeprefix('texture:')}.safetensors"
+    return name
+
+
+def refine_settings(
+    config: Mapping, name: str, models_dir: str, default_model: str
+) -> RefineSettings:
+    mural = config["murals"][name]
+    refine = mural["refine"]
+    key = f"murals.{name}.refine"
+    if refine["overlap"] * 2 > refine["tile"]:
+        raise ConfigError(
+            f"{key}.overlap: {refine['overlap']} is more than half of tile {refine['tile']}; "
+            "use an overlap of at most tile / 2 (64-128 for 1024-pixel tiles)"
+        )
+    coherence = refine["coherence"]
+    anchor = refine["anchor"]
+    return RefineSettings(
+        mural=name,
+        path=mural["path"],
+        model=refine["model"] or default_model,
+        lora=lora_file(refine["lora"], models_dir),
+        lora_name=refine["lora"],
+        lora_scale=refine["lora_scale"],
+        prompt=refine["prompt"],
+        tile=refine["tile"],
+        overlap=refine["overlap"],
+        passes=tuple(p["denoise"] for p in refine["passes"]),
+        coherence=None if coherence is None else coherence["denoise"],
+        steps=refine["steps"],
+        guidance=refine["guidance"],
+        seed=refine["seed"],
+        anchor_strength=anchor["strength"],
+        anchor_levels=anchor["levels"],
+        quantize=refine["quantize"],
+        max_sequence_length=refine["max_sequence_length"],
+        tiles_per_job=refine["tiles_per_job"],
+        tiles_per_forward=refine["tiles_per_forward"],
+        blocks_per_job=refine["blocks_per_job"],
+    )
+
+
+def choose_path(configured: str, final_width: int, final_height: int) -> tuple[str, str]:
+    """("sr" or "diffusion", why)."""
+    long_side = max(final_width, final_height)
+    if configured != "auto":
+        return configured, f"path: {configured} set in the config"
+    if long_side > SR_ONLY_LONG_SIDE:
+        return "diffusion", (
+            f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
+            "SR then Flux refinement"
+        )
+    return "sr", f"path: auto and the long side {long_side} px is at most {SR_ONLY_LONG_SIDE} px"
+
+
+def plan_stages(sr_outputs: list[tuple[int, int]], settings: RefineSettings) -> list[RefinePass]:
+    """Every refinement pass, in order: after each SR step (whose output sizes are given)
+    one pass per `passes` entry, then the coherence pass after the last step."""
+    stages = []
+    for step, (width, height) in enumerate(sr_outputs, start=1):
+        count = len(settings.passes)
+        last = step == len(sr_outputs)
+        numbers = count + (1 if last and settings.coherence is not None else 0)
+        for number in range(1, numbers + 1):
+            stages.append(
+                RefinePass(
+                    step=step,
+                    number=number,
+                    coherence=number > count,
+                    width=width,
+                    height=height,
+                    tile=settings.tile,
+                    overlap=settings.overlap,
+                    tiles_per_job=settings.tiles_per_job,
+                    blocks_per_job=settings.blocks_per_job,
+                )
+            )
+    return stages

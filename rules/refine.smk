@@ -1,0 +1,110 @@
+# BLK-Upscale diffusion path: after each SR step, refinement passes of Flux img2img over
+# overlapping windows (tile jobs -> per-pass window store -> blend jobs -> canvas), a seam
+# QA job per pass, a coherence pass on a half-tile-offset grid, and one report per mural.
+
+
+wildcard_constraints:
+    rpass=r"\d+",
+    blend=r"\d+",
+
+
+rule allocate_refinement:
+    input:
+        unpack(refine_allocation_inputs),
+    output:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/allocate.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/allocate.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        # All pixel settings, not just the geometry: a change must reset the pass's progress.
+        settings=lambda wildcards: refine_pixel_settings(wildcards),
+        geometry=lambda wildcards: refine_stage(wildcards).geometry(),
+        folder="work/{mural}/refine{step}.{rpass}",
+    script:
+        "../scripts/allocate_refinement.py"
+
+
+rule refine_tile_batch:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        model=lambda wildcards: refine_model(wildcards.mural),
+        lora=lambda wildcards: REFINE[wildcards.mural].lora or [],
+    output:
+        marker="work/{mural}/refine{step}.{rpass}/tiles-{batch}.done",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/tiles-{batch}.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/tiles-{batch}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: refine_pixel_settings(wildcards),
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/refine_tile_batch.py"
+
+
+rule blend_refinement:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        tiles=blend_tile_markers,
+    output:
+        marker="work/{mural}/refine{step}.{rpass}/blend-{blend}.done",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/blend-{blend}.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/blend-{blend}.tsv"
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/blend_refinement.py"
+
+
+rule measure_seams:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        blends=lambda wildcards: stage_blend_markers(
+            wildcards.mural, refine_stage(wildcards)
+        ),
+    output:
+        report="work/{mural}/refine{step}.{rpass}/seams.json",
+        heatmap="work/{mural}/refine{step}.{rpass}/seams.png",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/seams.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/seams.tsv"
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/measure_seams.py"
+
+
+rule refine_report:
+    input:
+        unpack(refine_report_inputs),
+    output:
+        seams_png=report(
+            "results/{mural}_seams.png",
+            caption="../report/seams.rst",
+            category="Murals",
+        ),
+        seams_json="results/{mural}_seams.json",
+        provenance="work/{mural}/refine.provenance.json",
+    log:
+        "logs/{mural}/refine_report.log",
+    benchmark:
+        "benchmarks/{mural}/refine_report.tsv"
+    conda:
+        "../envs/vips.yaml"
+    params:
+        path=lambda wildcards: path_record(wildcards.mural),
+        stages=lambda wildcards: refine_report_stages(wildcards.mural),
+    script:
+        "../scripts/refine_report.py"

@@ -1,0 +1,137 @@
+# Input functions and plans of the diffusion path (rules/refine.smk); common.smk's upscale
+# functions call is_diffusion and refined_step_inputs to route a diffusion mural's SR steps
+# and assembly through its refined canvases.
+import functools
+
+from blkassist.refine.settings import choose_path, plan_stages, refine_settings
+
+REFINE = {
+    name: refine_settings(config, name, MODELS_DIR, CONCEPTOR["model"])
+    for name in config["murals"]
+}
+
+
+@functools.cache
+def mural_path(mural):
+    """("sr" or "diffusion", why): auto refines only murals longer than 8192 px."""
+    plan = mural_plan(mural)
+    return choose_path(REFINE[mural].path, plan.final_width, plan.final_height)
+
+
+def is_diffusion(mural):
+    return mural_path(mural)[0] == "diffusion"
+
+
+def path_record(mural):
+    path, reason = mural_path(mural)
+    return {"path": path, "reason": reason}
+
+
+@functools.cache
+def refine_stages(mural):
+    """Every refinement pass of a diffusion mural, in order (known at DAG build)."""
+    sizes = [(p.output_width, p.output_height) for p in mural_plan(mural).passes]
+    return plan_stages(sizes, REFINE[mural])
+
+
+def refine_stage(wildcards):
+    step, number = int(wildcards.step), int(wildcards.rpass)
+    for stage in refine_stages(wildcards.mural):
+        if (stage.step, stage.number) == (step, number):
+            return stage
+    raise ValueError(f"mural {wildcards.mural} has no refinement pass {step}.{number}")
+
+
+def stage_dir(mural, stage):
+    return f"work/{mural}/refine{stage.step}.{stage.number}"
+
+
+def stage_blend_markers(mural, stage):
+    folder = stage_dir(mural, stage)
+    return [f"{folder}/blend-{blend}.done" for blend in range(stage.blend_count)]
+
+
+def stage_tile_markers(mural, stage):
+    folder = stage_dir(mural, stage)
+    return [f"{folder}/tiles-{batch}.done" for batch in range(stage.batch_count)]
+
+
+def blend_tile_markers(wildcards):
+    stage = refine_stage(wildcards)
+    folder = stage_dir(wildcards.mural, stage)
+    batches = stage.blend_batches(int(wildcards.blend))
+    return [f"{folder}/tiles-{batch}.done" for batch in batches]
+
+
+def refined_step_inputs(mural, step):
+    """The last refined canvas of SR step `step` (what the next step or the assembly reads)."""
+    stage = [s for s in refine_stages(mural) if s.step == step][-1]
+    return {
+        "canvas": f"{stage_dir(mural, stage)}/allocation.json",
+        "batches": stage_blend_markers(mural, stage),
+    }
+
+
+def refine_allocation_inputs(wildcards):
+    """A pass refines the previous pass's canvas (or the SR step's output), anchored to
+    the SR step's output."""
+    stages = refine_stages(wildcards.mural)
+    stage = refine_stage(wildcards)
+    position = stages.index(stage)
+    base = f"work/{wildcards.mural}/canvas{stage.step}.json"
+    if position == 0 or stages[position - 1].step != stage.step:
+        previous = {
+            "previous": base,
+            "batches": batch_markers(wildcards.mural, stage.step),
+        }
+    else:
+        earlier = stages[position - 1]
+        previous = {
+            "previous": f"{stage_dir(wildcards.mural, earlier)}/allocation.json",
+            "batches": stage_blend_markers(wildcards.mural, earlier),
+        }
+    # The model and LoRA too: new weights must reset the pass's progress.
+    weights = {"model": refine_model(wildcards.mural)}
+    if REFINE[wildcards.mural].lora:
+        weights["lora"] = REFINE[wildcards.mural].lora
+    return {**previous, "base": base, **weights}
+
+
+def refine_model(mural):
+    return workflow_file(REFINE[mural].model)
+
+
+def refine_pixel_settings(wildcards):
+    return REFINE[wildcards.mural].pixel_settings(refine_stage(wildcards))
+
+
+def refine_report_stages(mural):
+    stages = []
+    for stage in refine_stages(mural):
+        folder = stage_dir(mural, stage)
+        stages.append(
+            {
+                "allocation": f"{folder}/allocation.json",
+                "seams": f"{folder}/seams.json",
+                "heatmap": f"{folder}/seams.png",
+                "markers": stage_tile_markers(mural, stage),
+                "settings": REFINE[mural].pixel_settings(stage),
+            }
+        )
+    return stages
+
+
+def refine_report_inputs(wildcards):
+    stages = refine_report_stages(wildcards.mural)
+    return {
+        "seams": [s["seams"] for s in stages],
+        "heatmaps": [s["heatmap"] for s in stages],
+        "markers": [m for s in stages for m in s["markers"]],
+    }
+
+
+def refinement_provenance(wildcards):
+    """The refinement report, for the assembly of a diffusion mural."""
+    if not is_diffusion(wildcards.mural):
+        return []
+    return f"work/{wildcards.mural}/refine.provenance.json"

@@ -1,0 +1,177 @@
+"""The diffusion path through the real Snakemake engine with the tiny random Flux and a LoRA
+made here: two SR steps each refined, a coherence pass, SIGKILL mid-pass then a rerun that
+finishes byte-identically, a rerun that does nothing; the 3 Gpx production plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import pyvips
+import torch
+import yaml
+from PIL import Image
+
+from blkassist.flux.loader import TINY_SPEC, load_flux
+from tests.conftest import REPO, run_snakemake, snakemake_cmd, textured, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(tmp_path_factory) -> Path:
+    """A LoRA of the tiny Flux with random (non-zero) weights, saved as diffusers does."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    components = load_flux(TINY_SPEC)
+    torch.manual_seed(3)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=4,
+        init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    )
+    components.transformer.add_adapter(config)
+    folder = tmp_path_factory.mktemp("lora")
+    FluxPipeline.save_lora_weights(
+        folder, transformer_lora_layers=get_peft_model_state_dict(components.transformer)
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def diffusion_config(workdir: Path, lora: Path) -> Path:
+    Image.fromarray(textured(20, 24)).save(workdir / "art.png")
+    config = {
+        "murals": {
+            "m": {
+                "source": "art.png",
+                "scale": 6,  # two SR steps: 3x then 2x
+                "model": "lanczos",
+                "tile": 32,
+                "path": "diffusion",
+                "refine": {
+                    "model": str(TINY_SPEC),
+                    "lora": str(lora),
+                    "tile": 32,
+                    "overlap": 8,
+                    "passes": [{"denoise": 0.3}],
+                    "coherence": {"denoise": 0.12},
+                    "steps": 12,
+                    "max_sequence_length": 32,
+                    "tiles_per_job": 40,
+                    "blocks_per_job": 1,
+                },
+            }
+        }
+    }
+    return write_config(workdir, config)
+
+
+def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_lora):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference, killed):
+        folder.mkdir()
+    run_snakemake(reference, [diffusion_config(reference, tiny_lora)])
+
+    config = diffusion_config(killed, tiny_lora)
+    process = subprocess.Popen(
+        snakemake_cmd(killed, [config]),
+        cwd=killed,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
+    )
+    progress = killed / "work/m/refine1.1/windows.progress"  # 9 windows, one job
+    deadline, interrupted = time.monotonic() + 600, None
+    while time.monotonic() < deadline and interrupted is None and process.poll() is None:
+        for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
+            batch = record.stem.split("-")[1]
+            done = record.read_text().split()
+            if 0 < len(done) < 9 and not (progress.parent / f"tiles-{batch}.done").exists():
+                interrupted = batch
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert interrupted is not None, "never caught a tile job halfway"
+    assert not (killed / "results/m_final.tif").exists()
+
+    run_snakemake(killed, [config])
+    marker = json.loads((progress.parent / f"tiles-{interrupted}.done").read_text())
+    assert marker["skipped"] > 0  # finished windows were not redone
+    for name in ("m_final.tif", "m_seams.json", "m_seams.png"):
+        assert sha256(killed / "results" / name) == sha256(reference / "results" / name), name
+    again = run_snakemake(killed, [config])
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    provenance = json.loads((killed / "results/m_final.provenance.json").read_text())
+    assert provenance["path"]["path"] == "diffusion"
+    passes = provenance["refinement"]["passes"]
+    assert [p["pass"] for p in passes] == ["1.1", "2.1", "2.2"]
+    assert [p["coherence"] for p in passes] == [False, False, True]
+    for entry, denoise in zip(passes, (0.3, 0.3, 0.12), strict=True):
+        assert entry["denoise"] == entry["start_sigma"] == denoise
+        assert entry["refiner"]["lora"]["sha256"] == sha256(tiny_lora)
+        assert entry["refiner"]["flux"]["identity"]
+        assert len(entry["seeds"]["per_window"]) == entry["windows"]
+        assert entry["settings"]["tile"] == 32 and entry["settings"]["overlap"] == 8
+    seams = json.loads((killed / "results/m_seams.json").read_text())
+    assert [p["pass"] for p in seams["passes"]] == ["1.1", "2.1", "2.2"]
+    assert all(p["worst_at"] and p["worst_score"] >= p["mean_score"] for p in seams["passes"])
+    final = pyvips.Image.new_from_file(str(killed / "results/m_final.tif"))
+    assert (final.width, final.height) == (144, 120)
+
+    # A pixel setting of the coherence pass changed: that pass (and what follows) is redone,
+    # from scratch; the earlier passes are not.
+    changed = yaml.safe_load(config.read_text())
+    changed["murals"]["m"]["refine"]["coherence"]["denoise"] = 0.2
+    redo = run_snakemake(killed, [write_config(killed, changed, "changed.yaml")])
+    counts = job_counts(redo.stdout + redo.stderr)
+    assert counts["allocate_refinement"] == 1 and "upscale_tile_batch" not in counts
+    coherence = killed / "work/m/refine2.2"
+    assert all(json.loads(m.read_text())["skipped"] == 0 for m in coherence.glob("tiles-*.done"))
+    assert sha256(killed / "results/m_final.tif") != sha256(reference / "results/m_final.tif")
+
+
+def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
+    source = tmp_path / "scans" / "mural_master.tif"
+    source.parent.mkdir()
+    pyvips.Image.black(16000, 12000, bands=3).write_to_file(
+        str(source), tile=True, compression="deflate"
+    )
+    (tmp_path / "models/FLUX.1-dev").mkdir(parents=True)
+    (tmp_path / "work/models").mkdir(parents=True)
+    (tmp_path / "work/models/texture-studio.safetensors").touch()  # made by train_texture
+    production = yaml.safe_load((REPO / "config" / "production.yaml").read_text())
+    for mural in production["murals"].values():
+        mural["source"] = str(source)
+    config = write_config(tmp_path, production)
+    started = time.monotonic()
+    result = run_snakemake(
+        tmp_path, [config], "results/mural_flux_final.tif", "-n", "--resources", "gpu=4"
+    )
+    elapsed = time.monotonic() - started
+    counts = job_counts(result.stdout)
+    # 64000 x 48000: 69 x 52 windows per pass, 70 x 53 in the coherence pass, 16 per job.
+    assert counts["refine_tile_batch"] == 3 * 225 + 232
+    assert counts["blend_refinement"] == 4 * 46
+    assert counts["measure_seams"] == 4 and counts["refine_report"] == 1
+    assert "work/mural_flux/refine1.4/tiles-231.done" in result.stdout
+    print(f"3 Gpx diffusion dry-run: {elapsed:.1f} s")
