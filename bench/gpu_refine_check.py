@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from blkassist.flux.loader import FULL_RANDOM_SPEC
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(FULL_RANDOM_SPEC))
+    parser.add_argument(
+        "--model", default=str(ROOT / "resources" / "flux" / "flux1-dev-random.yaml")
+    )
     parser.add_argument("--tile", type=int, default=1024, help="window side in pixels")
     parser.add_argument("--windows", type=int, default=2, help="timed windows per denoise")
     parser.add_argument("--per-forward", type=int, nargs="+", default=[1, 2])

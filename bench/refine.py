@@ -44,11 +44,13 @@ def _textured_block(height: int, width: int, y0: int, x0: int, seed: int) -> np.
 def bench_tiles(args) -> None:
     import torch
 
-    from blkassist.flux.loader import TINY_SPEC, load_flux
+    from blkassist.flux.loader import load_flux
     from blkassist.refine.refiner import FluxRefiner
 
     torch.set_num_threads(args.threads)
-    refiner = FluxRefiner(load_flux(TINY_SPEC), steps=28, max_sequence_length=32)
+    refiner = FluxRefiner(
+        load_flux(ROOT / "resources" / "flux" / "tiny.yaml"), steps=28, max_sequence_length=32
+    )
     rows = []
     for tile in args.tiles:
         windows = np.stack([_textured_block(tile, tile, 0, 0, i) for i in range(args.count)])

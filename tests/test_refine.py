@@ -224,7 +224,8 @@ def test_diffusers_strength_would_start_higher_at_larger_tiles():
 # -- the tiny Flux refiner ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_flux(one_torch_thread):
-    from blkassist.flux.loader import TINY_SPEC, load_flux
+    from blkassist.flux.loader import load_flux
+    from tests.flux_fixtures import TINY_SPEC
 
     return load_flux(TINY_SPEC)
 
@@ -252,9 +253,10 @@ def test_flux_refiner_applies_the_lora_and_records_its_hash(tiny_flux, tmp_path)
     from diffusers import FluxPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from blkassist.flux.loader import TINY_SPEC, load_flux
+    from blkassist.flux.loader import load_flux
     from blkassist.probe import sha256_file
     from blkassist.refine.refiner import FluxRefiner
+    from tests.flux_fixtures import TINY_SPEC
 
     donor = load_flux(TINY_SPEC)
     torch = pytest.importorskip("torch")

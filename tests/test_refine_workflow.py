@@ -19,8 +19,9 @@ import torch
 import yaml
 from PIL import Image
 
-from blkassist.flux.loader import TINY_SPEC, load_flux
+from blkassist.flux.loader import load_flux
 from tests.conftest import REPO, run_snakemake, snakemake_cmd, textured, write_config
+from tests.flux_fixtures import TINY_SPEC
 
 pytestmark = pytest.mark.slow
 
