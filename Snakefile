@@ -26,6 +26,7 @@ include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
+include: "rules/stencil_model.smk"
 
 
 rule all:
@@ -40,3 +41,8 @@ rule all:
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
         ),
         expand("results/concepts/picks/{pick}.png", pick=CONCEPTOR["picks"]),
+        expand(
+            "results/stencil/assets/{stencil_set}/assets.json",
+            stencil_set=STENCIL_SETS,
+        ),
+        expand("results/compositions/{composition}.png", composition=COMPOSITIONS),

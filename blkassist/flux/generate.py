@@ -100,13 +100,15 @@ def render(
     prompt_embeds: torch.Tensor | None = None,
     pooled_prompt_embeds: torch.Tensor | None = None,
     max_sequence_length: int = 512,
-) -> Image.Image:
+    output_type: str = "pil",
+) -> Image.Image | torch.Tensor:
     """One image. The starting noise comes from a CPU generator, so a seed gives the same
-    image on any device (up to the device's arithmetic)."""
+    image on any device (up to the device's arithmetic). With output_type "latent", the
+    packed latents (1, tokens, 64) instead, for a decoder of one's own."""
     multiple = pipe.vae_scale_factor * 2
     if width % multiple or height % multiple:
         raise ConfigError(f"size {width}x{height}: both sides must be multiples of {multiple}")
-    return pipe(
+    images = pipe(
         prompt=prompt,
         prompt_embeds=prompt_embeds,
         pooled_prompt_embeds=pooled_prompt_embeds,
@@ -116,7 +118,9 @@ def render(
         guidance_scale=guidance,
         generator=torch.Generator("cpu").manual_seed(seed),
         max_sequence_length=max_sequence_length,
-    ).images[0]
+        output_type=output_type,
+    ).images
+    return images if output_type == "latent" else images[0]
 
 
 def contact_sheet(
