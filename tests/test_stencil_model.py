@@ -19,6 +19,7 @@ from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae
 from blkassist.stencil_model.shapes import KINDS, alpha_share, write_ink_shapes
 from blkassist.stencil_model.train_vae import (
     VaeTraining,
+    held_out,
     read_rgba_folder,
     round_trip_errors,
     train_transparent_vae,
@@ -38,10 +39,11 @@ from blkassist.stencil_model.vae import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# The alpha error the trained tiny VAE must reach on held-out shapes (mean absolute error of
-# alpha in [0, 1], after encode -> 8-way decode). An untrained one is at ~0.5.
-ALPHA_MAE_LIMIT = 0.06
-TRAINING = VaeTraining(size=32, steps=300, batch_size=8, lr=3e-3, holdout=4, seed=0)
+# The alpha error the trained tiny VAE must reach on held-out shapes: mean absolute error of
+# alpha in [0, 1] after encode -> 8-way decode. Guessing "all clear" scores the mean alpha
+# (~0.13 on these shapes); an untrained model ~0.3-0.5.
+ALPHA_MAE_LIMIT = 0.07
+TRAINING = VaeTraining(size=64, steps=300, batch_size=4, lr=3e-3, holdout=4, seed=0)
 
 
 def test_published_layout_matches_the_checkpoint():
@@ -167,10 +169,12 @@ def flux():
 @pytest.fixture(scope="module")
 def trained(flux, tmp_path_factory):
     folder = tmp_path_factory.mktemp("shapes")
-    write_ink_shapes(folder, count=36, size=TRAINING.size, seed=3)
+    write_ink_shapes(folder, count=40, size=TRAINING.size, seed=3)
     images, _ = read_rgba_folder(folder, TRAINING.size)
     spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
-    held, train = images[: TRAINING.holdout], images[TRAINING.holdout :]
+    index = held_out(len(images), TRAINING.holdout)
+    held = images[index]
+    train = images[[i for i in range(len(images)) if i not in index]]
     model, history = train_transparent_vae(flux.vae, spec, train, TRAINING)
     path = tmp_path_factory.mktemp("vae") / "stencil-transparent-vae.pth"
     save_weights(model, path)
@@ -181,6 +185,7 @@ def test_trained_tiny_vae_round_trip_recovers_alpha(flux, trained):
     model, path, held, _ = trained
     errors, decoded = round_trip_errors(model, flux.vae, held)
     assert errors["alpha_mae"] <= ALPHA_MAE_LIMIT, errors
+    assert errors["alpha_mae"] <= 0.6 * float(held[:, 3].mean()), errors  # not a guess
     untrained = TransparentVAE(model.spec).eval()
     assert round_trip_errors(untrained, flux.vae, held)[0]["alpha_mae"] > 3 * ALPHA_MAE_LIMIT
     # Value range: every channel in [0, 1], with both clear and opaque pixels.

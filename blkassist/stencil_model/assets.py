@@ -175,6 +175,12 @@ def generate_assets(
 
 
 def vae_identity(spec_path: str, weights: str) -> dict:
+    """What a sidecar records about the transparent VAE (checked to exist first)."""
+    if not Path(weights).is_file():
+        raise ModelFileError(
+            f"{weights}: transparent VAE weights not found. Fix: set stencil.vae.weights to "
+            "the published TransparentVAE.pth, or to null to train the tiny one."
+        )
     return {"spec": str(spec_path), "weights": str(weights), "sha256": sha256_file(weights)}
 
 

@@ -157,9 +157,9 @@ def train_transparent_vae(
             row = {
                 "step": step,
                 "loss": float(loss.detach()),
-                "alpha_l1": float(alpha_loss),
-                "colour_l1": float(colour_loss),
-                "offset_sq": float(offset_loss),
+                "alpha_l1": float(alpha_loss.detach()),
+                "colour_l1": float(colour_loss.detach()),
+                "offset_sq": float(offset_loss.detach()),
             }
             history.append(row)
             log.info("step %d: %s", step, {k: round(v, 4) for k, v in row.items()})
