@@ -194,3 +194,24 @@ def test_bad_inputs_name_the_file_or_key(tmp_path):
     with pytest.raises(ConfigError, match=r"compositions\.b\.elements\.0.*\(0, 1\)"):
         compose("b", str(tmp_path / "bg.png"), [unknown], outputs)
     assert not any((tmp_path / f"b.{ext}").exists() for ext in ("ora", "psd", "png"))
+
+
+def test_config_fills_element_defaults_and_names_bad_keys():
+    from blkassist.config import validate_config
+    from tests.conftest import REPO
+
+    schema = REPO / "config" / "schema.yaml"
+    config = {"compositions": {"c": {"background": "bg.png", "elements": [
+        {"set": "s", "prompt": 0, "seed": 1, "role": "FG"}, {"image": "a.png", "role": "MG",
+                                                            "x": 0.2}]}}}  # fmt: skip
+    validate_config(config, schema)
+    first, second = config["compositions"]["c"]["elements"]
+    assert (first["x"], first["y"], first["scale"], first["opacity"]) == (0.5, 0.5, 1.0, 1.0)
+    assert second["x"] == 0.2 and config["stencil"]["vae"]["train"]["steps"] == 400
+    bad = {"compositions": {"c": {"background": "bg.png", "elements": [
+        {"image": "a.png", "role": "top"}, {"image": "a.png", "set": "s", "prompt": 0,
+                                            "seed": 0, "role": "FG"}]}}}  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        validate_config(bad, schema)
+    assert "compositions.c.elements.0.role" in str(error.value)
+    assert "compositions.c.elements.1" in str(error.value)  # image and set: one or the other
