@@ -109,6 +109,7 @@ def round_trip_errors(model: TransparentVAE, flux_vae, images: torch.Tensor) -> 
     error = (got - alpha).abs()
     return {
         "alpha_mae": float(error.mean()),
+        "alpha_mae_if_all_clear": float(alpha.mean()),  # what guessing "clear" would score
         "alpha_p99": float(torch.quantile(error.flatten(), 0.99)),
         "colour_mae_covered": float(colour.mean()) if colour.numel() else None,
         "images": len(images),
