@@ -30,6 +30,7 @@ include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
 include: "rules/stencil.smk"
+include: "rules/stencil_model.smk"
 include: "rules/texture.smk"
 
 
@@ -50,3 +51,8 @@ rule all:
         expand("datasets/texture-{run}", run=TEXTURE_RUNS),
         expand("results/texture/{run}/review.html", run=TEXTURE_RUNS),
         expand("results/texture/{run}/model_card.json", run=TEXTURE_RUNS),
+        expand(
+            "results/stencil/assets/{stencil_set}/assets.json",
+            stencil_set=STENCIL_ASSET_SETS,
+        ),
+        expand("results/compositions/{composition}.png", composition=COMPOSITIONS),

@@ -43,6 +43,9 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
         for part in ref:
             target = target[part]
         schema = target
+    if isinstance(instance, list) and isinstance(schema.get("items"), Mapping):
+        for item in instance:  # defaults of list entries (e.g. composition elements)
+            _fill_defaults(item, schema["items"], root)
     if not isinstance(instance, dict):
         return
     for part in schema.get("allOf", ()):  # earlier parts' defaults win (recipe over base)

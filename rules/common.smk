@@ -31,6 +31,7 @@ def producible_sources():
     made = {
         f"results/concepts/picks/{pick}.png" for pick in config["conceptor"]["picks"]
     }
+    made |= {f"results/compositions/{name}.png" for name in config["compositions"]}
     return made | ({demo["path"]} if demo else set())
 
 
@@ -326,3 +327,55 @@ def texture_recipe_params(run):
     recipe = TEXTURE["runs"][run]["recipe"]
     housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
     return {k: v for k, v in recipe.items() if k not in housekeeping}
+
+
+# BLK-Stencil model and compositions (rules/stencil_model.smk).
+STENCIL_VAE = STENCIL["vae"]
+STENCIL_SHAPES = STENCIL_VAE.get("shapes")
+STENCIL_FLUX_MODEL = workflow_file(STENCIL["model"])
+STENCIL_VAE_SPEC = workflow_file(STENCIL_VAE["spec"])
+STENCIL_VAE_WEIGHTS = (
+    STENCIL_VAE["weights"] or f"{MODELS_DIR}/stencil-transparent-vae.pth"
+)
+STENCIL_ASSET_SETS = STENCIL["assets"]
+COMPOSITIONS = config["compositions"]
+
+
+def stencil_training_assets(wildcards):
+    """The RGBA folder as an input: drawn by a rule, a dataset rule's output, or there
+    already (else the training job reports it missing)."""
+    folder = STENCIL_VAE["train"]["assets"]
+    made_here = (
+        STENCIL_SHAPES and folder == STENCIL_SHAPES["path"]
+    ) or folder.startswith("datasets/")
+    return folder if made_here or Path(folder).is_dir() else []
+
+
+def stencil_asset_inputs(wildcards):
+    settings = STENCIL_ASSET_SETS[wildcards.stencil_set]
+    return {
+        "model": STENCIL_FLUX_MODEL,
+        "vae_spec": STENCIL_VAE_SPEC,
+        "vae": STENCIL_VAE_WEIGHTS,
+        "layer_lora": [STENCIL["layer_lora"]] if STENCIL["layer_lora"] else [],
+        "loras": [lora["file"] for lora in settings["loras"]],
+    }
+
+
+def composition_elements(name):
+    """Elements with each set reference resolved to that set's index file."""
+    elements = []
+    for element in COMPOSITIONS[name]["elements"]:
+        element = dict(element)
+        if "set" in element:
+            element["index"] = f"results/stencil/assets/{element['set']}/assets.json"
+        elements.append(element)
+    return elements
+
+
+def composition_inputs(wildcards):
+    elements = composition_elements(wildcards.composition)
+    return {
+        "background": COMPOSITIONS[wildcards.composition]["background"],
+        "assets": sorted({e.get("index") or e["image"] for e in elements}),
+    }

@@ -106,13 +106,13 @@ def render(
     max_sequence_length: int = 512,
     output_type: str = "pil",
 ) -> Image.Image | torch.Tensor:
-    """One image (output_type "latent": its final packed latents). The starting noise
-    comes from a CPU generator, so a seed gives the same image on any device (up to the
-    device's arithmetic)."""
+    """One image. The starting noise comes from a CPU generator, so a seed gives the same
+    image on any device (up to the device's arithmetic). With output_type "latent", the
+    packed latents (1, tokens, 64) instead, for a decoder of one's own."""
     multiple = pipe.vae_scale_factor * 2
     if width % multiple or height % multiple:
         raise ConfigError(f"size {width}x{height}: both sides must be multiples of {multiple}")
-    return pipe(
+    images = pipe(
         prompt=prompt,
         prompt_embeds=prompt_embeds,
         pooled_prompt_embeds=pooled_prompt_embeds,
@@ -123,7 +123,8 @@ def render(
         generator=torch.Generator("cpu").manual_seed(seed),
         max_sequence_length=max_sequence_length,
         output_type=output_type,
-    ).images[0]
+    ).images
+    return images if output_type == "latent" else images[0]
 
 
 def contact_sheet(

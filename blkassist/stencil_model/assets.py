@@ -1,0 +1,206 @@
+"""RGBA assets: prompts with descriptors and a Z-role tag -> Flux (layer LoRA fused, optional
+style LoRAs) -> latent -> transparent decoder -> PNG with real alpha, a provenance sidecar
+and a checkerboard contact sheet. Prompt handling, sizes, sampling and the sheet layout are
+Conceptor's (blkassist.flux.generate)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from blkassist.errors import ConfigError, ModelFileError
+from blkassist.flux.generate import (
+    _slug,
+    contact_sheet,
+    load_adapter,
+    render,
+    save_png,
+    size_near_megapixel,
+    versions,
+)
+from blkassist.fsutil import write_json
+from blkassist.probe import sha256_file
+from blkassist.stencil_model.preview import over_checkerboard
+from blkassist.stencil_model.vae import TransparentVAE, from_flux, load_transparent_vae
+
+log = logging.getLogger(__name__)
+
+ROLES = ("FG", "MG", "BG-overlay")
+LAYER_ADAPTER = "layer"
+DEFAULT_TEMPLATE = "{role} layer, {prompt}, transparent background"
+
+
+def fuse_layer_lora(pipe, path: str | os.PathLike, scale: float = 1.0) -> dict:
+    """Load the frozen LayerDiffuse layer LoRA through diffusers and fuse it into the
+    transformer's weights (then drop the adapter modules): it is part of the base model
+    from here on, and style LoRAs stack on top as usual."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: layer LoRA not found. Fix: put the published layerlora.safetensors "
+            "there, or set stencil.layer_lora to null."
+        )
+    pipe.load_lora_weights(str(path), adapter_name=LAYER_ADAPTER)
+    pipe.fuse_lora(components=["transformer"], lora_scale=scale, adapter_names=[LAYER_ADAPTER])
+    pipe.unload_lora_weights()
+    log.info("fused layer LoRA %s at scale %s", path, scale)
+    return {"file": str(path), "sha256": sha256_file(path), "scale": scale, "fused": True}
+
+
+def asset_size(item: dict, defaults: dict, multiple: int) -> tuple[int, int]:
+    size = item.get("size") or defaults.get("size")
+    if size:
+        width, height = size
+        if width % multiple or height % multiple:
+            raise ConfigError(f"size {width}x{height}: sides must be multiples of {multiple}")
+        return width, height
+    aspect = item.get("aspect", defaults.get("aspect", 1.0))
+    return size_near_megapixel(aspect, defaults.get("megapixels", 1.0), multiple)
+
+
+def decode_rgba(components, vae: TransparentVAE, packed, width, height, augment=True):
+    """Packed transformer latents -> one RGBA PIL image."""
+    pipe_vae = components.vae
+    scale = components.vae_scale_factor
+    from diffusers import FluxPipeline
+
+    latent = FluxPipeline._unpack_latents(packed, height, width, scale)
+    latent = from_flux(latent, pipe_vae)
+    rgba = vae.decode(pipe_vae, latent, augment=augment)[0].float().clamp(0, 1)
+    array = (rgba.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array, "RGBA")
+
+
+def generate_assets(
+    components,
+    vae: TransparentVAE,
+    prompts: list[str | dict],
+    output_dir: str | os.PathLike,
+    *,
+    vae_record: dict,
+    layer_lora: str | os.PathLike | None = None,
+    loras: list[dict] | tuple = (),
+    seeds=(0, 1, 2, 3),
+    aspect: float | str = 1.0,
+    megapixels: float = 1.0,
+    size: tuple[int, int] | None = None,
+    steps: int = 28,
+    guidance: float = 3.5,
+    role: str = "FG",
+    template: str = DEFAULT_TEMPLATE,
+    max_sequence_length: int = 512,
+    augment: bool = True,
+) -> list[dict]:
+    """RGBA PNGs for every prompt and seed in `output_dir`, with sidecars, `assets.json`
+    and `contact_sheet.png` (over a checkerboard). A prompt may be a dict with its own
+    "role", "aspect" or "size". Style LoRAs are removed again afterwards; the layer LoRA, once
+    fused, stays in `components`."""
+    output_dir = Path(output_dir)
+    pipe = components.pipeline()
+    multiple = math.lcm(components.vae_scale_factor * 2, vae.spec.size_multiple)
+    defaults = {"size": size, "aspect": aspect, "megapixels": megapixels}
+    layer_record = fuse_layer_lora(pipe, layer_lora) if layer_lora else None
+    names, style_records = [], []
+    for index, lora in enumerate(loras):
+        name = f"style{index}"
+        digest = load_adapter(pipe, lora["file"], lora.get("scale", 1.0), name=name)
+        names.append(name)
+        style_records.append({"file": str(lora["file"]), "sha256": digest,
+                              "scale": lora.get("scale", 1.0)})  # fmt: skip
+    if names:
+        pipe.set_adapters(names, adapter_weights=[r["scale"] for r in style_records])
+    model, found = components.describe(), versions()
+    records, rows, labels = [], [], []
+    try:
+        for index, item in enumerate(prompts):
+            item = {"prompt": item} if isinstance(item, str) else dict(item)
+            item_role = item.get("role", role)
+            if item_role not in ROLES:
+                raise ConfigError(f"prompt {index}: role {item_role!r} is not one of {ROLES}")
+            text = template.format(prompt=item["prompt"], role=item_role)
+            width, height = asset_size(item, defaults, multiple)
+            with torch.no_grad():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    text, prompt_2=None, max_sequence_length=max_sequence_length
+                )
+            row = []
+            for seed in seeds:
+                packed = render(pipe, seed=seed, width=width, height=height, steps=steps,
+                                guidance=guidance, prompt_embeds=embeds,
+                                pooled_prompt_embeds=pooled,
+                                max_sequence_length=max_sequence_length,
+                                output_type="latent")  # fmt: skip
+                image = decode_rgba(components, vae, packed, width, height, augment)
+                name = f"{index:02d}-{_slug(item['prompt'])}-seed{seed}"
+                save_png(image, output_dir / f"{name}.png")
+                alpha = np.asarray(image)[..., 3]
+                record = {
+                    "image": f"{name}.png",
+                    "prompt": item["prompt"],
+                    "role": item_role,
+                    "text": text,
+                    "seed": seed,
+                    "width": width,
+                    "height": height,
+                    "steps": steps,
+                    "guidance": guidance,
+                    "max_sequence_length": max_sequence_length,
+                    "augment": augment,
+                    "alpha": {"clear": float((alpha <= 12).mean()),
+                              "opaque": float((alpha >= 243).mean())},
+                    "layer_lora": layer_record,
+                    "loras": style_records,
+                    "transparent_vae": vae_record,
+                    "model": model,
+                    "versions": found,
+                }  # fmt: skip
+                write_json(output_dir / f"{name}.json", record)
+                records.append(record)
+                row.append(over_checkerboard(image))
+            rows.append(row)
+            labels.append(f"{index:02d} [{item_role}] {item['prompt']}")
+    finally:
+        if names:
+            pipe.delete_adapters(names)
+    save_png(contact_sheet(rows, labels), output_dir / "contact_sheet.png")
+    write_json(output_dir / "assets.json", records)
+    log.info("%d RGBA assets in %s", len(records), output_dir)
+    return records
+
+
+def vae_identity(spec_path: str, weights: str) -> dict:
+    """What a sidecar records about the transparent VAE (checked to exist first)."""
+    if not Path(weights).is_file():
+        raise ModelFileError(
+            f"{weights}: transparent VAE weights not found. Fix: set stencil.vae.weights to "
+            "the published TransparentVAE.pth, or to null to train the tiny one."
+        )
+    return {"spec": str(spec_path), "weights": str(weights), "sha256": sha256_file(weights)}
+
+
+def generate_run(
+    model: str,
+    vae_spec: str,
+    vae_weights: str,
+    prompts: list,
+    output_dir: str,
+    lock_dir: str,
+    threads: int,
+    **options,
+) -> list[dict]:
+    """A workflow job: lease a device, load Flux and the transparent VAE, generate."""
+    from blkassist.devices import lease_device
+    from blkassist.flux.loader import load_flux
+
+    torch.set_num_threads(max(1, threads))
+    record = vae_identity(vae_spec, vae_weights)  # checks the file before the model loads
+    with lease_device(lock_dir) as lease:
+        components = load_flux(model, lease.torch_device)
+        vae = load_transparent_vae(vae_spec, vae_weights, lease.torch_device, components.dtype)
+        return generate_assets(components, vae, prompts, output_dir, vae_record=record, **options)

@@ -1,0 +1,392 @@
+"""The Flux transparent VAE: an offset encoder that hides alpha in the Flux latent, and a
+decoder that reads RGBA back from the Flux VAE's RGB decode plus that latent.
+
+Conventions (checked by the round-trip tests):
+- Images are float tensors (B, C, H, W) in [0, 1]; RGBA channel order is R, G, B, A
+  everywhere: the encoder's input is the padded RGB followed by alpha, and the decoder's
+  4-channel output is R, G, B, A (straight, not premultiplied colour).
+- The Flux VAE sees the colour premultiplied in [-1, 1], so clear pixels are neutral grey (0).
+- `encode` returns the *unscaled* Flux latent (what `AutoencoderKL.decode` takes): the
+  posterior mean plus std times the offset, in place of a Gaussian sample. Flux's
+  transformer works on `scaling_factor * (latent - shift_factor)`; see `to_flux`/`from_flux`.
+
+The module and parameter names follow the published `TransparentVAE.pth`
+("encoder.blocks.N.*", "decoder.*", and the Flux VAE under "sd_vae.*"), so those weights load
+with a strict key check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from blkassist.errors import ConfigError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "stencil"
+TINY_VAE_SPEC = RESOURCES / "tiny_vae.yaml"
+PUBLISHED_VAE_SPEC = RESOURCES / "transparent_vae.yaml"
+FLUX_VAE_PREFIX = "sd_vae."  # the published file also carries the Flux VAE it was made with
+_AUGMENTATIONS = tuple((flip, turns) for flip in (False, True) for turns in range(4))
+
+
+@dataclass(frozen=True)
+class TransparentVAESpec:
+    """Architecture of a transparent VAE (the published one or a tiny one)."""
+
+    encoder_channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 256, 256)
+    offset_scale: float = 300.0
+    block_out_channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512, 512)
+    attention_levels: tuple[int, ...] = (4, 5, 6)
+    layers_per_block: int = 2
+    norm_num_groups: int = 4
+    attention_head_dim: int = 8
+    latent_channels: int = 16
+    # The published layers that inject the offset and the latent start at zero, so an
+    # untrained adapter leaves a pretrained system as it was; a model trained from scratch
+    # learns far faster without that (the tiny one).
+    zero_init: bool = True
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (one halving per decoder level)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TransparentVAESpec:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: transparent VAE spec not found.")
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        spec = cls(**values)
+        if len(spec.encoder_channels) != 8:
+            raise ConfigError(f"{path}: encoder_channels needs 8 widths (4 halvings to H/8)")
+        if len(spec.block_out_channels) < 4:
+            raise ConfigError(f"{path}: block_out_channels needs 4+ levels (latent at H/8)")
+        return spec
+
+
+class OffsetEncoder(nn.Module):
+    """RGBA (padded RGB, then alpha) -> latent offset at H/8: nine 3x3 convolutions with SiLU
+    between them, halving at the 3rd, 5th and 7th; the last one starts at zero so an
+    untrained encoder leaves the Flux latent as it is."""
+
+    def __init__(self, channels: tuple[int, ...], latent_channels: int, zero_init: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = 4
+        for index, width in enumerate(channels):
+            stride = 2 if index in (2, 4, 6) else 1
+            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1), nn.SiLU()]
+            previous = width
+        last = nn.Conv2d(previous, latent_channels, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        self.blocks = nn.Sequential(*layers, last)
+
+    def forward(self, padded_rgb_alpha: torch.Tensor) -> torch.Tensor:
+        return self.blocks(padded_rgb_alpha)
+
+
+class TransparentDecoder(nn.Module):
+    """A UNet from the Flux VAE's RGB decode (full size, [0, 1]) to RGBA; the latent joins
+    through a zero-initialised 1x1 convolution where the features reach H/8."""
+
+    LATENT_LEVEL = 3  # after three halvings
+
+    def __init__(self, spec: TransparentVAESpec):
+        super().__init__()
+        from diffusers.models.unets.unet_2d_blocks import (
+            UNetMidBlock2D,
+            get_down_block,
+            get_up_block,
+        )
+
+        widths = spec.block_out_channels
+        levels = len(widths)
+        common = {
+            "resnet_eps": 1e-5,
+            "resnet_act_fn": "silu",
+            "resnet_groups": spec.norm_num_groups,
+            "attention_head_dim": spec.attention_head_dim,
+            "resnet_time_scale_shift": "default",
+            "temb_channels": None,
+            "dropout": 0.0,
+        }
+        self.conv_in = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.latent_conv_in = nn.Conv2d(spec.latent_channels, widths[2], 1)
+        if spec.zero_init:
+            nn.init.zeros_(self.latent_conv_in.weight)
+            nn.init.zeros_(self.latent_conv_in.bias)
+        self.down_blocks = nn.ModuleList()
+        previous = widths[0]
+        for level, width in enumerate(widths):
+            kind = "AttnDownBlock2D" if level in spec.attention_levels else "DownBlock2D"
+            self.down_blocks.append(
+                get_down_block(
+                    kind,
+                    num_layers=spec.layers_per_block,
+                    in_channels=previous,
+                    out_channels=width,
+                    add_downsample=level < levels - 1,
+                    downsample_padding=1,
+                    downsample_type="conv",
+                    **common,
+                )
+            )
+            previous = width
+        self.mid_block = UNetMidBlock2D(
+            in_channels=widths[-1],
+            temb_channels=None,
+            resnet_eps=1e-5,
+            resnet_act_fn="silu",
+            output_scale_factor=1,
+            resnet_time_scale_shift="default",
+            attention_head_dim=spec.attention_head_dim,
+            resnet_groups=spec.norm_num_groups,
+            attn_groups=None,
+            add_attention=True,
+        )
+        self.up_blocks = nn.ModuleList()
+        reversed_widths = list(reversed(widths))
+        previous = reversed_widths[0]
+        for index, width in enumerate(reversed_widths):
+            level = levels - 1 - index
+            kind = "AttnUpBlock2D" if level in spec.attention_levels else "UpBlock2D"
+            self.up_blocks.append(
+                get_up_block(
+                    kind,
+                    num_layers=spec.layers_per_block + 1,
+                    in_channels=reversed_widths[min(index + 1, levels - 1)],
+                    out_channels=width,
+                    prev_output_channel=previous,
+                    add_upsample=index < levels - 1,
+                    upsample_type="conv",
+                    **common,
+                )
+            )
+            previous = width
+        self.conv_norm_out = nn.GroupNorm(spec.norm_num_groups, widths[0], eps=1e-5)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(widths[0], 4, 3, padding=1)
+
+    def forward(self, rgb: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        latent_features = self.latent_conv_in(latent)
+        sample = self.conv_in(rgb)
+        skips = (sample,)
+        for level, block in enumerate(self.down_blocks):
+            if level == self.LATENT_LEVEL:
+                sample = sample + latent_features
+            sample, more = block(hidden_states=sample, temb=None)
+            skips += more
+        sample = self.mid_block(sample, None)
+        for block in self.up_blocks:
+            count = len(block.resnets)
+            sample = block(sample, skips[-count:], None)
+            skips = skips[:-count]
+        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+
+
+def pad_rgb(rgba: torch.Tensor, shrink: float = 1.2) -> torch.Tensor:
+    """Colour spread from covered pixels into clear ones, so that the Flux VAE and the offset
+    encoder never see a hard colour edge at the silhouette.
+
+    Premultiplied colour and alpha are shrunk by `shrink` per level down to one pixel; from
+    the coarsest level (the alpha-weighted mean colour) up, each level's colour is its own
+    premultiplied colour plus the enlarged coarser estimate where it is uncovered.
+    """
+    colour, alpha = rgba[:, :3], rgba[:, 3:4]
+    levels = [(colour * alpha, alpha)]
+    while min(levels[-1][1].shape[-2:]) > 1:
+        height, width = levels[-1][1].shape[-2:]
+        size = (max(1, int(height / shrink)), max(1, int(width / shrink)))
+        levels.append(tuple(F.interpolate(t, size=size, mode="area") for t in levels[-1]))
+    premultiplied, coverage = levels[-1]
+    estimate = premultiplied.sum((2, 3), keepdim=True) / coverage.sum(
+        (2, 3), keepdim=True
+    ).clamp_min(1e-8)
+    for premultiplied, coverage in reversed(levels):
+        estimate = F.interpolate(
+            estimate, size=coverage.shape[-2:], mode="bilinear", align_corners=False
+        )
+        estimate = premultiplied + estimate * (1 - coverage)
+    return estimate
+
+
+def _augment(tensor: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    if flip:
+        tensor = torch.flip(tensor, dims=(3,))
+    return torch.rot90(tensor, k=turns, dims=(2, 3))
+
+
+def _undo(tensor: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    tensor = torch.rot90(tensor, k=-turns, dims=(2, 3))
+    return torch.flip(tensor, dims=(3,)) if flip else tensor
+
+
+class TransparentVAE(nn.Module):
+    """Offset encoder + RGBA decoder; the frozen Flux VAE is passed in, not owned, so the
+    state dict holds exactly the transparency weights."""
+
+    def __init__(self, spec: TransparentVAESpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = OffsetEncoder(spec.encoder_channels, spec.latent_channels, spec.zero_init)
+        self.decoder = TransparentDecoder(spec)
+
+    # -- encoding ------------------------------------------------------------------------
+    def encode(self, flux_vae, rgba: torch.Tensor) -> torch.Tensor:
+        """RGBA in [0, 1] -> the unscaled Flux latent carrying the alpha."""
+        self._check_size(rgba)
+        alpha = rgba[:, 3:4]
+        vae_feed = (rgba[:, :3] * 2 - 1) * alpha  # premultiplied: clear pixels are grey
+        dtype = next(flux_vae.parameters()).dtype
+        posterior = flux_vae.encode(vae_feed.to(dtype)).latent_dist
+        offset = self.encoder(torch.cat([pad_rgb(rgba), alpha], dim=1).to(self._dtype))
+        return posterior.mean + posterior.std * (offset * self.spec.offset_scale).to(dtype)
+
+    # -- decoding ------------------------------------------------------------------------
+    def flux_rgb(self, flux_vae, latent: torch.Tensor) -> torch.Tensor:
+        """The Flux VAE's own decode of the latent, in [0, 1] (not clipped)."""
+        dtype = next(flux_vae.parameters()).dtype
+        return flux_vae.decode(latent.to(dtype)).sample * 0.5 + 0.5
+
+    def decode_once(self, flux_vae, latent: torch.Tensor) -> torch.Tensor:
+        """RGBA from one decoder pass (what training optimises); not clipped."""
+        rgb = self.flux_rgb(flux_vae, latent)
+        return self.decoder(rgb.to(self._dtype), latent.to(self._dtype))
+
+    @torch.no_grad()
+    def decode(self, flux_vae, latent: torch.Tensor, augment: bool = True) -> torch.Tensor:
+        """RGBA in [0, 1]. With `augment`, the decoder runs on the 8 flips/rotations of its
+        inputs; each result is clipped, turned back, and the per-pixel median is kept."""
+        rgb = self.flux_rgb(flux_vae, latent).to(self._dtype)
+        latent = latent.to(self._dtype)
+        if not augment:
+            return self.decoder(rgb, latent).clamp(0, 1)
+        results = []
+        for flip, turns in _AUGMENTATIONS:
+            out = self.decoder(_augment(rgb, flip, turns), _augment(latent, flip, turns))
+            results.append(_undo(out.clamp(0, 1), flip, turns))
+        return torch.stack(results).median(dim=0).values
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.decoder.conv_in.weight.dtype
+
+    def _check_size(self, image: torch.Tensor) -> None:
+        height, width = image.shape[-2:]
+        multiple = self.spec.size_multiple
+        if height % multiple or width % multiple:
+            raise ConfigError(
+                f"image size {width}x{height}: the transparent VAE needs sides that are "
+                f"multiples of {multiple}"
+            )
+
+
+def to_flux(latent: torch.Tensor, flux_vae) -> torch.Tensor:
+    """Unscaled VAE latent -> the transformer's latent space."""
+    config = flux_vae.config
+    return (latent - config.shift_factor) * config.scaling_factor
+
+
+def from_flux(latent: torch.Tensor, flux_vae) -> torch.Tensor:
+    config = flux_vae.config
+    return latent / config.scaling_factor + config.shift_factor
+
+
+# -- weights --------------------------------------------------------------------------
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a .pth (a pickled dict of tensors, read without running code) or a
+    .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: transparent VAE weights not found. Fix: put the published "
+            "TransparentVAE.pth there, or set stencil.vae.weights to null to train a tiny one."
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file gets the same advice
+        raise ModelFileError(f"{path}: not a readable weight file ({error}).") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: expected a dict of tensors (a state dict).")
+    return state
+
+
+def check_keys(model: TransparentVAE, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a state dict that does not fit the model exactly, naming every missing and
+    unexpected key and every shape mismatch. Keys of the bundled Flux VAE ("sd_vae.*") are
+    allowed and ignored: the Flux VAE comes from the Flux model folder."""
+    expected = model.state_dict()
+    given = {k: v for k, v in state.items() if not k.startswith(FLUX_VAE_PREFIX)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(given[k].shape)} (model {tuple(expected[k].shape)})"
+        for k in set(expected) & set(given)
+        if given[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes)}")
+    if problems:
+        raise ModelFileError(
+            f"{source}: the weights do not fit the transparent VAE spec: "
+            + "; ".join(problems)
+            + ". Fix: use the published TransparentVAE.pth with "
+            "resources/stencil/transparent_vae.yaml, or a file trained for the spec in use."
+        )
+
+
+def load_transparent_vae(
+    spec: str | os.PathLike | TransparentVAESpec,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TransparentVAE:
+    """The transparent VAE of `spec`, with `weights` loaded after a strict key check (or
+    freshly initialised without), frozen, in eval mode."""
+    if not isinstance(spec, TransparentVAESpec):
+        spec = TransparentVAESpec.from_yaml(spec)
+    model = TransparentVAE(spec)
+    if weights is not None:
+        state = read_weights(weights)
+        check_keys(model, state, str(weights))
+        model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+        log.info("loaded transparent VAE weights %s", weights)
+    return model.to(device=device, dtype=dtype).requires_grad_(False).eval()
+
+
+def save_weights(model: TransparentVAE, path: str | os.PathLike) -> None:
+    """The published layout: one pickled dict of tensors ("encoder.*", "decoder.*")."""
+    from blkassist.fsutil import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

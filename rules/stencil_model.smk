@@ -1,0 +1,109 @@
+# BLK-Stencil model: the transparent VAE (trained here at tiny size, or the published
+# weights), RGBA assets from prompts with Z-role tags, and layered compositions.
+
+
+wildcard_constraints:
+    stencil_set="|".join(STENCIL_ASSET_SETS) or "(?!)",
+    composition="|".join(COMPOSITIONS) or "(?!)",
+
+
+if STENCIL_SHAPES:
+
+    rule draw_stencil_shapes:
+        output:
+            folder=directory(STENCIL_SHAPES["path"]),
+        log:
+            "logs/stencil/draw_stencil_shapes.log",
+        conda:
+            "../envs/vips.yaml"
+        params:
+            shapes=STENCIL_SHAPES["count"],
+            size=STENCIL_SHAPES["size"],
+            seed=STENCIL_SHAPES["seed"],
+        script:
+            "../scripts/draw_stencil_shapes.py"
+
+
+if not STENCIL_VAE["weights"]:
+
+    rule train_transparent_vae:
+        input:
+            assets=stencil_training_assets,
+            model=STENCIL_FLUX_MODEL,
+            spec=STENCIL_VAE_SPEC,
+        output:
+            weights=STENCIL_VAE_WEIGHTS,
+            model_card=report(
+                "results/stencil/vae/model_card.json",
+                caption="../report/stencil_vae_card.rst",
+                category="BLK-Stencil",
+            ),
+            sheet=report(
+                "results/stencil/vae/round_trip.png",
+                caption="../report/stencil_vae_round_trip.rst",
+                category="BLK-Stencil",
+            ),
+        log:
+            "logs/stencil/train_transparent_vae.log",
+        benchmark:
+            "benchmarks/stencil/train_transparent_vae.tsv"
+        conda:
+            "../envs/torch.yaml"
+        # The tiny model's ops are too small to share out: a second thread mostly waits.
+        threads: 1
+        params:
+            settings={k: v for k, v in STENCIL_VAE["train"].items() if k != "assets"},
+        script:
+            "../scripts/train_transparent_vae.py"
+
+
+rule generate_stencil_assets:
+    input:
+        unpack(stencil_asset_inputs),
+    output:
+        index="results/stencil/assets/{stencil_set}/assets.json",
+        sheet=report(
+            "results/stencil/assets/{stencil_set}/contact_sheet.png",
+            caption="../report/stencil_assets.rst",
+            category="BLK-Stencil",
+        ),
+    log:
+        "logs/stencil/assets_{stencil_set}.log",
+    benchmark:
+        "benchmarks/stencil/assets_{stencil_set}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: STENCIL_ASSET_SETS[wildcards.stencil_set],
+        folder="results/stencil/assets/{stencil_set}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/generate_stencil_assets.py"
+
+
+rule compose:
+    input:
+        unpack(composition_inputs),
+    output:
+        ora="results/compositions/{composition}.ora",
+        psd="results/compositions/{composition}.psd",
+        png=report(
+            "results/compositions/{composition}.png",
+            caption="../report/composition.rst",
+            category="Compositions",
+        ),
+        provenance="results/compositions/{composition}.json",
+    log:
+        "logs/compositions/{composition}.log",
+    benchmark:
+        "benchmarks/compositions/{composition}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        size=lambda wildcards: COMPOSITIONS[wildcards.composition].get("size"),
+        elements=lambda wildcards: composition_elements(wildcards.composition),
+    script:
+        "../scripts/compose.py"

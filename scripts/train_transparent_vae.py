@@ -1,0 +1,11 @@
+"""Train the transparent VAE on a folder of RGBA PNGs; report the round-trip alpha error."""
+
+from blkassist.runlog import rule_logging
+from blkassist.stencil_model.train_vae import train_run
+
+with rule_logging(snakemake):
+    out = snakemake.output
+    train_run(
+        snakemake.input.model, snakemake.input.spec, snakemake.input.assets, out.weights,
+        out.model_card, out.sheet, snakemake.params.settings, snakemake.threads,
+    )  # fmt: skip
