@@ -26,12 +26,15 @@ include: "rules/corpus.smk"
 include: "rules/captions.smk"
 include: "rules/esrgan.smk"
 include: "rules/conceptor.smk"
+include: "rules/view.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/{mural}_final.tif", mural=MURALS),
+        expand("results/view/{mural}/index.html", mural=MURALS),
+        expand("results/view/{mural}/thumbnail.png", mural=MURALS),
         expand("datasets/{dataset}", dataset=DATASETS),
         expand("results/captions/{collection}_review.html", collection=COLLECTIONS),
         expand("results/esrgan/{run}/model_card.json", run=ESRGAN_RUNS),
