@@ -38,6 +38,9 @@ rule all:
         expand("datasets/{dataset}", dataset=DATASETS),
         expand("results/captions/{collection}_review.html", collection=COLLECTIONS),
         expand("results/esrgan/{run}/model_card.json", run=ESRGAN_RUNS),
+        expand("results/datasets/{dataset}_summary.html", dataset=DATASETS),
+        expand("results/esrgan/{run}/validation.html", run=ESRGAN_RUNS),
+        expand("results/conceptor/{run}/validation.html", run=CONCEPTOR["runs"]),
         expand("results/conceptor/{run}/model_card.json", run=CONCEPTOR["runs"]),
         expand(
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]
