@@ -93,10 +93,11 @@ def test_mural_on_slurm_matches_local_and_resumes_a_scancelled_job(cluster, tmp_
     # First run on SLURM: cancel one tile batch's SLURM job halfway through.
     config = mural_config(on_slurm, weights)
     command = snakemake_cmd(on_slurm, [config], *slurm_args(on_slurm), "results/m_final.tif")
-    process = subprocess.Popen(
-        command, cwd=on_slurm, env=slurm_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    output_file = on_slurm / "first_run.out"
+    with open(output_file, "w") as sink:  # a file, not a pipe: a full pipe would stall it
+        process = subprocess.Popen(
+            command, cwd=on_slurm, env=slurm_env(), stdout=sink, stderr=subprocess.STDOUT
+        )
     progress = on_slurm / "work" / "m" / "canvas1.progress"
     cancelled = None
     deadline = time.monotonic() + 240
@@ -111,7 +112,8 @@ def test_mural_on_slurm_matches_local_and_resumes_a_scancelled_job(cluster, tmp_
                     cancelled = (batch, jobs[0])
                     break
         time.sleep(0.05)
-    output, _ = process.communicate(timeout=300)
+    process.wait(timeout=300)
+    output = output_file.read_text()
     assert cancelled is not None, f"never caught a tile batch halfway:\n{output[-4000:]}"
     assert process.returncode != 0, output[-4000:]
     assert not (on_slurm / "results" / "m_final.tif").exists()

@@ -7,6 +7,7 @@ is served from localhost like any static folder.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import threading
@@ -19,8 +20,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from blkassist.viewer import read_dzi
-from tests.conftest import run_snakemake, textured, write_config
+from blkassist.errors import BlkAssistError
+from blkassist.viewer import deep_zoom, read_dzi, write_viewer
+from tests.conftest import REPO, run_snakemake, textured, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +166,70 @@ def test_viewer_shows_synchronised_deep_zoom_panels_with_the_murals_pixels(mural
     nearby = min(difference(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1))
     assert nearby < 6
     assert min(difference(dx, dy) for dx, dy in [(5, 0), (0, 5), (-5, -5)]) > 3 * nearby
+
+
+# Sources come in every mode the corpus accepts; the pyramid is always 8-bit sRGB.
+MODES = {
+    "gray8": lambda: textured(40, 56, bands=1)[..., 0],
+    "gray16": lambda: textured(40, 56, bands=1)[..., 0].astype(np.uint16) * 257,
+    "rgb8": lambda: textured(40, 56),
+    "rgb16": lambda: textured(40, 56).astype(np.uint16) * 257,
+    "rgba8": lambda: np.dstack([textured(40, 56), np.full((40, 56), 128, np.uint8)]),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_deep_zoom_of_every_source_mode_is_8_bit_srgb(tmp_path, mode):
+    pixels = MODES[mode]()
+    tifffile.imwrite(tmp_path / "in.tif", pixels)
+    info = deep_zoom(tmp_path / "in.tif", tmp_path / "v/l.dzi", tmp_path / "v/l_files", 254, 1, 95)
+    assert (info["width"], info["height"], info["format"]) == (56, 40, "jpg")
+    top = np.asarray(Image.open(tmp_path / "v/l_files/6/0_0.jpg"))
+    assert top.shape == (40, 56, 3) and top.dtype == np.uint8
+    expected = pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8)
+    if mode == "rgba8":  # half-transparent: flattened on white
+        expected = (expected[..., :3].astype(int) * 128 + 255 * 127) // 255
+    if expected.ndim == 2:
+        expected = np.dstack([expected] * 3)
+    assert np.abs(top.astype(int) - expected.astype(int)).mean() < 4
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["l.dzi", "l_files"]
+
+
+def test_viewer_page_lists_panels_and_overlays_with_relative_paths(tmp_path):
+    build = tmp_path / "osd"
+    (build / "images").mkdir(parents=True)
+    (build / "openseadragon.min.js").write_text("// stand-in build\n")
+    (build / "images" / "home_rest.png").write_bytes(b"png")
+    Image.fromarray(textured(30, 40)).save(tmp_path / "a.png")
+    view = tmp_path / "results/view/m"
+    for name in ("source", "final", "seams"):
+        deep_zoom(tmp_path / "a.png", view / f"{name}.dzi", view / f"{name}_files", 254, 1, 90)
+    write_viewer(
+        page=view / "index.html",
+        template=REPO / "resources/viewer/index.html",
+        title="Mural <m>",
+        panels=[
+            {"name": "source", "label": "Source", "dzi": str(view / "source.dzi")},
+            {"name": "final", "label": "Result", "dzi": str(view / "final.dzi")},
+        ],
+        overlays=[{"name": "seams", "label": "Seams", "dzi": str(view / "seams.dzi")}],
+        openseadragon_build=build,
+        openseadragon_copy=view / "openseadragon",
+    )
+    page = (view / "index.html").read_text()
+    assert "<title>Mural &lt;m&gt;</title>" in page
+    assert '<script src="openseadragon/openseadragon.min.js">' in page
+    layout = json.loads(
+        re.search(r'id="layout" type="application/json">(.*?)</script>', page, re.S)[1]
+    )
+    assert [p["name"] for p in layout["panels"]] == ["source", "final"]
+    assert [(o["name"], o["on"]) for o in layout["overlays"]] == [("seams", True)]
+    for layer in layout["panels"] + layout["overlays"]:
+        assert (view / layer["source"]["Image"]["Url"]).is_dir()  # relative to the page
+    assert (view / layout["prefixUrl"] / "home_rest.png").exists()
+
+
+def test_viewer_without_openseadragon_says_how_to_install_it(tmp_path):
+    with pytest.raises(BlkAssistError, match="make viewer-deps"):
+        write_viewer(tmp_path / "index.html", REPO / "resources/viewer/index.html", "m", [], [],
+                     tmp_path / "missing", tmp_path / "copy")  # fmt: skip
