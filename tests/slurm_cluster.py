@@ -159,9 +159,13 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     def stop(self) -> None:
         """Stop the daemons this cluster started (by their pid), drop its config."""
-        for job in self.jobs() if self.started else []:
-            if job.get("JobState") in ("RUNNING", "PENDING"):
-                subprocess.run(["scancel", job["JobId"]], capture_output=True)
+        try:
+            running = [j["JobId"] for j in self.jobs() if j["JobState"] in ("RUNNING", "PENDING")]
+        except (subprocess.CalledProcessError, KeyError):
+            running = []  # the controller is gone: its daemons are stopped below all the same
+        if running:
+            subprocess.run(["scancel", *running], capture_output=True)
+            time.sleep(1)  # let slurmd end the job steps before it stops
         for pid_file in reversed(self.started):
             try:
                 pid = int(pid_file.read_text().split()[0])
