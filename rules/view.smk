@@ -8,6 +8,7 @@ include: "view_layers.smk"
 rule deep_zoom:
     input:
         image=lambda wildcards: viewer_images(wildcards.mural)[wildcards.layer],
+        probed="work/{mural}/probe.json",  # a bad source is reported before any pyramid
     output:
         dzi="results/view/{mural}/{layer}.dzi",
         tiles=directory("results/view/{mural}/{layer}_files"),

@@ -12,8 +12,11 @@ def viewer_panels(mural):
     """Images shown side by side with one shared pan and zoom, in order: name -> (label,
     image). Stages that make more results (diffusion passes) append theirs here; the last
     panel carries the overlays."""
+    source = MURALS[mural].source
+    # a missing source is the probe's to report (the result panel waits for it)
+    shown = Path(source).exists() or source in producible_sources()
     return {
-        "source": ("Source", MURALS[mural].source),
+        **({"source": ("Source", source)} if shown else {}),
         "final": ("Result", f"results/{mural}_final.tif"),
     }
 

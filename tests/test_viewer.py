@@ -154,6 +154,15 @@ def test_viewer_shows_synchronised_deep_zoom_panels_with_the_murals_pixels(mural
             clip = {"x": round(origin[0]), "y": round(origin[1]), "width": size, "height": size}
             shot = np.asarray(Image.open(BytesIO(page.screenshot(clip=clip))).convert("RGB"))
             page.screenshot(path=str(mural / "full_zoom.png"))
+
+            # The same page opened from disk (double-click): no server, still drawn.
+            from_disk = browser.new_page(viewport=PANEL)
+            from_disk.on(
+                "console", lambda m: problems.append(m.text) if m.type == "error" else None
+            )
+            from_disk.on("pageerror", lambda error: problems.append(str(error)))
+            from_disk.goto((mural / "results/view/m/index.html").as_uri())
+            from_disk.wait_for_function(WAIT_DRAWN, timeout=30_000)
         finally:
             browser.close()
     assert problems == []
