@@ -10,6 +10,7 @@ CUDA_VISIBLE_DEVICES exactly as it does on a GPU node.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -50,6 +51,7 @@ def _free_port() -> int:
 class SlurmCluster:
     def __init__(self, cpus: int = 8, memory_mb: int = 64000):
         self.cpus, self.memory_mb = cpus, memory_mb
+        self.lock = None
         # munged wants every folder above its socket to be searchable by all.
         self.root = Path(tempfile.mkdtemp(prefix="blkassist-slurm-"))
         self.root.chmod(0o755)
@@ -107,6 +109,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         )
 
     def start(self, timeout: float = 60.0) -> None:
+        self.lock = _machine_lock()  # /etc/slurm holds one config: one test cluster at a time
         root = self.root
         self._write_config()
         subprocess.run(["mungekey", "-c", "-k", str(root / "munge.key")], check=True)
@@ -159,6 +162,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     def stop(self) -> None:
         """Stop the daemons this cluster started (by their pid), drop its config."""
+        if self.lock is None:  # never got the machine: nothing of ours runs or is written
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
         try:
             running = [j["JobId"] for j in self.jobs() if j["JobState"] in ("RUNNING", "PENDING")]
         except (subprocess.CalledProcessError, KeyError):
@@ -178,6 +184,26 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             if path.exists() and MARKER in path.read_text(errors="replace"):
                 path.unlink()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.close()  # releases the flock
+            self.lock = None
+
+
+def _machine_lock(timeout: float = 900.0):
+    """Wait for another test session's cluster on this machine to finish."""
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
+    handle = open(CONF_DIR / ".blkassist-test-cluster.lock", "a")  # noqa: SIM115
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                message = "another test session's SLURM cluster is still running"
+                raise RuntimeError(message) from None
+            time.sleep(1)
 
 
 def _terminate(pid: int, grace: float = 10.0) -> None:
