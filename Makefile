@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test env vllm-env lint clean
+.PHONY: demo test env vllm-env system-deps viewer-deps lint clean
 
 $(STAMP): requirements/base.txt requirements/sr.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,14 +26,40 @@ $(VLLM_STAMP): requirements/vllm.txt
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements/vllm.txt
 	touch $(VLLM_STAMP)
 
-env: $(STAMP)
+# Debian packages for the SLURM test cluster and the browser test of the viewer. Installed
+# as root where apt-get exists; elsewhere the tests that need them skip and say why.
+SYSTEM_PACKAGES := slurmctld slurmd slurm-client munge chromium
+SYSTEM_COMMANDS := slurmctld slurmd sbatch munged chromium
+
+system-deps:
+	@missing=""; for cmd in $(SYSTEM_COMMANDS); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "system-deps: installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else \
+		echo "system-deps: missing$$missing and not root with apt-get: the SLURM and browser tests will skip"; \
+	fi
+
+# OpenSeadragon for the mural viewers, from the npm registry at the version package-lock.json pins.
+VIEWER_STAMP := viewer/node_modules/openseadragon/package.json
+
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; fi
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	touch $(VIEWER_STAMP)
+
+viewer-deps: $(VIEWER_STAMP)
+
+env: $(STAMP) $(VIEWER_STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores 2 results/mural_final.tif
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(VIEWER_STAMP) system-deps
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
@@ -42,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf work results logs .snakemake
+	rm -rf work results logs .snakemake report.zip

@@ -32,15 +32,21 @@ include: "rules/conceptor.smk"
 include: "rules/stencil.smk"
 include: "rules/stencil_model.smk"
 include: "rules/texture.smk"
+include: "rules/view.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/{mural}_final.tif", mural=MURALS),
+        expand("results/view/{mural}/index.html", mural=MURALS),
+        expand("results/view/{mural}/thumbnail.png", mural=MURALS),
         expand("datasets/{dataset}", dataset=DATASETS),
         expand("results/captions/{collection}_review.html", collection=COLLECTIONS),
         expand("results/esrgan/{run}/model_card.json", run=ESRGAN_RUNS),
+        expand("results/datasets/{dataset}_summary.html", dataset=DATASETS),
+        expand("results/esrgan/{run}/validation.html", run=ESRGAN_RUNS),
+        expand("results/conceptor/{run}/validation.html", run=CONCEPTOR["runs"]),
         expand("results/conceptor/{run}/model_card.json", run=CONCEPTOR["runs"]),
         expand(
             "results/concepts/{concept}/concepts.json", concept=CONCEPTOR["concepts"]

@@ -4,6 +4,10 @@ Snakemake's `gpu` resource only counts; it does not say which device a job may u
 job therefore takes a device itself by locking a per-device file (flock: released by the
 kernel when the process dies, so a crashed job never leaks a device). A device list set by
 a cluster scheduler in CUDA_VISIBLE_DEVICES is honoured: the job only picks among those.
+
+Under SLURM the scheduler has already given the job its GPUs exclusively, and with device
+cgroups every job sees its GPU as "0": locks are then kept per SLURM job, so jobs on other
+nodes (or other jobs on this node) sharing the lock folder never wait for each other.
 """
 
 from __future__ import annotations
@@ -60,11 +64,22 @@ def lease_device(lock_dir: str | os.PathLike, gpus: list[str] | None = None, pol
 
     Sets CUDA_VISIBLE_DEVICES to the leased id, so call this before torch touches CUDA.
     """
+    preset = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = visible_gpus() if gpus is None else gpus
     if not gpus:
+        if os.environ.get(FORCE_CPU_ENV, "").lower() == "cpu" and preset not in (None, ""):
+            log.info(
+                "%s=cpu: running on the CPU, not on CUDA_VISIBLE_DEVICES=%s%s",
+                FORCE_CPU_ENV,
+                preset,
+                _scheduler_note(),
+            )
         yield Lease("cpu", None)
         return
     lock_dir = Path(lock_dir)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job and preset is not None:
+        lock_dir = lock_dir / f"slurm-job-{slurm_job}"
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
@@ -79,7 +94,9 @@ def lease_device(lock_dir: str | os.PathLike, gpus: list[str] | None = None, pol
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
             handle.flush()
-            log.info("leased GPU %s (lock %s)", gpu_id, handle.name)
+            log.info(
+                "leased GPU %s of %s (lock %s)%s", gpu_id, gpus, handle.name, _scheduler_note()
+            )
             try:
                 yield Lease("cuda", gpu_id)
             finally:
@@ -94,3 +111,8 @@ def lease_device(lock_dir: str | os.PathLike, gpus: list[str] | None = None, pol
             log.warning("all GPUs %s are leased; waiting for one to free up", gpus)
             waited = True
         time.sleep(poll_s)
+
+
+def _scheduler_note() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    return f" [devices chosen by SLURM job {job}]" if job else ""

@@ -22,7 +22,8 @@ def rule_logging(snakemake):
         handlers=handlers,
         force=True,
     )
-    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' per-operation chatter
+    for chatty in ("pyvips", "diffusers", "transformers", "PIL", "matplotlib"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         yield logging.getLogger(f"blkassist.rule.{snakemake.rule}")
     except BlkAssistError as error:

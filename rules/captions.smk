@@ -28,7 +28,12 @@ rule caption_review_sheet:
     input:
         index="captions/{collection}/index.json",
     output:
-        sheet="results/captions/{collection}_review.html",
+        sheet=report(
+            "results/captions/{collection}_review.html",
+            caption="../report/caption_review.rst",
+            category="Captions",
+            labels={"collection": "{collection}"},
+        ),
     log:
         "logs/captions/{collection}_review.log",
     conda:

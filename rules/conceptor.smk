@@ -31,7 +31,13 @@ rule generate_concepts:
         unpack(concept_inputs),
     output:
         index="results/concepts/{concept}/concepts.json",
-        sheet="results/concepts/{concept}/contact_sheet.png",
+        sheet=report(
+            "results/concepts/{concept}/contact_sheet.png",
+            caption="../report/concept_contact_sheet.rst",
+            category="BLK-Conceptor",
+            subcategory="concepts",
+            labels={"concept": "{concept}", "figure": "contact sheet"},
+        ),
     log:
         "logs/concepts/{concept}.log",
     conda:
@@ -61,3 +67,29 @@ rule pick_concept:
         pick=lambda wildcards: CONCEPTOR["picks"][wildcards.pick],
     script:
         "../scripts/pick_concept.py"
+
+
+rule conceptor_training_report:
+    input:
+        model_card="results/conceptor/{run}/model_card.json",
+    output:
+        losses=report(
+            "results/conceptor/{run}/losses.png",
+            caption="../report/conceptor_losses.rst",
+            category="BLK-Conceptor",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "training curves"},
+        ),
+        validation=report(
+            "results/conceptor/{run}/validation.html",
+            caption="../report/conceptor_validation_table.rst",
+            category="BLK-Conceptor",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "validation table"},
+        ),
+    log:
+        "logs/conceptor/{run}_report.log",
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/conceptor_training_report.py"

@@ -51,3 +51,21 @@ rule build_dataset:
         settings=lambda wildcards: DATASETS[wildcards.dataset],
     script:
         "../scripts/build_dataset.py"
+
+
+rule dataset_summary:
+    input:
+        dataset="datasets/{dataset}",
+    output:
+        page=report(
+            "results/datasets/{dataset}_summary.html",
+            caption="../report/dataset_summary.rst",
+            category="Datasets",
+            labels={"dataset": "{dataset}"},
+        ),
+    log:
+        "logs/datasets/{dataset}_summary.log",
+    conda:
+        "../envs/vips.yaml"
+    script:
+        "../scripts/dataset_summary.py"

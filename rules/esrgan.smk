@@ -9,7 +9,13 @@ rule train_esrgan:
         weights=f"{MODELS_DIR}/esrgan-{{run}}.pth",
         model_card="results/esrgan/{run}/model_card.json",
         validation_csv="results/esrgan/{run}/validation.csv",
-        validation_plot="results/esrgan/{run}/validation.png",
+        validation_plot=report(
+            "results/esrgan/{run}/validation.png",
+            caption="../report/esrgan_validation.rst",
+            category="Real-ESRGAN",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "validation curves"},
+        ),
     log:
         "logs/esrgan/{run}.log",
     benchmark:
@@ -25,3 +31,32 @@ rule train_esrgan:
         lock_dir=config["gpu"]["lock_dir"],
     script:
         "../scripts/train_esrgan.py"
+
+
+rule esrgan_training_report:
+    input:
+        model_card="results/esrgan/{run}/model_card.json",
+        validation_csv="results/esrgan/{run}/validation.csv",
+    output:
+        losses=report(
+            "results/esrgan/{run}/losses.png",
+            caption="../report/esrgan_losses.rst",
+            category="Real-ESRGAN",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "training losses"},
+        ),
+        validation=report(
+            "results/esrgan/{run}/validation.html",
+            caption="../report/esrgan_validation_table.rst",
+            category="Real-ESRGAN",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "validation table"},
+        ),
+    log:
+        "logs/esrgan/{run}_report.log",
+    conda:
+        "../envs/vips.yaml"
+    params:
+        run_dir="work/esrgan/{run}",
+    script:
+        "../scripts/esrgan_training_report.py"

@@ -72,3 +72,27 @@ def _hold_in_subprocess(lock_dir, gpus, seconds=60.0):
         f"    time.sleep({seconds})\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_slurm_jobs_sharing_a_lock_folder_do_not_wait_for_each_other(tmp_path, monkeypatch):
+    """With device cgroups every SLURM job sees its own GPU as "0": the scheduler already
+    made them exclusive, so two jobs (on one node or two) must both start at once."""
+    monkeypatch.delenv("BLKASSIST_DEVICE", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    code = (
+        "from blkassist.devices import lease_device\n"
+        f"with lease_device({str(tmp_path)!r}, poll_s=0.05) as lease:\n"
+        "    print(lease.gpu_id, flush=True)\n"
+    )
+    with lease_device(tmp_path) as first:
+        assert first.gpu_id == "0"
+        other = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "SLURM_JOB_ID": "102"},
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert other.stdout.strip() == "0", other.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"slurm-job-101", "slurm-job-102"}

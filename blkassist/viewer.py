@@ -1,0 +1,216 @@
+"""Review outputs of a mural: Deep Zoom pyramids, a static side-by-side viewer, a thumbnail
+and a provenance page.
+
+The viewer is one HTML file beside its pyramids and a copy of OpenSeadragon (installed from
+the npm registry by `make viewer-deps`): it opens from disk or from any static web server,
+with nothing fetched from elsewhere. Each pyramid's descriptor is written into the page
+itself, so no XHR is needed and browsers that block file:// requests still show it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pyvips
+
+from blkassist.errors import BlkAssistError
+from blkassist.fsutil import atomic_path, read_json
+
+log = logging.getLogger(__name__)
+
+DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
+
+
+def _display_image(path: str | os.PathLike) -> pyvips.Image:
+    """The image as 8-bit sRGB without alpha (flattened on white), read sequentially."""
+    image = pyvips.Image.new_from_file(str(path), access="sequential")
+    if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
+        image = image.colourspace("srgb")
+    if image.hasalpha():
+        image = image.flatten(background=[255] * (image.bands - 1))
+    if image.bands == 1:
+        image = image.colourspace("srgb")
+    return image.cast("uchar")
+
+
+def deep_zoom(
+    image: str | os.PathLike,
+    dzi: str | os.PathLike,
+    tiles: str | os.PathLike,
+    tile_size: int,
+    overlap: int,
+    quality: int,
+) -> dict:
+    """Write a Deep Zoom pyramid (`dzi` descriptor + `tiles` folder) of `image`, streaming.
+
+    Both land under their final names only when the whole pyramid is written.
+    """
+    started = time.perf_counter()
+    dzi, tiles = Path(dzi), Path(tiles)
+    if tiles.name != dzi.stem + "_files":
+        raise ValueError(f"Deep Zoom tiles must sit in {dzi.stem}_files beside {dzi}")
+    source = _display_image(image)
+    dzi.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dzi.stem}.", dir=dzi.parent))
+    try:
+        source.dzsave(
+            str(tmp / dzi.stem),
+            tile_size=tile_size,
+            overlap=overlap,
+            suffix=f".jpg[Q={quality}]",
+            layout="dz",
+        )
+        if tiles.exists():
+            shutil.rmtree(tiles)
+        os.replace(tmp / tiles.name, tiles)
+        os.replace(tmp / dzi.name, dzi)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = read_dzi(dzi)
+    log.info(
+        "read %s (%dx%d); wrote %s and %s (tiles %d+%d, JPEG Q%d) in %.1f s",
+        image, info["width"], info["height"], dzi, tiles, tile_size, overlap, quality,
+        time.perf_counter() - started,
+    )  # fmt: skip
+    return info
+
+
+def read_dzi(path: str | os.PathLike) -> dict:
+    root = ET.parse(path).getroot()
+    size = root.find(f"{DZI_NS}Size")
+    return {
+        "width": int(size.get("Width")),
+        "height": int(size.get("Height")),
+        "tile_size": int(root.get("TileSize")),
+        "overlap": int(root.get("Overlap")),
+        "format": root.get("Format"),
+    }
+
+
+def _tile_source(dzi: Path, page_dir: Path) -> dict:
+    """An OpenSeadragon DZI tile source given inline (URL relative to the page)."""
+    info = read_dzi(dzi)
+    return {
+        "Image": {
+            "xmlns": "http://schemas.microsoft.com/deepzoom/2008",
+            "Url": os.path.relpath(dzi.with_name(dzi.stem + "_files"), page_dir) + "/",
+            "Format": info["format"],
+            "Overlap": str(info["overlap"]),
+            "TileSize": str(info["tile_size"]),
+            "Size": {"Width": str(info["width"]), "Height": str(info["height"])},
+        }
+    }
+
+
+def write_viewer(
+    page: str | os.PathLike,
+    template: str | os.PathLike,
+    title: str,
+    panels: list[dict],
+    overlays: list[dict],
+    openseadragon_build: str | os.PathLike,
+    openseadragon_copy: str | os.PathLike,
+) -> None:
+    """Write the viewer page: one synchronised panel per entry of `panels` ({name, label,
+    dzi}), and `overlays` ({name, label, dzi, on}) drawn over the last panel with a toggle.
+    """
+    page, build = Path(page), Path(openseadragon_build)
+    script = build / "openseadragon.min.js"
+    if not script.is_file():
+        raise BlkAssistError(
+            f"OpenSeadragon is not installed ({script} is missing): run `make viewer-deps` "
+            "(npm ci in viewer/) on this machine."
+        )
+    copy = Path(openseadragon_copy)
+    with atomic_path(copy) as tmp:
+        tmp.mkdir()
+        shutil.copy2(script, tmp / script.name)
+        shutil.copytree(build / "images", tmp / "images")
+        if copy.exists():
+            shutil.rmtree(copy)
+
+    def entry(layer: dict) -> dict:
+        source = _tile_source(Path(layer["dzi"]), page.parent)
+        return {"name": layer["name"], "label": layer["label"], "source": source}
+
+    layout = {
+        "title": title,
+        "prefixUrl": os.path.relpath(copy / "images", page.parent) + "/",
+        "panels": [entry(p) for p in panels],
+        "overlays": [{**entry(o), "on": bool(o.get("on", True))} for o in overlays],
+    }
+    # </ cannot end the script element early: JSON escapes the slash.
+    payload = json.dumps(layout, indent=1).replace("</", "<\\/")
+    text = (
+        Path(template)
+        .read_text()
+        .replace("__TITLE__", html.escape(title))
+        .replace("__OPENSEADRAGON__", os.path.relpath(copy / script.name, page.parent))
+        .replace("__LAYOUT__", payload)
+    )
+    with atomic_path(page) as tmp:
+        tmp.write_text(text)
+    log.info(
+        "wrote %s: panels %s, overlays %s",
+        page, [p["name"] for p in panels], [o["name"] for o in overlays],
+    )  # fmt: skip
+
+
+def mural_summary(
+    image: str | os.PathLike,
+    provenance: str | os.PathLike,
+    thumbnail: str | os.PathLike,
+    page: str | os.PathLike,
+    long_side: int,
+) -> None:
+    """A thumbnail of the mural and a one-page, readable account of its provenance."""
+    started = time.perf_counter()
+    full = pyvips.Image.new_from_file(str(image))
+    small = pyvips.Image.thumbnail(str(image), long_side, height=long_side, size="down")
+    if small.hasalpha():
+        small = small.flatten(background=[255] * (small.bands - 1))
+    with atomic_path(thumbnail) as tmp:
+        small.cast("uchar").pngsave(str(tmp), compression=6, keep="none")
+    record = read_json(provenance)
+    rows = "\n".join(
+        f"<tr><th>{html.escape(key)}</th><td><code>{html.escape(value)}</code></td></tr>"
+        for key, value in _flatten(record)
+    )
+    with atomic_path(page) as tmp:
+        tmp.write_text(
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>Provenance of {html.escape(Path(image).name)}</title>"
+            "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}"
+            "th{background:#f4f4f4;font-weight:normal;white-space:nowrap}</style></head><body>"
+            f"<h1>{html.escape(Path(image).name)}</h1>"
+            f"<p>{full.width} × {full.height} pixels ({full.width * full.height / 1e6:.1f} Mpx)."
+            f" Recorded in <code>{html.escape(Path(provenance).name)}</code>.</p>"
+            f"<table>\n{rows}\n</table></body></html>\n"
+        )
+    log.info(
+        "read %s (%dx%d) and %s; wrote %s (%dx%d) and %s in %.1f s",
+        image, full.width, full.height, provenance, thumbnail, small.width, small.height,
+        page, time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _flatten(record, prefix: str = ""):
+    """(dotted key, text) pairs of a nested JSON record, in its order."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    elif isinstance(record, list) and any(isinstance(v, (dict, list)) for v in record):
+        for index, value in enumerate(record):
+            yield from _flatten(value, f"{prefix}{index}.")
+    else:
+        text = record if isinstance(record, str) else json.dumps(record)
+        yield prefix.rstrip("."), text

@@ -1,0 +1,62 @@
+# Input functions of the mural viewer (rules/view.smk): which images become its panels
+# and overlays.
+from snakemake.exceptions import WorkflowError
+
+VIEW = config["view"]
+OPENSEADRAGON_BUILD = (
+    Path(workflow.basedir) / "viewer/node_modules/openseadragon/build/openseadragon"
+)
+
+
+def viewer_panels(mural):
+    """Images shown side by side with one shared pan and zoom, in order: name -> (label,
+    image). Stages that make more results (diffusion passes) append theirs here; the last
+    panel carries the overlays."""
+    source = MURALS[mural].source
+    # a missing source is the probe's to report (the result panel waits for it)
+    shown = Path(source).exists() or source in producible_sources()
+    return {
+        **({"source": ("Source", source)} if shown else {}),
+        "final": ("Result", f"results/{mural}_final.tif"),
+    }
+
+
+def viewer_overlays(mural):
+    """Images drawn over the last panel, each with a toggle: name -> (label, image). A seam
+    heatmap (results/{mural}_seams.png) goes here once a rule makes it."""
+    return {}
+
+
+def viewer_images(mural):
+    layers = {**viewer_panels(mural), **viewer_overlays(mural)}
+    return {name: image for name, (_, image) in layers.items()}
+
+
+def viewer_pyramids(wildcards):
+    return [
+        f"results/view/{wildcards.mural}/{name}.dzi"
+        for name in viewer_images(wildcards.mural)
+    ]
+
+
+def viewer_layout(mural):
+    def entries(layers):
+        return [
+            {"name": name, "label": label, "dzi": f"results/view/{mural}/{name}.dzi"}
+            for name, (label, _) in layers.items()
+        ]
+
+    return {
+        "panels": entries(viewer_panels(mural)),
+        "overlays": entries(viewer_overlays(mural)),
+    }
+
+
+def openseadragon_script(wildcards):
+    script = OPENSEADRAGON_BUILD / "openseadragon.min.js"
+    if not script.is_file():
+        raise WorkflowError(
+            f"OpenSeadragon is not installed ({script} is missing): run `make viewer-deps` "
+            "(npm ci in viewer/) before building a viewer."
+        )
+    return str(script)
