@@ -22,8 +22,10 @@ def viewer_panels(mural):
 
 
 def viewer_overlays(mural):
-    """Images drawn over the last panel, each with a toggle: name -> (label, image). A seam
-    heatmap (results/{mural}_seams.png) goes here once a rule makes it."""
+    """Images drawn over the last panel, each with a toggle: name -> (label, image); a
+    diffusion mural's seam heatmap (over its whole extent) is one."""
+    if is_diffusion(mural):
+        return {"seams": ("Seam QA heatmap", f"results/{mural}_seams.png")}
     return {}
 
 
