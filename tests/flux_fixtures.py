@@ -12,6 +12,8 @@ SCHEMA = REPO / "config" / "schema.yaml"
 TINY_SPEC = REPO / "resources" / "flux" / "tiny.yaml"
 FULL_RANDOM_SPEC = REPO / "resources" / "flux" / "flux1-dev-random.yaml"
 OVERFIT_SPEC = REPO / "tests" / "data" / "flux_overfit.yaml"
+TINY_VAE_SPEC = REPO / "resources" / "stencil" / "tiny_vae.yaml"
+PUBLISHED_VAE_SPEC = REPO / "resources" / "stencil" / "transparent_vae.yaml"
 
 # CPU-sized settings shared by the tests (the schema fills the rest).
 SMALL = {

@@ -31,9 +31,6 @@ from blkassist.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "stencil"
-TINY_VAE_SPEC = RESOURCES / "tiny_vae.yaml"
-PUBLISHED_VAE_SPEC = RESOURCES / "transparent_vae.yaml"
 FLUX_VAE_PREFIX = "sd_vae."  # the published file also carries the Flux VAE it was made with
 _AUGMENTATIONS = tuple((flip, turns) for flip in (False, True) for turns in range(4))
 
