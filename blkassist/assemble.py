@@ -141,7 +141,9 @@ def assemble_mural(
         {
             "result": file_record(image),
             "size": list(final_size),
-            "source": {key: source[key] for key in ("path", "sha256", "width", "height")},
+            "source": {
+                key: source.get(key) for key in ("path", "sha256", "width", "height", "pages")
+            },
             "model": {
                 "name": settings["model"],
                 "weights": file_record(weights) if weights else None,

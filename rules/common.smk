@@ -4,7 +4,8 @@ from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
 from blkassist.fsutil import read_json
-from blkassist.probe import header_size
+from blkassist.plan import estimate, plan_line, sr_pass_costs
+from blkassist.probe import header_alpha, header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
 from blkassist.tiling import plan_mural
@@ -72,38 +73,94 @@ def pass_plan(wildcards):
     return mural_plan(wildcards.mural).passes[int(wildcards.step) - 1]
 
 
-def batch_markers(mural, step):
-    plan = mural_plan(mural).passes[step - 1]
-    return [
-        f"work/{mural}/pass{step}/batch-{batch}.done"
-        for batch in range(plan.batch_count)
-    ]
+def canvas_output(path):
+    """A pass canvas as a rule output: temp() when config canvases.temporary says so."""
+    return temp(path) if config["canvases"]["temporary"] else path
+
+
+def batch_markers(wildcards):
+    """One marker per batch, named by its tile range: a marker vouches for exactly those
+    tiles, so after a re-batching only batches with other ranges run (and skip finished
+    tiles); nothing downstream names these files, so their list may change freely."""
+    plan = pass_plan(wildcards)
+    markers = []
+    for batch in range(plan.batch_count):
+        first, stop = plan.batch_range(batch)
+        markers.append(
+            f"work/{wildcards.mural}/pass{wildcards.step}/tiles-{first}-{stop - 1}.done"
+        )
+    return markers
 
 
 def allocation_inputs(wildcards):
-    """A pass reads the previous canvas, which is complete once all its batches are."""
+    """A pass reads the previous canvas, which is whole once its pass is complete."""
     step = int(wildcards.step)
-    if step == 1:
-        return {"canvas": f"work/{wildcards.mural}/canvas0.zarr"}
+    inputs = {
+        "canvas": f"work/{wildcards.mural}/canvas{step - 1}.zarr",
+        "weights": model_weights(wildcards),
+    }
+    if step > 1:
+        inputs["complete"] = f"work/{wildcards.mural}/pass{step - 1}.complete"
+        inputs["allocation"] = f"work/{wildcards.mural}/canvas{step - 1}.json"
+    return inputs
+
+
+def last_pass(wildcards):
+    return len(mural_plan(wildcards.mural).passes)
+
+
+def final_pass_files(wildcards):
+    step = last_pass(wildcards)
     return {
-        "canvas": f"work/{wildcards.mural}/canvas{step - 1}.json",
-        "batches": batch_markers(wildcards.mural, step - 1),
+        "complete": f"work/{wildcards.mural}/pass{step}.complete",
+        "allocation": f"work/{wildcards.mural}/canvas{step}.json",
+        "canvas": f"work/{wildcards.mural}/canvas{step}.zarr",
     }
 
 
-def final_batches(wildcards):
-    return batch_markers(wildcards.mural, len(mural_plan(wildcards.mural).passes))
+def pass_settings(wildcards):
+    """What defines a pass's pixels besides its geometry (scheduling knobs excluded)."""
+    settings = MURALS[wildcards.mural]
+    return {"model": settings.model, "pad": settings.pad, "precision": settings.precision}
 
 
-def final_canvas(wildcards):
-    return (
-        f"work/{wildcards.mural}/canvas{len(mural_plan(wildcards.mural).passes)}.json"
+def mural_report(mural):
+    """The planning numbers of `mural` (tiles, jobs, disk, GPU-hours), without running."""
+    settings = MURALS[mural]
+    plan = mural_plan(mural)
+    bands = 4 if source_has_alpha(mural) else 3
+    costs = sr_pass_costs(
+        plan, bands, settings.model, settings.pad, settings.seconds_per_tile
+    )
+    return estimate(
+        (plan.source_width, plan.source_height),
+        (plan.final_width, plan.final_height),
+        bands,
+        costs,
     )
 
 
+def source_has_alpha(mural):
+    """From the probe once it has run, else from the header (planning only)."""
+    probe_file = Path(f"work/{mural}/probe.json")
+    if probe_file.exists():
+        return read_json(probe_file)["has_alpha"]
+    return header_alpha(MURALS[mural].source)
+
+
+def print_plans():
+    """One line per mural whose size is known now (dry runs show the whole plan)."""
+    for mural in MURALS:
+        source = MURALS[mural].source
+        if source in producible_sources() or header_size(source, MAX_SOURCE_PIXELS) is None:
+            print(f"mural {mural}: planned after its source is made and probed")
+            continue
+        print(plan_line(mural, mural_report(mural)))
+
+
 def weights_path(model):
-    """The .pth behind a model name: a path, a converted package model or a fine-tune run."""
-    if model.endswith(".pth"):
+    """The weights behind a model name: a path, a converted package model or a fine-tune run."""
+    if model.endswith((".pth", ".safetensors")):
         return model
     if model.startswith("esrgan:"):
         return f"{MODELS_DIR}/esrgan-{model.removeprefix('esrgan:')}.pth"

@@ -7,7 +7,8 @@ with rule_logging(snakemake):
     allocate_pass(
         snakemake.params.plan,
         snakemake.input.canvas,
-        snakemake.params.canvas,
+        snakemake.output.canvas,
         snakemake.params.progress,
         snakemake.output.allocation,
+        snakemake.params.upscale,
     )

@@ -55,7 +55,9 @@ def test_missing_and_foreign_weight_files_are_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match=r"nothing\.pth: model file not found"):
         rrdbnet_params(tmp_path / "nothing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelFileError, match=r"junk\.pth: not a readable PyTorch weight file"):
+    with pytest.raises(
+        ModelFileError, match=r"junk\.pth: not a weights-only PyTorch or safetensors file"
+    ):
         rrdbnet_params(tmp_path / "junk.pth")
     torch.save({"generator": {}}, tmp_path / "other.pth")
     with pytest.raises(ModelFileError, match=r"other\.pth: no 'params_ema' or 'params'"):

@@ -87,8 +87,22 @@ def upscale_batch(
     tiles_per_forward: int = 1,
 ) -> BatchReport:
     """Upscale the tiles of `batch` from canvas `source` into canvas `target`."""
-    started = time.perf_counter()
     tiles = plan.batch_tiles(batch)
+    return upscale_tiles(plan, tiles, source, target, upscaler, pad, progress, tiles_per_forward)
+
+
+def upscale_tiles(
+    plan: PassPlan,
+    tiles: list[Tile],
+    source,
+    target,
+    upscaler: Callable[[np.ndarray, int], np.ndarray],
+    pad: int,
+    progress: ProgressLog,
+    tiles_per_forward: int = 1,
+) -> BatchReport:
+    """Upscale `tiles` from canvas `source` into canvas `target`, skipping finished ones."""
+    started = time.perf_counter()
     done = progress.finished()
     skipped = 0
     scale = plan.scale
