@@ -124,6 +124,9 @@ def assemble_mural(
     image: str,
     provenance: str,
 ) -> None:
+    from blkassist.sr.passes import require_complete
+
+    require_complete(allocation)
     record = read_json(allocation)
     source = read_json(report)
     final = canvas.open_canvas(record["canvas"])

@@ -78,17 +78,15 @@ def canvas_output(path):
     return temp(path) if config["canvases"]["temporary"] else path
 
 
-def batch_markers(wildcards):
+def batch_markers(mural, step):
     """One marker per batch, named by its tile range: a marker vouches for exactly those
-    tiles, so after a re-batching only batches with other ranges run (and skip finished
-    tiles); nothing downstream names these files, so their list may change freely."""
-    plan = pass_plan(wildcards)
+    tiles, so after a re-batching only batches with other ranges run (and they skip the
+    tiles an earlier batching finished)."""
+    plan = mural_plan(mural).passes[step - 1]
     markers = []
     for batch in range(plan.batch_count):
         first, stop = plan.batch_range(batch)
-        markers.append(
-            f"work/{wildcards.mural}/pass{wildcards.step}/tiles-{first}-{stop - 1}.done"
-        )
+        markers.append(f"work/{mural}/pass{step}/tiles-{first}-{stop - 1}.done")
     return markers
 
 
@@ -100,8 +98,8 @@ def allocation_inputs(wildcards):
         "weights": model_weights(wildcards),
     }
     if step > 1:
-        inputs["complete"] = f"work/{wildcards.mural}/pass{step - 1}.complete"
         inputs["allocation"] = f"work/{wildcards.mural}/canvas{step - 1}.json"
+        inputs["batches"] = batch_markers(wildcards.mural, step - 1)
     return inputs
 
 
@@ -112,7 +110,7 @@ def last_pass(wildcards):
 def final_pass_files(wildcards):
     step = last_pass(wildcards)
     return {
-        "complete": f"work/{wildcards.mural}/pass{step}.complete",
+        "batches": batch_markers(wildcards.mural, step),
         "allocation": f"work/{wildcards.mural}/canvas{step}.json",
         "canvas": f"work/{wildcards.mural}/canvas{step}.zarr",
     }
@@ -149,7 +147,7 @@ def source_has_alpha(mural):
 
 
 def print_plans():
-    """One line per mural whose size is known now (dry runs show the whole plan)."""
+    """One line per mural whose size is known now, so that a dry run shows the cost."""
     for mural in MURALS:
         source = MURALS[mural].source
         if source in producible_sources() or header_size(source, MAX_SOURCE_PIXELS) is None:

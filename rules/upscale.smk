@@ -105,6 +105,8 @@ rule allocate_canvas:
 
 # Scheduling knobs (tiles_per_forward, threads, the GPU lock folder) are read from the
 # config inside the job, never passed as params: changing them must not redo any tile.
+# Markers are named by tile range; the list changes with tiles_per_job, which is why the
+# profiles drop Snakemake's "input" rerun trigger (README: Resume and re-batching).
 rule upscale_tile_batch:
     input:
         allocation="work/{mural}/canvas{step}.json",
@@ -127,22 +129,6 @@ rule upscale_tile_batch:
         gpu=gpus_for,
     script:
         "../scripts/upscale_tile_batch.py"
-
-
-# Its output is temp(): once the next step has used it, it is gone, so a later change of
-# the batching (a different list of markers) never makes Snakemake redo a finished pass.
-rule finish_pass:
-    input:
-        batches=batch_markers,
-        allocation="work/{mural}/canvas{step}.json",
-    output:
-        complete=temp("work/{mural}/pass{step}.complete"),
-    log:
-        "logs/{mural}/finish_pass{step}.log",
-    conda:
-        "../envs/vips.yaml"
-    script:
-        "../scripts/finish_pass.py"
 
 
 rule assemble_mural:
@@ -169,5 +155,5 @@ rule assemble_mural:
         "../scripts/assemble_mural.py"
 
 
-if workflow.is_main_process and workflow.dryrun:
+if workflow.is_main_process:
     print_plans()

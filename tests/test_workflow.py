@@ -80,7 +80,7 @@ def resume_config(tmp_path: Path, weights: Path) -> Path:
     return write_config(tmp_path, config)
 
 
-def test_sigkill_mid_upscale_then_rerun_finishes_identically(tmp_path):
+def test_sigkill_mid_upscale_then_rebatch_keeps_tiles_and_finishes_identically(tmp_path):
     weights = tmp_path / "slowish.pth"
     save_tiny_rrdbnet(weights, num_block=4, num_feat=32)  # ~0.15 s a tile
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
@@ -99,31 +99,56 @@ def test_sigkill_mid_upscale_then_rerun_finishes_identically(tmp_path):
     )
     progress = killed_dir / "work" / "m" / "canvas1.progress"
     deadline = time.monotonic() + 300
-    interrupted = None
-    while time.monotonic() < deadline and interrupted is None:
+    done_before = set()
+    while time.monotonic() < deadline and not done_before:
         for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
-            batch = record.stem.split("-")[1]
+            first = int(record.stem.split("-")[1])
             done = record.read_text().split()
-            marker = killed_dir / "work" / "m" / "pass1" / f"batch-{batch}.done"
+            marker = killed_dir / "work/m/pass1" / f"tiles-{first}-{first + 7}.done"
             if 0 < len(done) < 8 and not marker.exists():
-                interrupted = batch
+                done_before = {int(tile) for tile in done}
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert interrupted is not None, "never caught a batch halfway"
+    assert done_before, "never caught a batch halfway"
     assert not (killed_dir / "results" / "m_final.tif").exists()
 
+    rebatched = yaml.safe_load(config.read_text())
+    rebatched["murals"]["m"]["tiles_per_job"] = 5  # 24 tiles: ranges no longer line up
+    config = write_config(killed_dir, rebatched)
     run_snakemake(killed_dir, [config])
-    markers = {
-        p.stem: json.loads(p.read_text()) for p in (killed_dir / "work/m/pass1").glob("*.done")
-    }
-    assert len(markers) == 3
-    assert markers[f"batch-{interrupted}"]["skipped"] > 0  # finished tiles were not redone
+    markers = [json.loads(p.read_text()) for p in (killed_dir / "work/m/pass1").glob("*.done")]
+    new = [m for m in markers if m["stop"] - m["first"] != 8]  # the new batching's
+    assert sum(m["skipped"] for m in new) >= len(done_before)  # finished tiles were not redone
     assert sha256(killed_dir / "results/m_final.tif") == sha256(
         reference_dir / "results/m_final.tif"
     )
     again = run_snakemake(killed_dir, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_scheduling_knobs_redo_nothing_and_compression_reruns_only_assembly(tmp_path):
+    Image.fromarray(textured(70, 90)).save(tmp_path / "art.png")
+    mural = {"source": "art.png", "model": "lanczos", "tile": 32, "tiles_per_job": 2}
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    run_snakemake(tmp_path, [config])
+    final = tmp_path / "results/m_final.tif"
+    before = sha256(final)
+    for knob, value in [("tiles_per_job", 5), ("tiles_per_forward", 3)]:
+        mural[knob] = value
+        config = write_config(tmp_path, {"murals": {"m": mural}, "gpu": {"lock_dir": "locks"}})
+        dry = run_snakemake(tmp_path, [config], "-n")
+        assert "Nothing to be done" in dry.stdout + dry.stderr, knob
+    mural["compression"] = "lzw"
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    counts = job_counts(run_snakemake(tmp_path, [config], "-n").stdout)
+    assert counts["assemble_mural"] == 1
+    assert not {"ingest_source", "allocate_canvas", "check_mural"} & set(counts)
+    mural["pad"] = 8  # defines pixels: the pass is redone
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    counts = job_counts(run_snakemake(tmp_path, [config], "-n").stdout)
+    assert counts["allocate_canvas"] == 1 and counts["upscale_tile_batch"] == 2
+    assert sha256(final) == before
 
 
 def test_bad_inputs_fail_by_name_and_good_murals_still_finish(tmp_path):
@@ -243,7 +268,8 @@ def test_production_dry_run_lists_every_tile_batch(tmp_path):
     counts = job_counts(result.stdout)
     assert counts["upscale_tile_batch"] == 48
     assert counts["assemble_mural"] == 1
-    assert "work/mural/pass1/batch-47.done" in result.stdout
+    assert "work/mural/pass1/tiles-752-767.done" in result.stdout
+    assert "mural mural: 64000x48000 (3.07 Gpx), 1 pass(es), 768 tiles in 48 jobs" in result.stdout
     print(f"production dry-run: {elapsed:.1f} s")
 
 

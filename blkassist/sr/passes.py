@@ -44,7 +44,10 @@ def allocate_pass(
 
     `plan_fields` is the pass geometry (PassPlan.geometry()); `upscale` says how its pixels
     are made ({"model", "pad", "precision"}); both go into the record the batches read.
+    `previous` is canvas0.zarr or the previous pass's allocation record (.json).
     """
+    if previous.endswith(".json"):
+        require_complete(previous)
     plan = PassPlan(**plan_fields)
     source = canvas.open_canvas(_canvas_path(previous))
     if source.shape[:2] != (plan.input_height, plan.input_width):
@@ -75,14 +78,6 @@ def allocate_pass(
         plan.output_height,
         plan.tile_count,
     )
-
-
-def finish_pass(allocation: str, complete: str) -> None:
-    """Write the pass's completion marker once every tile is in its progress log."""
-    require_complete(allocation)
-    record = read_json(allocation)
-    write_json(complete, {"canvas": record["canvas"], "plan": record["plan"]})
-    log.info("pass %d complete: %s", record["plan"]["number"], record["canvas"])
 
 
 def require_complete(allocation: str) -> None:
