@@ -30,8 +30,10 @@ env: $(STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
+# The default target (rule all): corpus, captions, training sets, Real-ESRGAN fine-tune,
+# Conceptor LoRA, concepts and the mural made with the fine-tune.
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores 2 results/mural_final.tif
+	$(VENV)/bin/snakemake --cores 2
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/python -m pytest

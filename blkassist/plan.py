@@ -182,7 +182,7 @@ def check_model(weights: str | os.PathLike, passes: Sequence[PassPlan]) -> dict:
 
 def check_mural(
     report: str,
-    weights: str | None,
+    weights: str,
     model: str,
     passes: Sequence[dict],
     final_size: Sequence[int],
@@ -200,7 +200,7 @@ def check_mural(
     plans = [PassPlan(**fields) for fields in passes]
     bands = 4 if source["has_alpha"] else 3
     found = {"model": model}
-    if weights:
+    if model != "lanczos":
         found["weights"] = {"path": str(weights), **check_model(weights, plans)}
         log.info("model %s: %s", weights, found["weights"])
     costs = [

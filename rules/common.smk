@@ -166,8 +166,18 @@ def weights_path(model):
 
 
 def model_weights(wildcards):
+    """The mural's weights as an input: made by a rule, or there already (else the mural's
+    check job reports the missing file, and --keep-going still finishes the others)."""
     model = MURALS[wildcards.mural].model
-    return [] if model == "lanczos" else weights_path(model)
+    if model == "lanczos":
+        return []
+    path = weights_path(model)
+    made_here = (
+        model in NCNN_MODELS
+        or model.startswith("esrgan:")
+        and model.removeprefix("esrgan:") in ESRGAN_RUNS
+    )
+    return path if made_here or Path(path).exists() else []
 
 
 def gpus_for(wildcards):
