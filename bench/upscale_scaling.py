@@ -154,7 +154,7 @@ def run_case(gpx: float, args, workdir: Path, content: str = "noise", size=None)
     out_w, out_h = width * SCALE, height * SCALE
     case = Path(tempfile.mkdtemp(prefix=f"upscale-{content}-{gpx:g}gpx-", dir=workdir))
     print(
-        f"\n=== {content}, {out_w * out_h / 1e9:.3g} Gpx: source {width}x{height} -> {out_w}x{out_h} "
+        f"\n=== {content}: source {width}x{height} -> {out_w}x{out_h} "
         f"({out_w * out_h / 1e9:.3f} Gpx); case folder {case}",
         flush=True,
     )

@@ -74,7 +74,7 @@ def pass_plan(wildcards):
 
 
 def canvas_output(path):
-    """A pass canvas as a rule output: temp() when config canvases.temporary says so."""
+    """A pass canvas as an output, temp() when config canvases.temporary says so."""
     return temp(path) if config["canvases"]["temporary"] else path
 
 
@@ -119,7 +119,11 @@ def final_pass_files(wildcards):
 def pass_settings(wildcards):
     """What defines a pass's pixels besides its geometry (scheduling knobs excluded)."""
     settings = MURALS[wildcards.mural]
-    return {"model": settings.model, "pad": settings.pad, "precision": settings.precision}
+    return {
+        "model": settings.model,
+        "pad": settings.pad,
+        "precision": settings.precision,
+    }
 
 
 def mural_report(mural):
@@ -150,7 +154,10 @@ def print_plans():
     """One line per mural whose size is known now, so that a dry run shows the cost."""
     for mural in MURALS:
         source = MURALS[mural].source
-        if source in producible_sources() or header_size(source, MAX_SOURCE_PIXELS) is None:
+        if (
+            source in producible_sources()
+            or header_size(source, MAX_SOURCE_PIXELS) is None
+        ):
             print(f"mural {mural}: planned after its source is made and probed")
             continue
         print(plan_line(mural, mural_report(mural)))

@@ -35,7 +35,9 @@ rule check_mural:
     params:
         model=lambda wildcards: MURALS[wildcards.mural].model,
         weights=lambda wildcards: weights_path(MURALS[wildcards.mural].model),
-        plan=lambda wildcards: [p.geometry() for p in mural_plan(wildcards.mural).passes],
+        plan=lambda wildcards: [
+            p.geometry() for p in mural_plan(wildcards.mural).passes
+        ],
         final_size=lambda wildcards: (
             mural_plan(wildcards.mural).final_width,
             mural_plan(wildcards.mural).final_height,

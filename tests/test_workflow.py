@@ -40,9 +40,10 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def test_demo_default_builds_the_mural_then_has_nothing_to_do(tmp_path):
+def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path):
+    """What `make demo` runs: rule all, with the mural made by the demo's own fine-tune."""
     config = REPO / "config" / "config.yaml"
-    run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    run_snakemake(tmp_path, [config])
     final = tmp_path / "results" / "mural_final.tif"
     demo = yaml.safe_load(config.read_text())
     with tifffile.TiffFile(final) as tif:
@@ -53,13 +54,16 @@ def test_demo_default_builds_the_mural_then_has_nothing_to_do(tmp_path):
         )
     provenance = json.loads((tmp_path / "results" / "mural_final.provenance.json").read_text())
     assert provenance["result"]["sha256"] == sha256(final)
-    assert provenance["model"]["name"] == "realesrgan-x4plus"
+    assert provenance["model"]["name"] == "esrgan:demo"
     assert provenance["model"]["weights"]["sha256"] == sha256(
-        tmp_path / "work" / "models" / "realesrgan-x4plus.pth"
+        tmp_path / "work" / "models" / "esrgan-demo.pth"
     )
     assert provenance["source"]["sha256"] == sha256(tmp_path / demo["demo_artwork"]["path"])
     assert {"torch", "libvips", "zarr", "blkassist"} <= set(provenance["versions"])
-    again = run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    for made in ("results/esrgan/demo/model_card.json", "results/conceptor/demo/model_card.json",
+                 "results/captions/demo_review.html", "datasets/conceptor"):  # fmt: skip
+        assert (tmp_path / made).exists(), made
+    again = run_snakemake(tmp_path, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -149,6 +153,30 @@ def test_scheduling_knobs_redo_nothing_and_compression_reruns_only_assembly(tmp_
     counts = job_counts(run_snakemake(tmp_path, [config], "-n").stdout)
     assert counts["allocate_canvas"] == 1 and counts["upscale_tile_batch"] == 2
     assert sha256(final) == before
+
+
+def test_canvases_are_outputs_that_temporary_removes_once_used(tmp_path):
+    Image.fromarray(textured(50, 70)).save(tmp_path / "art.png")
+    mural = {"source": "art.png", "model": "lanczos", "scale": 8, "tile": 32}
+    kept = write_config(tmp_path, {"murals": {"m": mural}}, "kept.yaml")
+    temporary = write_config(
+        tmp_path, {"murals": {"m": mural}, "canvases": {"temporary": True}}, "temp.yaml"
+    )
+    canvases = sorted(f"canvas{k}.zarr" for k in range(3))  # two passes: 4x then 2x
+    run_snakemake(tmp_path, [kept])
+    assert sorted(p.name for p in (tmp_path / "work/m").glob("canvas*.zarr")) == canvases
+    run_snakemake(tmp_path, [temporary], "--delete-temp-output")
+    assert not list((tmp_path / "work/m").glob("canvas*.zarr"))
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(tmp_path / "art.png", fresh)
+    run_snakemake(fresh, [temporary])
+    assert not list((fresh / "work/m").glob("canvas*.zarr"))  # each removed once used
+    image = pyvips.Image.new_from_file(str(fresh / "results/m_final.tif"))
+    assert (image.width, image.height) == (560, 400)
+    again = run_snakemake(fresh, [temporary])
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_bad_inputs_fail_by_name_and_good_murals_still_finish(tmp_path):
