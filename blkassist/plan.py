@@ -16,13 +16,15 @@ from pathlib import Path
 from blkassist.errors import BlkAssistError, ModelFileError
 from blkassist.tiling import MuralPlan, PassPlan
 
-# Device seconds per megapixel of padded tile input, from bench/seconds_per_tile.py on a
-# 2-core CPU (the machine CI runs on). Replace them with a figure measured on your own GPU:
-# murals.NAME.seconds_per_tile in the config.
+# Device seconds per megapixel of padded tile input, from `bench/seconds_per_tile.py
+# --quick` on the 2-core CPU machine this project is built on (measured while other jobs
+# ran: an upper bound). No GPU figure is built in: measure yours with that script and set
+# murals.NAME.seconds_per_tile; the plan says which figure it used.
 SECONDS_PER_INPUT_MPX = {
-    "lanczos": 0.6,
-    "rrdbnet": 95.0,  # RRDBNet 23 blocks, 64 features (Real-ESRGAN x4plus), fp32 CPU
+    "lanczos": 1.2,
+    "rrdbnet": 1300.0,  # RRDBNet 23 blocks, 64 features (Real-ESRGAN x4plus), fp32 CPU
 }
+DEFAULT_FIGURE = "default: 2-core CPU, bench/seconds_per_tile.py"
 
 # A TIFF pyramid adds a third (1/4 + 1/16 + ...) to the full-resolution level.
 PYRAMID_FACTOR = 4 / 3
@@ -42,6 +44,7 @@ class PassCost:
     seconds_per_tile: float
     canvas_bytes: int  # uncompressed size of the canvas the pass writes
     uses_gpu: bool = True
+    figure: str = "config"  # where seconds_per_tile came from
 
     @property
     def device_seconds(self) -> float:
@@ -68,6 +71,7 @@ def sr_pass_costs(
     costs = []
     for step in plan.passes:
         per_tile = seconds_per_tile or default_seconds_per_tile(model, step.tile, pad)
+        figure = "config" if seconds_per_tile else DEFAULT_FIGURE
         costs.append(
             PassCost(
                 name=f"sr pass {step.number} (x{step.scale})",
@@ -76,6 +80,7 @@ def sr_pass_costs(
                 seconds_per_tile=per_tile,
                 canvas_bytes=canvas_bytes(step.output_width, step.output_height, bands),
                 uses_gpu=model != "lanczos",
+                figure=figure,
             )
         )
     return costs
@@ -118,6 +123,7 @@ def plan_line(mural: str, report: dict) -> str:
         f"({final['width'] * final['height'] / 1e9:.2f} Gpx), {len(report['passes'])} "
         f"pass(es), {report['tiles']} tiles in {report['jobs']} jobs, disk up to "
         f"{human_bytes(report['disk_bytes_total'])}, ~{report['gpu_hours']:.2f} GPU-hours"
+        f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
     )
 
 
