@@ -213,3 +213,14 @@ def test_four_tiles_per_forward_equal_one_and_batching_changes_no_bit(tmp_path, 
     assert (one != four).mean() < 1e-3
     assert np.array_equal(four, results[(4, 5)])
     assert np.array_equal(four, results[(4, 1)])
+
+
+def test_safetensors_weights_load_like_the_pth(tmp_path, tiny_weights):
+    from safetensors.torch import save_file
+
+    params = rrdbnet_params(tiny_weights)
+    save_file({k: v.contiguous() for k, v in params.items()}, tmp_path / "tiny.safetensors")
+    loaded = rrdbnet_params(tmp_path / "tiny.safetensors")
+    assert loaded.keys() == params.keys()
+    assert all(torch.equal(loaded[k], params[k]) for k in params)
+    assert build_rrdbnet(loaded).native_scale == 4
