@@ -154,11 +154,11 @@ def print_plans():
     """One line per mural whose size is known now, so that a dry run shows the cost."""
     for mural in MURALS:
         source = MURALS[mural].source
-        if (
-            source in producible_sources()
-            or header_size(source, MAX_SOURCE_PIXELS) is None
-        ):
+        if source in producible_sources():
             print(f"mural {mural}: planned after its source is made and probed")
+            continue
+        if header_size(source, MAX_SOURCE_PIXELS) is None:
+            print(f"mural {mural}: source {source} unusable; its probe job says why")
             continue
         print(plan_line(mural, mural_report(mural)))
 
