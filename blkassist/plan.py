@@ -7,6 +7,7 @@ passes (the diffusion refinement, for instance) describes its own and reuses the
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -146,6 +147,17 @@ def existing_bytes(paths: Iterable[str | os.PathLike]) -> int:
     return total
 
 
+def peak_disk_bytes(report: dict, temporary: bool) -> int:
+    """Most bytes on disk at once: everything if canvases are kept; with temporary
+    canvases, the largest pair of consecutive canvases (a pass reads one, writes the next)
+    plus the result (the last canvas is there while the result is written)."""
+    if not temporary:
+        return report["disk_bytes_total"]
+    sizes = list(report["disk_bytes"]["canvases"].values())
+    pairs = [a + b for a, b in itertools.pairwise(sizes)] or sizes
+    return max(max(pairs), sizes[-1] + report["disk_bytes"]["result"])
+
+
 def check_disk(
     needed: int, folder: str | os.PathLike, replaced: Iterable[str | os.PathLike] = ()
 ) -> int:
@@ -194,6 +206,7 @@ def check_mural(
     final_size: Sequence[int],
     replaced: Iterable[str],
     output: str,
+    temporary: bool = False,
 ) -> None:
     """The mural's preflight, run before ingest: the model loads and fits the plan, and the
     canvases and result fit on the disk. Writes what it found to `output`."""
@@ -215,7 +228,7 @@ def check_mural(
         for p in plans
     ]  # fmt: skip
     totals = estimate((source["width"], source["height"]), tuple(final_size), bands, costs)
-    needed = totals["disk_bytes_total"]
+    needed = peak_disk_bytes(totals, temporary)
     available = check_disk(needed, Path(output).parent, replaced)
     found["disk"] = {"needed_bytes": needed, "available_bytes": available}
     log.info("disk: needs up to %s, %s available", human_bytes(needed), human_bytes(available))

@@ -42,6 +42,7 @@ rule check_mural:
             mural_plan(wildcards.mural).final_width,
             mural_plan(wildcards.mural).final_height,
         ),
+        temporary=config["canvases"]["temporary"],
         replaced=lambda wildcards: [
             f"work/{wildcards.mural}",
             f"results/{wildcards.mural}_final.tif",

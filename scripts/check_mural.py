@@ -7,5 +7,5 @@ with rule_logging(snakemake):
     check_mural(
         snakemake.input.report, snakemake.params.weights, snakemake.params.model,
         snakemake.params.plan, snakemake.params.final_size, snakemake.params.replaced,
-        snakemake.output.check,
+        snakemake.output.check, snakemake.params.temporary,
     )  # fmt: skip

@@ -18,6 +18,7 @@ from blkassist.plan import (
     check_disk,
     check_model,
     estimate,
+    peak_disk_bytes,
     plan_line,
     sr_pass_costs,
 )
@@ -44,6 +45,11 @@ def test_estimate_sums_passes_of_any_kind():
     }
     assert report["disk_bytes"]["result"] == int(8000 * 6400 * 3 * 4 / 3)
     assert "234 tiles in 58 jobs" in plan_line("m", report)
+    assert peak_disk_bytes(report, temporary=False) == report["disk_bytes_total"]
+    # temporary canvases: at most the last canvas and the result at once, here
+    assert peak_disk_bytes(report, temporary=True) == canvases["canvas3"] + int(
+        8000 * 6400 * 3 * 4 / 3
+    )
 
 
 def test_lanczos_costs_no_gpu_hours():
@@ -145,3 +151,18 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
             first.kill()
             first.wait()
     assert (tmp_path / "results/m_final.tif").exists()
+
+
+@pytest.mark.slow
+def test_a_mural_too_big_for_the_disk_fails_at_its_check_with_the_numbers(tmp_path):
+    import pyvips
+
+    pyvips.Image.black(4000, 3000, bands=3).write_to_file(str(tmp_path / "big.png"))
+    mural = {"source": "big.png", "model": "lanczos", "scale": 64, "tiles_per_job": 100000}
+    config = write_config(tmp_path, {"murals": {"huge": mural}})
+    result = run_snakemake(tmp_path, [config], check=False)
+    messages = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the mural needs up to" in messages and "are free there" in messages
+    assert "canvases.temporary" in messages
+    assert not (tmp_path / "work/huge/canvas0.zarr").exists()
