@@ -199,7 +199,7 @@ def check_model(weights: str | os.PathLike, passes: Sequence[PassPlan]) -> dict:
 
 
 def check_mural(
-    report: str,
+    source: Sequence,
     weights: str,
     model: str,
     passes: Sequence[dict],
@@ -209,15 +209,16 @@ def check_mural(
     temporary: bool = False,
 ) -> None:
     """The mural's preflight, run before ingest: the model loads and fits the plan, and the
-    canvases and result fit on the disk. Writes what it found to `output`."""
+    canvases and result fit on the disk. `source` is (width, height, has_alpha). Writes
+    what it found to `output`."""
     import logging
 
-    from blkassist.fsutil import read_json, write_json
+    from blkassist.fsutil import write_json
 
     log = logging.getLogger(__name__)
-    source = read_json(report)
+    width, height, has_alpha = source
     plans = [PassPlan(**fields) for fields in passes]
-    bands = 4 if source["has_alpha"] else 3
+    bands = 4 if has_alpha else 3
     found = {"model": model}
     if model != "lanczos":
         found["weights"] = {"path": str(weights), **check_model(weights, plans)}
@@ -227,7 +228,7 @@ def check_mural(
                  canvas_bytes(p.output_width, p.output_height, bands))
         for p in plans
     ]  # fmt: skip
-    totals = estimate((source["width"], source["height"]), tuple(final_size), bands, costs)
+    totals = estimate((width, height), tuple(final_size), bands, costs)
     needed = peak_disk_bytes(totals, temporary)
     available = check_disk(needed, Path(output).parent, replaced)
     found["disk"] = {"needed_bytes": needed, "available_bytes": available}

@@ -142,6 +142,12 @@ def mural_report(mural):
     )
 
 
+def mural_source(mural):
+    """(width, height, has_alpha) of the mural's source, for its check job."""
+    plan = mural_plan(mural)
+    return [plan.source_width, plan.source_height, source_has_alpha(mural)]
+
+
 def source_has_alpha(mural):
     """From the probe once it has run, else from the header (planning only)."""
     probe_file = Path(f"work/{mural}/probe.json")

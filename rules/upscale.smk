@@ -22,10 +22,11 @@ checkpoint probe_source:
 
 rule check_mural:
     input:
-        report="work/{mural}/probe.json",
         weights=model_weights,
     output:
-        check="work/{mural}/check.json",
+        # temp(): used once by the ingest; afterwards only a change of what it checks
+        # (recorded in Snakemake's metadata) runs it again, and then everything after it.
+        check=temp("work/{mural}/check.json"),
     log:
         "logs/{mural}/check_mural.log",
     benchmark:
@@ -35,6 +36,7 @@ rule check_mural:
     params:
         model=lambda wildcards: MURALS[wildcards.mural].model,
         weights=lambda wildcards: weights_path(MURALS[wildcards.mural].model),
+        source=lambda wildcards: mural_source(wildcards.mural),
         plan=lambda wildcards: [
             p.geometry() for p in mural_plan(wildcards.mural).passes
         ],
@@ -42,7 +44,6 @@ rule check_mural:
             mural_plan(wildcards.mural).final_width,
             mural_plan(wildcards.mural).final_height,
         ),
-        temporary=config["canvases"]["temporary"],
         replaced=lambda wildcards: [
             f"work/{wildcards.mural}",
             f"results/{wildcards.mural}_final.tif",

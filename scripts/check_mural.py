@@ -5,7 +5,7 @@ from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
     check_mural(
-        snakemake.input.report, snakemake.params.weights, snakemake.params.model,
+        snakemake.params.source, snakemake.params.weights, snakemake.params.model,
         snakemake.params.plan, snakemake.params.final_size, snakemake.params.replaced,
-        snakemake.output.check, snakemake.params.temporary,
+        snakemake.output.check, snakemake.config["canvases"]["temporary"],
     )  # fmt: skip
