@@ -56,8 +56,10 @@ env: $(STAMP) $(VIEWER_STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores 2 results/mural_final.tif
+# The default target (rule all): corpus, captions, training sets, Real-ESRGAN fine-tune,
+# Conceptor LoRA, concepts and the mural made with the fine-tune.
+demo: $(STAMP) $(VIEWER_STAMP)
+	$(VENV)/bin/snakemake --cores 2
 
 test: $(STAMP) $(VLLM_STAMP) $(VIEWER_STAMP) system-deps
 	$(VENV)/bin/python -m pytest

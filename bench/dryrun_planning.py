@@ -107,6 +107,9 @@ def run_variant(tiles_per_job: int, source: Path, workdir: Path, args) -> dict:
                 print("\n".join(text.splitlines()[-40:]))
                 return {"tiles_per_job": tiles_per_job, "failed": True}
             counts = parse_job_stats(text)
+            for line in text.splitlines():
+                if line.startswith(f"mural {name}:") and repeat == 0:
+                    print(f"plan line: {line}", flush=True)
             walls.append(watched.wall_s)
             others.append(watched.other_cpu_s)
             peaks.append(watched.root_peak_mb)

@@ -1,69 +1,78 @@
-"""Final assembly: canvas -> tiled, pyramidal BigTIFF, by streaming.
+"""Final assembly: canvas -> tiled, pyramidal BigTIFF, by streaming, with no intermediate.
 
-tifffile streams the canvas chunk by chunk into an uncompressed tiled TIFF (one TIFF tile
-per canvas chunk, so every chunk is decoded once); libvips then builds the pyramid,
-applies any fractional final resize, and compresses, reading that file tile by tile.
+The canvas is handed to libvips as an uncompressed PNG stream (stored deflate blocks, so
+encoding is a copy plus checksums) through a custom source: libvips reads it strictly top
+to bottom, builds the pyramid, applies any fractional final resize and compresses. Memory
+is one row of canvas chunks; nothing full-size is written besides the result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+import struct
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pyvips
-import tifffile
 
 from blkassist import canvas
 from blkassist.fsutil import atomic_path, read_json, write_json
 from blkassist.provenance import file_record, versions
 
 TIFF_TILE = 256
+_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # grey, grey+alpha, RGB, RGBA
 
 log = logging.getLogger(__name__)
 
 
-def plain_tile_size(chunk: int, width: int, height: int) -> int:
-    """TIFF tile edge for the intermediate file: the canvas chunk (each chunk decoded once),
-    halved while it is larger than the image (libvips refuses such tiles)."""
-    edge = chunk
-    while edge > min(width, height) and edge % 32 == 0:
-        edge //= 2
-    return edge if edge <= min(width, height) else 16
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def _windows(canvas, edge: int):
-    """Yield edge x edge windows of the canvas in row-major order, zero-padded at the border."""
-    height, width, bands = canvas.shape
-    for top in range(0, height, edge):
-        for left in range(0, width, edge):
-            block = np.asarray(canvas[top : top + edge, left : left + edge])
-            if block.shape[:2] != (edge, edge):
-                padded = np.zeros((edge, edge, bands), np.uint8)
-                padded[: block.shape[0], : block.shape[1]] = block
-                block = padded
-            yield block
+def png_stream(array) -> Iterator[bytes]:
+    """An 8-bit PNG of a (height, width, bands) canvas, in pieces, one chunk row at a time.
+
+    Deflate level 0 stores the rows as they are: libvips decodes it at copy speed, and
+    no filtering or entropy coding is spent on data that is compressed again at the end.
+    """
+    height, width, bands = array.shape
+    yield b"\x89PNG\r\n\x1a\n"
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPE[bands], 0, 0, 0)
+    yield _png_chunk(b"IHDR", header)
+    stored = zlib.compressobj(0)
+    rows = array.chunks[0]  # the inner chunk: 256 rows for a sharded canvas
+    for top in range(0, height, rows):
+        strip = np.asarray(array[top : top + rows])
+        lines = np.zeros((strip.shape[0], 1 + width * bands), np.uint8)  # filter byte 0
+        lines[:, 1:] = strip.reshape(strip.shape[0], -1)
+        if piece := stored.compress(lines):
+            yield _png_chunk(b"IDAT", piece)
+    yield _png_chunk(b"IDAT", stored.flush())
+    yield _png_chunk(b"IEND", b"")
 
 
-def write_plain_tiff(canvas, path: str | os.PathLike) -> None:
-    """Uncompressed tiled BigTIFF of the canvas, window by window (memory: one chunk)."""
-    height, width, bands = canvas.shape
-    options = {"photometric": "rgb", "compression": None}
-    if bands == 4:
-        options["extrasamples"] = ("unassalpha",)
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        if min(width, height) < 16:  # too small for TIFF tiles; and small enough to hold
-            tif.write(np.asarray(canvas[:]), **options)
-            return
-        edge = plain_tile_size(canvas.chunks[0], width, height)
-        tif.write(
-            _windows(canvas, edge),
-            shape=(height, width, bands),
-            dtype=np.uint8,
-            tile=(edge, edge),
-            **options,
-        )
+def stream_canvas(array) -> tuple[pyvips.Image, pyvips.SourceCustom]:
+    """A sequential libvips image that reads `array` as libvips asks for it, and its source
+    (keep a reference to it until the image is written: it holds the Python callback)."""
+    pieces = png_stream(array)
+    pending = memoryview(b"")
+
+    def read(size: int) -> bytes:
+        nonlocal pending
+        while not len(pending):
+            piece = next(pieces, None)
+            if piece is None:
+                return b""
+            pending = memoryview(piece)
+        out, pending = pending[:size], pending[size:]
+        return bytes(out)
+
+    source = pyvips.SourceCustom()
+    source.on_read(read)
+    return pyvips.Image.new_from_source(source, "", access="sequential"), source
 
 
 def srgb_profile() -> bytes:
@@ -73,49 +82,45 @@ def srgb_profile() -> bytes:
 
 
 def assemble(
-    canvas,
+    array,
     output: str | os.PathLike,
     final_size: tuple[int, int],
     resolution_ppmm: tuple[float, float],
     compression: str = "deflate",
     jpeg_quality: int = 95,
-    scratch_dir: str | os.PathLike | None = None,
 ) -> None:
-    """Write `output` (pyramidal tiled BigTIFF, sRGB ICC, resolution) from `canvas`."""
-    output = Path(output)
-    scratch = Path(scratch_dir or output.parent)
-    scratch.mkdir(parents=True, exist_ok=True)
-    plain = scratch / f".{output.name}.plain-{os.getpid()}.tif"
-    try:
-        write_plain_tiff(canvas, plain)
-        image = pyvips.Image.new_from_file(str(plain), access="sequential")
-        height, width = canvas.shape[:2]
-        if final_size != (width, height):
-            image = image.resize(
-                final_size[0] / width, vscale=final_size[1] / height, kernel="lanczos3"
-            )
-            if (image.width, image.height) != final_size:  # guard libvips' rounding
-                image = image.crop(0, 0, *final_size)
-        image = image.copy(xres=resolution_ppmm[0], yres=resolution_ppmm[1], interpretation="srgb")
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())
-        options = {
-            "tile": True,
-            "tile_width": TIFF_TILE,
-            "tile_height": TIFF_TILE,
-            "pyramid": True,
-            "bigtiff": True,
-            "compression": compression,
-            "resunit": "inch",
-        }
-        if compression == "jpeg":
-            options["Q"] = jpeg_quality
-        elif compression in ("deflate", "lzw", "zstd"):
-            options["predictor"] = "horizontal"
-        with atomic_path(output) as tmp:
-            image.write_to_file(str(tmp.with_suffix(".tif")), **options)
-            tmp.with_suffix(".tif").rename(tmp)
-    finally:
-        plain.unlink(missing_ok=True)
+    """Write `output` from the canvas `array`: a tiled BigTIFF whose reduced levels follow
+    the full image (one pyramid), with the sRGB ICC profile and the resolution; no other
+    metadata (no stale description, no loader fields)."""
+    height, width = array.shape[:2]
+    image, _source = stream_canvas(array)
+    if final_size != (width, height):
+        image = image.resize(
+            final_size[0] / width, vscale=final_size[1] / height, kernel="lanczos3"
+        )
+        if (image.width, image.height) != final_size:  # guard libvips' rounding
+            image = image.crop(0, 0, *final_size)
+    image = image.copy(xres=resolution_ppmm[0], yres=resolution_ppmm[1], interpretation="srgb")
+    for name in image.get_fields():
+        if name.startswith(("png-", "exif", "xmp", "image-description", "icc-profile")):
+            image.remove(name)
+    image.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())
+    options = {
+        "tile": True,
+        "tile_width": TIFF_TILE,
+        "tile_height": TIFF_TILE,
+        "pyramid": True,
+        "bigtiff": True,
+        "compression": compression,
+        "resunit": "inch",
+    }
+    if compression == "jpeg":
+        options["Q"] = jpeg_quality
+    elif compression in ("deflate", "lzw"):
+        options["predictor"] = "horizontal"
+    with atomic_path(output) as tmp:
+        image.write_to_file(str(tmp.with_suffix(".tif")), **options)
+        tmp.with_suffix(".tif").rename(tmp)
 
 
 def assemble_mural(
@@ -131,6 +136,9 @@ def assemble_mural(
 ) -> None:
     """`path`: the SR/diffusion choice and why; `refinement`: the diffusion path's report
     (per-pass provenance and seam QA), recorded in the provenance."""
+    from blkassist.sr.passes import require_complete
+
+    require_complete(allocation)
     record = read_json(allocation)
     if path:
         log.info("mural path: %s (%s)", path["path"], path["reason"])
@@ -150,7 +158,9 @@ def assemble_mural(
         {
             "result": file_record(image),
             "size": list(final_size),
-            "source": {key: source[key] for key in ("path", "sha256", "width", "height")},
+            "source": {
+                key: source.get(key) for key in ("path", "sha256", "width", "height", "pages")
+            },
             "model": {
                 "name": settings["model"],
                 "weights": file_record(weights) if weights else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +116,23 @@ class MuralSettings:
     precision: str
     compression: str
     jpeg_quality: int
+    seconds_per_tile: float | None = None
 
     @property
     def is_neural(self) -> bool:
         return self.model != "lanczos"
+
+    def output_settings(self) -> dict:
+        """The settings that define the result (pixels and encoding): everything but the
+        scheduling knobs and the estimate, which must never make Snakemake redo work."""
+        settings = asdict(self)
+        for knob in (*SCHEDULING_KNOBS, "seconds_per_tile"):
+            settings.pop(knob)
+        return settings
+
+
+# Settings that only schedule work; kept out of every rule's params.
+SCHEDULING_KNOBS = ("tiles_per_job", "tiles_per_forward")
 
 
 def mural_settings(config: Mapping, name: str) -> MuralSettings:
@@ -139,4 +152,5 @@ def mural_settings(config: Mapping, name: str) -> MuralSettings:
         precision=mural["precision"],
         compression=mural["compression"],
         jpeg_quality=mural["jpeg_quality"],
+        seconds_per_tile=mural.get("seconds_per_tile"),
     )

@@ -16,7 +16,6 @@ import tifffile
 from blkassist.errors import InputImageError
 
 SUPPORTED = "TIFF/BigTIFF, PNG or JPEG"
-_SIXTEEN_BIT = {"rgb16", "grey16"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class SourceInfo:
     xres: float  # pixels per millimetre, as libvips reports it
     yres: float
     orientation: int
+    pages: int  # a multi-page TIFF's first page is the source
     size_bytes: int
     sha256: str
 
@@ -54,6 +54,7 @@ def read_header(path: str | os.PathLike, max_pixels: int) -> pyvips.Image:
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
     except pyvips.Error as error:
+        check_supported(path)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unknown"
         raise _fail(
             path,
@@ -105,16 +106,19 @@ def probe(path: str | os.PathLike, max_pixels: int, decode: bool = True) -> Sour
     image = read_header(path, max_pixels)
     if _field(image, "vips-loader", "").startswith("tiff"):
         _check_tiff_extent(Path(path))
+        check_supported(path)
     if decode:
         try:
             image.min()
         except pyvips.Error as error:
             raise damaged(path, error) from None
+    orientation = int(_field(image, "orientation", 1))
+    turned = orientation in (5, 6, 7, 8)  # ingest rotates by 90 degrees: the canvas's size
     return SourceInfo(
         path=str(path),
         loader=_field(image, "vips-loader", "unknown"),
-        width=image.width,
-        height=image.height,
+        width=image.height if turned else image.width,
+        height=image.width if turned else image.height,
         bands=image.bands,
         band_format=image.format,
         interpretation=image.interpretation,
@@ -122,7 +126,8 @@ def probe(path: str | os.PathLike, max_pixels: int, decode: bool = True) -> Sour
         has_icc=bool(image.get_typeof("icc-profile-data")),
         xres=image.xres,
         yres=image.yres,
-        orientation=int(_field(image, "orientation", 1)),
+        orientation=orientation,
+        pages=int(_field(image, "n-pages", 1)),
         size_bytes=Path(path).stat().st_size,
         sha256=sha256_file(path),
     )
@@ -143,45 +148,115 @@ def _check_tiff_extent(path: Path) -> None:
 
 
 def open_as_srgb8(path: str | os.PathLike, max_pixels: int) -> pyvips.Image:
-    """A lazy view of the source as 8-bit sRGB (3 bands, or 4 with alpha).
+    """A lazy view of the source (its first page) as 8-bit sRGB: 3 bands, or 4 with alpha.
 
-    ICC profiles are honoured (CMYK without one uses libvips' built-in CMYK profile);
-    16-bit and grey images are converted; palette images arrive as RGB(A) from the loader.
+    Total over what libvips loads from TIFF, PNG and JPEG: every sample format (1-bit to
+    32-bit integer, signed or not, half and single float) in every interpretation (B/W,
+    grey, RGB, CMYK, CIELAB, scRGB, palette), with or without alpha, upright by its EXIF
+    orientation. Embedded ICC profiles are honoured; CMYK without one uses libvips'
+    built-in CMYK profile; float RGB and float grey are linear light (scRGB), as TIFF float
+    data is by convention; Lab is converted colorimetrically.
     """
     image = read_header(path, max_pixels)
     if _field(image, "orientation", 1) != 1:
         # Rotating needs random access; reopen that way (libvips caches what it needs).
         image = pyvips.Image.new_from_file(str(path), fail_on="truncated").autorot()
+    return to_srgb8(image)
+
+
+# Full scale of each integer sample format (negative values of signed ones are clipped).
+_FULL_SCALE = {
+    "uchar": 255,
+    "char": 127,
+    "ushort": 65535,
+    "short": 32767,
+    "uint": 2**32 - 1,
+    "int": 2**31 - 1,
+    "float": 1.0,
+    "double": 1.0,
+}
+_LAB = {"lab", "labs", "labq", "lch", "cmc", "xyz", "yxy"}
+_PROFILED = {"srgb", "rgb16", "b-w", "grey16", "cmyk"}
+
+
+def to_srgb8(image: pyvips.Image) -> pyvips.Image:
+    """Convert a decoded image of any libvips format and interpretation to 8-bit sRGB(A)."""
+    if image.coding == "labq":
+        image = image.LabQ2Lab()
     alpha = None
     if image.hasalpha():
-        alpha = image[image.bands - 1]
+        alpha = _scaled(image[image.bands - 1], "uchar")
         image = image[: image.bands - 1]
-    if image.get_typeof("icc-profile-data") or image.interpretation == "cmyk":
+    interpretation = image.interpretation
+    if (interpretation == "cmyk" and image.bands != 4) or image.bands == 2:
+        interpretation = "multiband"  # not what it says: fall back to its first band(s)
+    if image.format in ("float", "double") and interpretation not in _LAB:
+        # TIFF float samples are linear light, 0..1: scRGB (grey as three equal bands).
+        image = (image if image.bands >= 3 else image[0].bandjoin([image[0], image[0]]))[:3]
+        image = image.cast("float").copy(interpretation="scrgb")
+    elif interpretation not in _LAB | {"cmyk", "scrgb"}:
+        wide = image.format not in ("uchar",)
+        if image.format not in ("uchar", "ushort"):
+            image = _scaled(image, "ushort")
+        image = image[0] if image.bands < 3 else image[:3]
+        tag = ("rgb16" if wide else "srgb") if image.bands == 3 else ("grey16" if wide else "b-w")
+        image = image.copy(interpretation=tag)
+        if interpretation not in _PROFILED:
+            image.remove("icc-profile-data")  # a profile for an unknown space cannot apply
+    if image.get_typeof("icc-profile-data") and image.interpretation in _PROFILED:
         image = image.icc_transform(
-            "srgb",
-            embedded=True,
-            input_profile="cmyk" if image.interpretation == "cmyk" else "srgb",
-            intent="relative",
-            depth=8,
+            "srgb", embedded=True, input_profile="srgb", intent="relative", depth=8
         )
-    elif image.interpretation in _SIXTEEN_BIT or image.bands < 3:
-        image = image.colourspace("srgb")  # also scales 16-bit to 8-bit
+    elif image.interpretation == "cmyk":
+        image = image.icc_transform("srgb", input_profile="cmyk", intent="relative", depth=8)
+    if image.interpretation != "srgb" or image.format != "uchar":
+        image = image.colourspace("srgb")
     if image.format != "uchar":
-        image = _to_uchar(image)
+        image = _scaled(image, "uchar")
     if image.bands == 1:
         image = image.bandjoin([image, image])
     if alpha is not None:
-        image = image.bandjoin(alpha if alpha.format == "uchar" else _to_uchar(alpha))
+        image = image.bandjoin(alpha)
     return image.copy(interpretation="srgb")
 
 
-def _max_value(format_name: str) -> float:
-    return {"uchar": 255, "char": 127, "ushort": 65535, "short": 32767}.get(format_name, 1.0)
+def _scaled(image: pyvips.Image, target: str) -> pyvips.Image:
+    """Map the full scale of `image`'s sample format onto `target` (uchar or ushort)."""
+    if image.format == target:
+        return image
+    factor = _FULL_SCALE[target] / _FULL_SCALE[image.format]
+    return (image.cast("double") * factor).rint().cast(target)  # cast clips to the range
 
 
-def _to_uchar(image: pyvips.Image) -> pyvips.Image:
-    peak = _max_value(image.format)
-    return (image * (255.0 / peak)).round().cast("uchar")
+def check_supported(path) -> None:
+    """Refuse, by name and with a fix, the TIFF kinds libvips cannot decode."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            bits, sample, photometric = page.bitspersample, page.sampleformat, page.photometric
+    except Exception:  # not a TIFF, or one tifffile cannot parse: libvips has the say
+        return
+    if photometric in (8, 9) and bits == 8:  # CIELAB / ICCLab, 8-bit
+        raise _fail(
+            path,
+            "8-bit CIELAB TIFF, which libvips cannot decode",
+            "Re-export it as 16-bit Lab, or as RGB (8 or 16 bit) with its ICC profile.",
+        )
+    if (sample == 3 and bits == 64) or sample in (5, 6):
+        kind = "complex" if sample in (5, 6) else "64-bit float"
+        raise _fail(
+            path,
+            f"{kind} samples, which libvips cannot decode",
+            "Re-export it as 32-bit float, 16-bit integer or 8-bit.",
+        )
+
+
+def header_alpha(path: str | os.PathLike) -> bool:
+    """Whether the source has an alpha band, from its header (False when unreadable)."""
+    try:
+        return bool(pyvips.Image.new_from_file(str(path), access="sequential").hasalpha())
+    except pyvips.Error:
+        return False
 
 
 def header_size(path: str | os.PathLike, max_pixels: int) -> tuple[int, int] | None:

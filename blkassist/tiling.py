@@ -46,7 +46,9 @@ class PassPlan:
     input_width: int
     input_height: int
     tile: int
-    tiles_per_job: int
+    # Scheduling only: how many tiles one Snakemake job takes. Never part of what defines
+    # the pass's pixels (see geometry()), so re-batching keeps every finished tile.
+    tiles_per_job: int = 1
 
     @property
     def output_width(self) -> int:
@@ -77,6 +79,16 @@ class PassPlan:
         """Output chunk side: one tile's output, so each tile writes exactly one chunk."""
         return self.tile * self.scale
 
+    def geometry(self) -> dict:
+        """The fields that define the pass's pixels: everything but the batching."""
+        return {
+            "number": self.number,
+            "scale": self.scale,
+            "input_width": self.input_width,
+            "input_height": self.input_height,
+            "tile": self.tile,
+        }
+
     def tile_at(self, index: int) -> Tile:
         if not 0 <= index < self.tile_count:
             raise IndexError(f"tile {index} outside a plan of {self.tile_count} tiles")
@@ -90,12 +102,18 @@ class PassPlan:
             min(self.tile, self.input_height - y),
         )
 
-    def batch_tiles(self, batch: int) -> list[Tile]:
+    def batch_range(self, batch: int) -> tuple[int, int]:
+        """(first, stop) tile indices of `batch`: what its job is responsible for."""
         if not 0 <= batch < self.batch_count:
             raise IndexError(f"batch {batch} outside a plan of {self.batch_count} batches")
         first = batch * self.tiles_per_job
-        last = min(first + self.tiles_per_job, self.tile_count)
-        return [self.tile_at(i) for i in range(first, last)]
+        return first, min(first + self.tiles_per_job, self.tile_count)
+
+    def tiles_between(self, first: int, stop: int) -> list[Tile]:
+        return [self.tile_at(i) for i in range(first, stop)]
+
+    def batch_tiles(self, batch: int) -> list[Tile]:
+        return self.tiles_between(*self.batch_range(batch))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from blkassist.corpus.collections import MASK_TAG
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
-from blkassist.probe import header_size
+from blkassist.plan import estimate, plan_line, sr_pass_costs
+from blkassist.probe import header_alpha, header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
 from blkassist.texture.select import check_runs as check_texture_runs
@@ -77,47 +78,124 @@ def pass_plan(wildcards):
     return mural_plan(wildcards.mural).passes[int(wildcards.step) - 1]
 
 
+def canvas_output(path):
+    """A pass canvas as an output, temp() when config canvases.temporary says so."""
+    return temp(path) if config["canvases"]["temporary"] else path
+
+
 def batch_markers(mural, step):
+    """One marker per batch, named by its tile range: a marker vouches for exactly those
+    tiles, so after a re-batching only batches with other ranges run (and they skip the
+    tiles an earlier batching finished)."""
     plan = mural_plan(mural).passes[step - 1]
-    return [
-        f"work/{mural}/pass{step}/batch-{batch}.done"
-        for batch in range(plan.batch_count)
-    ]
+    markers = []
+    for batch in range(plan.batch_count):
+        first, stop = plan.batch_range(batch)
+        markers.append(f"work/{mural}/pass{step}/tiles-{first}-{stop - 1}.done")
+    return markers
 
 
 def allocation_inputs(wildcards):
-    """A pass reads the previous canvas, which is complete once all its batches are."""
+    """A pass reads the previous canvas, which is whole once its pass is complete."""
     step = int(wildcards.step)
-    if step == 1:
-        return {"canvas": f"work/{wildcards.mural}/canvas0.zarr"}
-    # Diffusion path (rules/refine.smk): the last refined canvas of the previous step.
-    if is_diffusion(wildcards.mural):
-        return refined_step_inputs(wildcards.mural, step - 1)
+    inputs = {
+        "canvas": f"work/{wildcards.mural}/canvas{step - 1}.zarr",
+        "weights": model_weights(wildcards),
+    }
+    if step > 1 and is_diffusion(wildcards.mural):
+        # Diffusion path (rules/refine.smk): the last refined canvas of the previous step.
+        refined = refined_step_inputs(wildcards.mural, step - 1)
+        del inputs["canvas"]  # named by its allocation record
+        inputs["allocation"] = refined["canvas"]
+        inputs["batches"] = refined["batches"]
+    elif step > 1:
+        inputs["allocation"] = f"work/{wildcards.mural}/canvas{step - 1}.json"
+        inputs["batches"] = batch_markers(wildcards.mural, step - 1)
+    return inputs
+
+
+def pass_source(wildcards):
+    """What a tile batch reads (for the DAG; the job reads it from its allocation record):
+    the previous SR canvas, or on the diffusion path the previous step's last refined
+    canvas."""
+    step = int(wildcards.step)
+    if step > 1 and is_diffusion(wildcards.mural):
+        return refined_step_inputs(wildcards.mural, step - 1)["canvas"]
+    return f"work/{wildcards.mural}/canvas{step - 1}.zarr"
+
+
+def last_pass(wildcards):
+    return len(mural_plan(wildcards.mural).passes)
+
+
+def final_pass_files(wildcards):
+    step = last_pass(wildcards)
+    if is_diffusion(wildcards.mural):  # the last refined canvas (rules/refine.smk)
+        refined = refined_step_inputs(wildcards.mural, step)
+        return {"batches": refined["batches"], "allocation": refined["canvas"]}
     return {
-        "canvas": f"work/{wildcards.mural}/canvas{step - 1}.json",
-        "batches": batch_markers(wildcards.mural, step - 1),
+        "batches": batch_markers(wildcards.mural, step),
+        "allocation": f"work/{wildcards.mural}/canvas{step}.json",
+        "canvas": f"work/{wildcards.mural}/canvas{step}.zarr",
     }
 
 
-def final_batches(wildcards):
-    steps = len(mural_plan(wildcards.mural).passes)
-    if is_diffusion(wildcards.mural):  # diffusion path (rules/refine.smk)
-        return refined_step_inputs(wildcards.mural, steps)["batches"]
-    return batch_markers(wildcards.mural, steps)
+def pass_settings(wildcards):
+    """What defines a pass's pixels besides its geometry (scheduling knobs excluded)."""
+    settings = MURALS[wildcards.mural]
+    return {
+        "model": settings.model,
+        "pad": settings.pad,
+        "precision": settings.precision,
+    }
 
 
-def final_canvas(wildcards):
-    if is_diffusion(wildcards.mural):  # diffusion path (rules/refine.smk)
-        steps = len(mural_plan(wildcards.mural).passes)
-        return refined_step_inputs(wildcards.mural, steps)["canvas"]
-    return (
-        f"work/{wildcards.mural}/canvas{len(mural_plan(wildcards.mural).passes)}.json"
+def mural_report(mural):
+    """The planning numbers of `mural` (tiles, jobs, disk, GPU-hours), without running."""
+    settings = MURALS[mural]
+    plan = mural_plan(mural)
+    bands = 4 if source_has_alpha(mural) else 3
+    costs = sr_pass_costs(
+        plan, bands, settings.model, settings.pad, settings.seconds_per_tile
+    )
+    return estimate(
+        (plan.source_width, plan.source_height),
+        (plan.final_width, plan.final_height),
+        bands,
+        costs,
     )
 
 
+def mural_source(mural):
+    """(width, height, has_alpha) of the mural's source, for its check job."""
+    plan = mural_plan(mural)
+    return [plan.source_width, plan.source_height, source_has_alpha(mural)]
+
+
+def source_has_alpha(mural):
+    """From the probe once it has run, else from the header (planning only)."""
+    probe_file = Path(f"work/{mural}/probe.json")
+    if probe_file.exists():
+        return read_json(probe_file)["has_alpha"]
+    return header_alpha(MURALS[mural].source)
+
+
+def print_plans():
+    """One line per mural whose size is known now, so that a dry run shows the cost."""
+    for mural in MURALS:
+        source = MURALS[mural].source
+        if source in producible_sources():
+            print(f"mural {mural}: planned after its source is made and probed")
+            continue
+        if header_size(source, MAX_SOURCE_PIXELS) is None:
+            print(f"mural {mural}: source {source} unusable; its probe job says why")
+            continue
+        print(plan_line(mural, mural_report(mural)))
+
+
 def weights_path(model):
-    """The .pth behind a model name: a path, a converted package model or a fine-tune run."""
-    if model.endswith(".pth"):
+    """The weights behind a model name: a path, a converted package model or a fine-tune run."""
+    if model.endswith((".pth", ".safetensors")):
         return model
     if model.startswith("esrgan:"):
         return f"{MODELS_DIR}/esrgan-{model.removeprefix('esrgan:')}.pth"
@@ -125,8 +203,18 @@ def weights_path(model):
 
 
 def model_weights(wildcards):
+    """The mural's weights as an input: made by a rule, or there already (else the mural's
+    check job reports the missing file, and --keep-going still finishes the others)."""
     model = MURALS[wildcards.mural].model
-    return [] if model == "lanczos" else weights_path(model)
+    if model == "lanczos":
+        return []
+    path = weights_path(model)
+    made_here = (
+        model in NCNN_MODELS
+        or model.startswith("esrgan:")
+        and model.removeprefix("esrgan:") in ESRGAN_RUNS
+    )
+    return path if made_here or Path(path).exists() else []
 
 
 def gpus_for(wildcards):

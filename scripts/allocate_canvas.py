@@ -6,8 +6,9 @@ from blkassist.sr.passes import allocate_pass
 with rule_logging(snakemake):
     allocate_pass(
         snakemake.params.plan,
-        snakemake.input.canvas,
-        snakemake.params.canvas,
+        snakemake.input.get("allocation", snakemake.input.canvas),
+        snakemake.output.canvas,
         snakemake.params.progress,
         snakemake.output.allocation,
+        snakemake.params.upscale,
     )

@@ -1,18 +1,24 @@
-"""Upscale one batch of tiles on a leased device, skipping tiles already finished."""
+"""Upscale one range of tiles on a leased device, skipping tiles already finished.
 
+Scheduling knobs come from the config here, not from params, so changing them never makes
+Snakemake redo finished work.
+"""
+
+from blkassist.config import mural_settings
 from blkassist.runlog import rule_logging
 from blkassist.sr.passes import run_tile_batch
 
 with rule_logging(snakemake):
+    first, last = int(snakemake.wildcards.first), int(snakemake.wildcards.last)
     run_tile_batch(
         allocation=snakemake.input.allocation,
-        batch=int(snakemake.wildcards.batch),
-        model=snakemake.params.model,
+        tiles=(first, last + 1),
         weights=snakemake.input.weights or None,
-        pad=snakemake.params.pad,
-        tiles_per_forward=snakemake.params.tiles_per_forward,
-        precision=snakemake.params.precision,
-        lock_dir=snakemake.params.lock_dir,
+        tiles_per_forward=mural_settings(
+            snakemake.config, snakemake.wildcards.mural
+        ).tiles_per_forward,
+        lock_dir=snakemake.config["gpu"]["lock_dir"],
         threads=snakemake.threads,
         marker=snakemake.output.marker,
+        batch=first,
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import numpy as np
 import pytest
 import pyvips
 import tifffile
 
 from blkassist import canvas
-from blkassist.assemble import assemble, srgb_profile
+from blkassist.assemble import assemble, png_stream, srgb_profile
 from tests.conftest import textured
 
 
@@ -63,3 +66,49 @@ def test_jpeg_compression_and_no_leftovers(tmp_path):
     with tifffile.TiffFile(out) as tif:
         assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG
     assert sorted(p.name for p in out.parent.iterdir()) == ["final.tif"]
+
+
+@pytest.mark.parametrize(
+    ("bands", "compression", "final"),
+    [(3, "deflate", (600, 400)), (4, "lzw", (600, 400)), (3, "jpeg", (530, 353)),
+     (4, "none", (530, 353))],
+)  # fmt: skip
+def test_result_is_one_clean_pyramid_without_warnings(tmp_path, caplog, bands, compression, final):
+    """No tifffile or libvips warning on reading (warnings are errors here), the reduced
+    levels are one series' levels, ICC and resolution kept, nothing else carried over."""
+    pixels = textured(400, 600, bands=bands)
+    out = tmp_path / "final.tif"
+    assemble(make_canvas(tmp_path, pixels, 64), out, final, (11.811, 11.811), compression)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        caplog.set_level(logging.WARNING)
+        with tifffile.TiffFile(out) as tif:
+            assert tif.is_bigtiff
+            (series,) = tif.series
+            shapes = [level.shape for level in series.levels]
+            full = series.levels[0].asarray()
+            page = tif.pages[0]
+            assert "ImageDescription" not in page.tags
+            assert page.tags["InterColorProfile"].value == srgb_profile()
+            assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == (
+                pytest.approx(300, rel=1e-3)
+            )
+        image = pyvips.Image.new_from_file(str(out))
+        assert image.avg() > 0  # decodes every pixel
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert shapes[0] == (final[1], final[0], bands)
+    assert len(shapes) >= 2
+    assert abs(shapes[1][0] - final[1] / 2) <= 1 and abs(shapes[1][1] - final[0] / 2) <= 1
+    if final == (600, 400) and compression != "jpeg":
+        assert np.array_equal(full, pixels)
+
+
+def test_png_stream_is_the_canvas_exactly(tmp_path):
+    """The stream libvips reads is the canvas, row for row, for every band count."""
+    for bands in (1, 2, 3, 4):
+        pixels = textured(77, 130, bands=bands)
+        store = make_canvas(tmp_path, pixels, 32)
+        png = b"".join(png_stream(store))
+        assert np.array_equal(
+            pyvips.Image.new_from_buffer(png, "").numpy().reshape(pixels.shape), pixels
+        )

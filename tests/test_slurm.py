@@ -197,12 +197,6 @@ def test_device_lease_takes_the_gpu_slurm_gives_each_job(cluster, tmp_path):
     assert {p.name for p in (tmp_path / "locks").iterdir()} == {f"slurm-job-{j}" for j in jobs}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="allocate_canvas's params read the probe checkpoint of a workflow-made source "
-    "without it among the rule's inputs (rules/upscale.smk), which a SLURM job's own "
-    "Snakemake refuses; add input report='work/{mural}/probe.json' there, then drop this mark",
-)
 def test_demo_artwork_mural_made_by_the_workflow_runs_on_slurm(cluster, tmp_path):
     weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
     config = {

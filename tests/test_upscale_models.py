@@ -11,7 +11,7 @@ from blkassist import canvas
 from blkassist.compat import realesrganer_class, rrdbnet_class
 from blkassist.errors import ModelFileError
 from blkassist.sr.models import LanczosUpscaler, NeuralUpscaler, build_rrdbnet, rrdbnet_params
-from blkassist.sr.tiler import ProgressLog, upscale_batch
+from blkassist.sr.tiler import ProgressLog, forward_groups, upscale_batch
 from blkassist.tiling import plan_mural
 from tests.conftest import save_tiny_rrdbnet, textured
 
@@ -55,7 +55,9 @@ def test_missing_and_foreign_weight_files_are_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match=r"nothing\.pth: model file not found"):
         rrdbnet_params(tmp_path / "nothing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelFileError, match=r"junk\.pth: not a readable PyTorch weight file"):
+    with pytest.raises(
+        ModelFileError, match=r"junk\.pth: not a weights-only PyTorch or safetensors file"
+    ):
         rrdbnet_params(tmp_path / "junk.pth")
     torch.save({"generator": {}}, tmp_path / "other.pth")
     with pytest.raises(ModelFileError, match=r"other\.pth: no 'params_ema' or 'params'"):
@@ -181,3 +183,44 @@ def test_rgba_tiles_through_a_neural_model(tmp_path, tiny_weights):
     assert tiled.shape == (160, 160, 4)
     assert tiled[..., 3].max() == 255 and tiled[0, 0, 3] == 0
     assert (tiled[..., :3][tiled[..., 3] == 0] == 0).all()  # no colour where nothing shows
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_four_tiles_per_forward_equal_one_and_batching_changes_no_bit(tmp_path, tiny_weights):
+    """The batched forward that GPUs use gives the tiles of one-at-a-time (up to the last
+    bit: float kernels differ with batch size), and re-batching the jobs changes no bit."""
+    pixels = textured(96, 192)  # 6x3 tiles of 32: the middle row has 4 equal padded windows
+    upscaler = NeuralUpscaler.from_file(tiny_weights)
+    height, width, bands = pixels.shape
+    source = canvas.create(tmp_path / "in.zarr", width, height, bands, 32)
+    source[:] = pixels
+    results = {}
+    for per_forward, per_job in [(1, 18), (4, 18), (4, 5), (4, 1)]:
+        plan = plan_mural(width, height, scale=4, tile=32, tiles_per_job=per_job).passes[0]
+        name = f"{per_forward}-{per_job}"
+        target = canvas.create(
+            tmp_path / f"{name}.zarr", plan.output_width, plan.output_height, bands,
+            plan.output_chunk,
+        )  # fmt: skip
+        for batch in range(plan.batch_count):
+            progress = ProgressLog(tmp_path / f"progress-{name}", batch)
+            upscale_batch(plan, batch, source, target, upscaler, 8, progress, per_forward)
+        results[(per_forward, per_job)] = np.asarray(target[:]).astype(int)
+    groups = forward_groups(plan.tiles_between(0, plan.tile_count), plan, 8, 4)
+    assert max(len(group) for group in groups) == 4  # a real batch of 4 ran
+    one, four = results[(1, 18)], results[(4, 18)]
+    assert np.abs(one - four).max() <= 1
+    assert (one != four).mean() < 1e-3
+    assert np.array_equal(four, results[(4, 5)])
+    assert np.array_equal(four, results[(4, 1)])
+
+
+def test_safetensors_weights_load_like_the_pth(tmp_path, tiny_weights):
+    from safetensors.torch import save_file
+
+    params = rrdbnet_params(tiny_weights)
+    save_file({k: v.contiguous() for k, v in params.items()}, tmp_path / "tiny.safetensors")
+    loaded = rrdbnet_params(tmp_path / "tiny.safetensors")
+    assert loaded.keys() == params.keys()
+    assert all(torch.equal(loaded[k], params[k]) for k in params)
+    assert build_rrdbnet(loaded).native_scale == 4

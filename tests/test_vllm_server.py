@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blkassist.captions import tiny_vlm
+from tests import tiny_vlm
 from tests.vllm_fixture import vllm_server  # noqa: F401
 
 

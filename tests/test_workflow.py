@@ -40,9 +40,10 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def test_demo_default_builds_the_mural_then_has_nothing_to_do(tmp_path):
+def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path):
+    """What `make demo` runs: rule all, with the mural made by the demo's own fine-tune."""
     config = REPO / "config" / "config.yaml"
-    run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    run_snakemake(tmp_path, [config])
     final = tmp_path / "results" / "mural_final.tif"
     demo = yaml.safe_load(config.read_text())
     with tifffile.TiffFile(final) as tif:
@@ -53,13 +54,16 @@ def test_demo_default_builds_the_mural_then_has_nothing_to_do(tmp_path):
         )
     provenance = json.loads((tmp_path / "results" / "mural_final.provenance.json").read_text())
     assert provenance["result"]["sha256"] == sha256(final)
-    assert provenance["model"]["name"] == "realesrgan-x4plus"
+    assert provenance["model"]["name"] == "esrgan:demo"
     assert provenance["model"]["weights"]["sha256"] == sha256(
-        tmp_path / "work" / "models" / "realesrgan-x4plus.pth"
+        tmp_path / "work" / "models" / "esrgan-demo.pth"
     )
     assert provenance["source"]["sha256"] == sha256(tmp_path / demo["demo_artwork"]["path"])
     assert {"torch", "libvips", "zarr", "blkassist"} <= set(provenance["versions"])
-    again = run_snakemake(tmp_path, [config], "results/mural_final.tif")
+    for made in ("results/esrgan/demo/model_card.json", "results/conceptor/demo/model_card.json",
+                 "results/captions/demo_review.html", "datasets/conceptor"):  # fmt: skip
+        assert (tmp_path / made).exists(), made
+    again = run_snakemake(tmp_path, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -80,7 +84,7 @@ def resume_config(tmp_path: Path, weights: Path) -> Path:
     return write_config(tmp_path, config)
 
 
-def test_sigkill_mid_upscale_then_rerun_finishes_identically(tmp_path):
+def test_sigkill_mid_upscale_then_rebatch_keeps_tiles_and_finishes_identically(tmp_path):
     weights = tmp_path / "slowish.pth"
     save_tiny_rrdbnet(weights, num_block=4, num_feat=32)  # ~0.15 s a tile
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
@@ -99,30 +103,79 @@ def test_sigkill_mid_upscale_then_rerun_finishes_identically(tmp_path):
     )
     progress = killed_dir / "work" / "m" / "canvas1.progress"
     deadline = time.monotonic() + 300
-    interrupted = None
-    while time.monotonic() < deadline and interrupted is None:
+    done_before = set()
+    while time.monotonic() < deadline and not done_before:
         for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
-            batch = record.stem.split("-")[1]
+            first = int(record.stem.split("-")[1])
             done = record.read_text().split()
-            marker = killed_dir / "work" / "m" / "pass1" / f"batch-{batch}.done"
+            marker = killed_dir / "work/m/pass1" / f"tiles-{first}-{first + 7}.done"
             if 0 < len(done) < 8 and not marker.exists():
-                interrupted = batch
+                done_before = {int(tile) for tile in done}
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert interrupted is not None, "never caught a batch halfway"
+    assert done_before, "never caught a batch halfway"
     assert not (killed_dir / "results" / "m_final.tif").exists()
 
+    rebatched = yaml.safe_load(config.read_text())
+    rebatched["murals"]["m"]["tiles_per_job"] = 5  # 24 tiles: ranges no longer line up
+    config = write_config(killed_dir, rebatched)
     run_snakemake(killed_dir, [config])
-    markers = {
-        p.stem: json.loads(p.read_text()) for p in (killed_dir / "work/m/pass1").glob("*.done")
-    }
-    assert len(markers) == 3
-    assert markers[f"batch-{interrupted}"]["skipped"] > 0  # finished tiles were not redone
+    markers = [json.loads(p.read_text()) for p in (killed_dir / "work/m/pass1").glob("*.done")]
+    new = [m for m in markers if m["stop"] - m["first"] != 8]  # the new batching's
+    assert sum(m["skipped"] for m in new) >= len(done_before)  # finished tiles were not redone
     assert sha256(killed_dir / "results/m_final.tif") == sha256(
         reference_dir / "results/m_final.tif"
     )
     again = run_snakemake(killed_dir, [config])
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_scheduling_knobs_redo_nothing_and_compression_reruns_only_assembly(tmp_path):
+    Image.fromarray(textured(70, 90)).save(tmp_path / "art.png")
+    mural = {"source": "art.png", "model": "lanczos", "tile": 32, "tiles_per_job": 2}
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    run_snakemake(tmp_path, [config])
+    final = tmp_path / "results/m_final.tif"
+    before = sha256(final)
+    for knob, value in [("tiles_per_job", 5), ("tiles_per_forward", 3)]:
+        mural[knob] = value
+        config = write_config(tmp_path, {"murals": {"m": mural}, "gpu": {"lock_dir": "locks"}})
+        dry = run_snakemake(tmp_path, [config], "-n")
+        assert "Nothing to be done" in dry.stdout + dry.stderr, knob
+    mural["compression"] = "lzw"
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    counts = job_counts(run_snakemake(tmp_path, [config], "-n").stdout)
+    assert counts["assemble_mural"] == 1
+    assert not {"ingest_source", "allocate_canvas", "check_mural"} & set(counts)
+    mural["pad"] = 8  # defines pixels: the pass is redone
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    counts = job_counts(run_snakemake(tmp_path, [config], "-n").stdout)
+    assert counts["allocate_canvas"] == 1 and counts["upscale_tile_batch"] == 2
+    assert sha256(final) == before
+
+
+def test_canvases_are_outputs_that_temporary_removes_once_used(tmp_path):
+    Image.fromarray(textured(50, 70)).save(tmp_path / "art.png")
+    mural = {"source": "art.png", "model": "lanczos", "scale": 8, "tile": 32}
+    kept = write_config(tmp_path, {"murals": {"m": mural}}, "kept.yaml")
+    temporary = write_config(
+        tmp_path, {"murals": {"m": mural}, "canvases": {"temporary": True}}, "temp.yaml"
+    )
+    canvases = sorted(f"canvas{k}.zarr" for k in range(3))  # two passes: 4x then 2x
+    run_snakemake(tmp_path, [kept])
+    assert sorted(p.name for p in (tmp_path / "work/m").glob("canvas*.zarr")) == canvases
+    run_snakemake(tmp_path, [temporary], "--delete-temp-output")
+    assert not list((tmp_path / "work/m").glob("canvas*.zarr"))
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(tmp_path / "art.png", fresh)
+    run_snakemake(fresh, [temporary])
+    assert not list((fresh / "work/m").glob("canvas*.zarr"))  # each removed once used
+    image = pyvips.Image.new_from_file(str(fresh / "results/m_final.tif"))
+    assert (image.width, image.height) == (560, 400)
+    again = run_snakemake(fresh, [temporary])
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -243,7 +296,8 @@ def test_production_dry_run_lists_every_tile_batch(tmp_path):
     counts = job_counts(result.stdout)
     assert counts["upscale_tile_batch"] == 48
     assert counts["assemble_mural"] == 1
-    assert "work/mural/pass1/batch-47.done" in result.stdout
+    assert "work/mural/pass1/tiles-752-767.done" in result.stdout
+    assert "mural mural: 64000x48000 (3.07 Gpx), 1 pass(es), 768 tiles in 48 jobs" in result.stdout
     print(f"production dry-run: {elapsed:.1f} s")
 
 

@@ -36,7 +36,7 @@ def build_tiny_model(python: Path, out_dir: Path, seed: int = 0) -> Path:
         "TRANSFORMERS_OFFLINE": "1",
     }
     proc = subprocess.run(
-        [str(python), "-m", "blkassist.captions.tiny_vlm", str(out_dir), "--seed", str(seed)],
+        [str(python), "-m", "tests.tiny_vlm", str(out_dir), "--seed", str(seed)],
         env=env,
         capture_output=True,
         text=True,

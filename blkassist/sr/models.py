@@ -25,7 +25,8 @@ _ALPHA_FLOOR = 1.0 / 512  # below this the colour of a pixel is meaningless
 
 
 def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The generator state dict from a Real-ESRGAN .pth (params_ema preferred)."""
+    """The generator state dict from a Real-ESRGAN .pth (params_ema preferred) or a
+    .safetensors file, loaded without executing any code from the file."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
@@ -33,9 +34,19 @@ def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "murals.NAME.model in your config."
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded = load_file(path, device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelFileError(f"{path}: not a readable PyTorch weight file ({error}).") from None
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(
+            f"{path}: not a weights-only PyTorch or safetensors file ({cause}). Files that "
+            "need code to load are refused; re-export the state dict (torch.save of "
+            "tensors only) or convert it to .safetensors."
+        ) from None
     for key in ("params_ema", "params"):
         if isinstance(loaded, dict) and key in loaded:
             return loaded[key]

@@ -1,4 +1,10 @@
-"""The upscale path's jobs: allocate a pass's canvas, run a tile batch, assemble the mural."""
+"""The upscale path's jobs: allocate a pass's canvas, run a tile batch, check a pass is whole.
+
+A pass is defined by its allocation record (canvasK.json): the plan geometry and how its
+pixels are made (model, pad, precision). Scheduling (which tiles a job takes, tiles per
+forward, threads, the device lock folder) is given to each job separately and never
+written into that record, so re-batching never invalidates finished tiles.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,17 @@ from dataclasses import asdict
 
 from blkassist import canvas
 from blkassist.devices import lease_device
+from blkassist.errors import BlkAssistError
 from blkassist.fsutil import read_json, write_json
 from blkassist.sr.lanczos import LanczosUpscaler
-from blkassist.sr.tiler import ProgressLog, upscale_batch
+from blkassist.sr.tiler import ProgressLog, upscale_tiles
 from blkassist.tiling import PassPlan
 
 log = logging.getLogger(__name__)
+
+
+class IncompletePassError(BlkAssistError):
+    """A pass's canvas is missing tiles although every batch says it finished."""
 
 
 def _canvas_path(reference: str) -> str:
@@ -21,8 +32,22 @@ def _canvas_path(reference: str) -> str:
     return read_json(reference)["canvas"] if reference.endswith(".json") else reference
 
 
-def allocate_pass(plan_fields: dict, previous: str, target: str, progress: str, record: str):
-    """Create pass `plan`'s empty output canvas and forget any earlier tile progress."""
+def allocate_pass(
+    plan_fields: dict,
+    previous: str,
+    target: str,
+    progress: str,
+    record: str,
+    upscale: dict | None = None,
+):
+    """Create pass `plan`'s empty output canvas and forget any earlier tile progress.
+
+    `plan_fields` is the pass geometry (PassPlan.geometry()); `upscale` says how its pixels
+    are made ({"model", "pad", "precision"}); both go into the record the batches read.
+    `previous` is canvas0.zarr or the previous pass's allocation record (.json).
+    """
+    if previous.endswith(".json"):
+        require_complete(previous)
     plan = PassPlan(**plan_fields)
     source = canvas.open_canvas(_canvas_path(previous))
     if source.shape[:2] != (plan.input_height, plan.input_width):
@@ -40,7 +65,8 @@ def allocate_pass(plan_fields: dict, previous: str, target: str, progress: str, 
             "input_canvas": _canvas_path(previous),
             "progress": progress,
             "bands": bands,
-            "plan": asdict(plan),
+            "plan": plan.geometry(),
+            "upscale": upscale or {},
         },
     )
     log.info(
@@ -52,6 +78,23 @@ def allocate_pass(plan_fields: dict, previous: str, target: str, progress: str, 
         plan.output_height,
         plan.tile_count,
     )
+
+
+def require_complete(allocation: str) -> None:
+    """Refuse to go on from a pass whose progress log lacks tiles (never expected: a guard
+    against a marker written by a different batching or a hand-edited work folder)."""
+    record = read_json(allocation)
+    if "windows" in record:
+        return  # a refinement pass (blkassist.refine): whole once its blend markers exist
+    plan = PassPlan(**record["plan"])
+    done = ProgressLog(record["progress"], 0).finished()
+    missing = sorted(set(range(plan.tile_count)) - done)
+    if missing:
+        raise IncompletePassError(
+            f"{allocation}: {len(missing)} of {plan.tile_count} tiles of pass {plan.number} "
+            f"are not finished (first: {missing[:5]}). Rerun the same command; if this "
+            "persists, delete the pass's batch markers (work/MURAL/passK/) and rerun."
+        )
 
 
 def _make_upscaler(model: str, weights, device: str, precision: str, threads: int):
@@ -67,31 +110,52 @@ def _make_upscaler(model: str, weights, device: str, precision: str, threads: in
 
 def run_tile_batch(
     allocation: str,
-    batch: int,
-    model: str,
+    tiles: tuple[int, int],
     weights: str | None,
-    pad: int,
     tiles_per_forward: int,
-    precision: str,
     lock_dir: str,
     threads: int,
     marker: str,
+    batch: int = 0,
 ) -> None:
+    """Upscale tiles [first, stop) of the pass described by `allocation`.
+
+    Tiles already in the pass's progress log are skipped; when all are, the model is not
+    even loaded (a re-batched, finished pass costs one job start per batch).
+    """
     record = read_json(allocation)
     plan = PassPlan(**record["plan"])
+    settings = record["upscale"]
     source = canvas.open_canvas(record["input_canvas"])
     target = canvas.open_canvas(record["canvas"], mode="r+")
     progress = ProgressLog(record["progress"], batch)
-    with lease_device(lock_dir) as lease:
-        upscaler = _make_upscaler(model, weights, lease.torch_device, precision, threads)
-        per_forward = tiles_per_forward if lease.device == "cuda" else 1
-        report = upscale_batch(plan, batch, source, target, upscaler, pad, progress, per_forward)
-    log.info(
-        "batch %d: %d tiles (%d already done) in %.1f s on %s",
-        batch,
-        report.tiles,
-        report.skipped,
-        report.seconds,
-        lease.torch_device,
+    todo = plan.tiles_between(*tiles)
+    device = "none"
+    if set(range(*tiles)) <= progress.finished():
+        log.info("tiles %d-%d: all finished already", tiles[0], tiles[1] - 1)
+        report = None
+    else:
+        with lease_device(lock_dir) as lease:
+            device = lease.device
+            upscaler = _make_upscaler(
+                settings["model"], weights, lease.torch_device, settings["precision"], threads
+            )
+            pad = settings["pad"]
+            report = upscale_tiles(
+                plan, todo, source, target, upscaler, pad, progress, tiles_per_forward
+            )
+        log.info(
+            "tiles %d-%d: %d (%d already done) in %.1f s on %s, %d per forward",
+            tiles[0],
+            tiles[1] - 1,
+            report.tiles,
+            report.skipped,
+            report.seconds,
+            lease.torch_device,
+            tiles_per_forward,
+        )
+    summary = asdict(report) if report else {"tiles": len(todo), "skipped": len(todo)}
+    write_json(
+        marker,
+        {"batch": batch, "first": tiles[0], "stop": tiles[1], "device": device, **summary},
     )
-    write_json(marker, {"batch": batch, "device": lease.device, **asdict(report)})

@@ -87,25 +87,49 @@ def upscale_batch(
     tiles_per_forward: int = 1,
 ) -> BatchReport:
     """Upscale the tiles of `batch` from canvas `source` into canvas `target`."""
-    started = time.perf_counter()
     tiles = plan.batch_tiles(batch)
+    return upscale_tiles(plan, tiles, source, target, upscaler, pad, progress, tiles_per_forward)
+
+
+def upscale_tiles(
+    plan: PassPlan,
+    tiles: list[Tile],
+    source,
+    target,
+    upscaler: Callable[[np.ndarray, int], np.ndarray],
+    pad: int,
+    progress: ProgressLog,
+    tiles_per_forward: int = 1,
+) -> BatchReport:
+    """Upscale `tiles` from canvas `source` into canvas `target`, skipping finished ones.
+
+    Forward groups are formed over the whole pass, not over `tiles`: a floating-point
+    forward can differ in the last bit with the number of windows stacked, so a tile is
+    always computed in the same company whatever the batching or the resume state. A group
+    that straddles the job's range is computed whole; only the job's own tiles are written.
+    """
+    started = time.perf_counter()
+    own = {tile.index for tile in tiles}
     done = progress.finished()
-    skipped = 0
     scale = plan.scale
-    for group in forward_groups(tiles, plan, pad, tiles_per_forward):
-        if all(tile.index in done for tile in group):
-            skipped += len(group)
+    groups = forward_groups(plan.tiles_between(0, plan.tile_count), plan, pad, tiles_per_forward)
+    for group in groups:
+        mine = [tile for tile in group if tile.index in own]
+        if not mine or all(tile.index in done for tile in mine):
             continue
         boxes = [tile.padded(pad, plan.input_width, plan.input_height) for tile in group]
         windows = np.stack([np.asarray(source[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes])
         upscaled = upscaler(windows, scale)
         for tile, (x0, y0, _, _), out in zip(group, boxes, upscaled, strict=True):
+            if tile.index not in own:
+                continue
             top, left = (tile.y - y0) * scale, (tile.x - x0) * scale
-            own = out[top : top + tile.height * scale, left : left + tile.width * scale]
+            pixels = out[top : top + tile.height * scale, left : left + tile.width * scale]
             target[
                 tile.y * scale : (tile.y + tile.height) * scale,
                 tile.x * scale : (tile.x + tile.width) * scale,
-            ] = own
-        progress.mark(tile.index for tile in group)
-        log.info("tiles %s done", [tile.index for tile in group])
+            ] = pixels
+        progress.mark(tile.index for tile in mine)
+        log.info("tiles %s done", [tile.index for tile in mine])
+    skipped = len(own & done)
     return BatchReport(len(tiles), skipped, time.perf_counter() - started)

@@ -23,7 +23,7 @@ Design constraints:
 * only torch / transformers / tokenizers / safetensors are imported, so the module can run in
   the separate vLLM virtual environment::
 
-      .venv-vllm/bin/python -m blkassist.captions.tiny_vlm OUT_DIR [--seed N]
+      .venv-vllm/bin/python -m tests.tiny_vlm OUT_DIR [--seed N]
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
 
     (out_dir / "README.md").write_text(
         "Tiny random Idefics3 (SmolVLM architecture) for tests, written by\n"
-        "blkassist.captions.tiny_vlm. Random weights: the generated text is gibberish.\n"
+        "tests.tiny_vlm. Random weights: the generated text is gibberish.\n"
         + json.dumps({"seed": seed, "image_seq_len": IMAGE_SEQ_LEN, "tile_size": TILE_SIZE})
         + "\n"
     )

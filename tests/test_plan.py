@@ -1,0 +1,168 @@
+"""Planning and preflight: the numbers before a run, and what must fail in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from blkassist.errors import ModelFileError
+from blkassist.plan import (
+    DiskSpaceError,
+    PassCost,
+    check_disk,
+    check_model,
+    estimate,
+    peak_disk_bytes,
+    plan_line,
+    sr_pass_costs,
+)
+from blkassist.tiling import plan_mural
+from tests.conftest import run_snakemake, save_tiny_rrdbnet, snakemake_cmd, textured, write_config
+
+
+def test_estimate_sums_passes_of_any_kind():
+    plan = plan_mural(1000, 800, scale=8, tile=256, tiles_per_job=4)
+    sr = sr_pass_costs(plan, 3, "realesrgan-x4plus", 32, seconds_per_tile=2.0)
+    assert [c.tiles for c in sr] == [4 * 4, 16 * 13]
+    refine = PassCost("diffusion pass A", tiles=10, jobs=2, seconds_per_tile=30.0,
+                      canvas_bytes=8000 * 6400 * 3)  # fmt: skip
+    report = estimate((1000, 800), (8000, 6400), 3, [*sr, refine])
+    assert report["tiles"] == 16 + 208 + 10
+    assert report["jobs"] == 4 + 52 + 2
+    assert report["gpu_hours"] == pytest.approx(((16 + 208) * 2.0 + 300) / 3600)
+    canvases = report["disk_bytes"]["canvases"]
+    assert canvases == {
+        "canvas0": 1000 * 800 * 3,
+        "canvas1": 4000 * 3200 * 3,
+        "canvas2": 8000 * 6400 * 3,
+        "canvas3": 8000 * 6400 * 3,
+    }
+    assert report["disk_bytes"]["result"] == int(8000 * 6400 * 3 * 4 / 3)
+    assert "234 tiles in 58 jobs" in plan_line("m", report)
+    assert peak_disk_bytes(report, temporary=False) == report["disk_bytes_total"]
+    # temporary canvases: at most the last canvas and the result at once, here
+    assert peak_disk_bytes(report, temporary=True) == canvases["canvas3"] + int(
+        8000 * 6400 * 3 * 4 / 3
+    )
+
+
+def test_lanczos_costs_no_gpu_hours():
+    plan = plan_mural(100, 100, scale=4, tile=50)
+    report = estimate((100, 100), (400, 400), 4, sr_pass_costs(plan, 4, "lanczos", 8))
+    assert report["gpu_hours"] == 0 and report["tiles"] == 4
+
+
+def test_disk_preflight_fails_with_the_numbers(tmp_path):
+    free = check_disk(1, tmp_path)
+    with pytest.raises(DiskSpaceError, match=r"needs up to .* bytes.*free there") as error:
+        check_disk(free * 10, tmp_path / "work")
+    assert f"{free * 10:,}" in str(error.value)
+    old = tmp_path / "old_canvas"
+    old.mkdir()
+    (old / "chunk").write_bytes(b"x" * 5000)
+    assert check_disk(1, tmp_path, replaced=[old]) >= 5000  # what a rerun replaces is free
+
+
+def test_model_check_reads_scale_and_refuses_what_does_not_fit(tmp_path):
+    plan = plan_mural(64, 64, scale=4, tile=32).passes
+    x4 = save_tiny_rrdbnet(tmp_path / "x4.pth")
+    assert check_model(x4, plan)["native_scale"] == 4
+    x2 = save_tiny_rrdbnet(tmp_path / "x2.pth", scale=2)
+    with pytest.raises(ModelFileError, match=r"x2\.pth: a x2 model, but the plan has a x4"):
+        check_model(x2, plan)
+    assert check_model(x2, plan_mural(64, 64, scale=2, tile=32).passes)["native_scale"] == 2
+
+
+class Payload:
+    """Unpickling this would run code: weights-only loading must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.slow
+def test_bad_models_fail_before_ingest_and_plan_target(tmp_path):
+    Image.fromarray(textured(96, 128)).save(tmp_path / "art.png")
+    (tmp_path / "notes.pth").write_text("not weights\n")
+    torch.save({"params_ema": Payload()}, tmp_path / "code.pth")
+    save_tiny_rrdbnet(tmp_path / "x2.pth", scale=2)
+    murals = {
+        name: {"source": "art.png", "model": model, "tile": 32, "tiles_per_job": 3}
+        for name, model in [("junk", "notes.pth"), ("code", "code.pth"), ("x2", "x2.pth"),
+                            ("missing", "nowhere.pth")]
+    }  # fmt: skip
+    murals["good"] = {"source": "art.png", "model": "lanczos", "tile": 32, "tiles_per_job": 5,
+                      "seconds_per_tile": 3.6}  # fmt: skip
+    config = write_config(tmp_path, {"murals": murals})
+    dry = run_snakemake(tmp_path, [config], "-n")
+    assert "mural good: 512x384 (0.00 Gpx), 1 pass(es), 12 tiles in 3 jobs" in dry.stdout
+    result = run_snakemake(tmp_path, [config], "--keep-going", check=False)
+    messages = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "notes.pth: not a weights-only PyTorch or safetensors file" in messages
+    assert "code.pth: not a weights-only PyTorch or safetensors file" in messages
+    assert "pwned" not in messages
+    assert "x2.pth: a x2 model, but the plan has a x4 pass" in messages
+    assert "nowhere.pth: model file not found" in messages
+    for name in ("junk", "code", "x2"):
+        assert (tmp_path / f"work/{name}/probe.json").exists()
+        assert not (tmp_path / f"work/{name}/canvas0.zarr").exists()  # no heavy work
+    assert (tmp_path / "results/good_final.tif").exists()
+
+    run_snakemake(tmp_path, [config], "results/good_plan.json")
+    plan = json.loads((tmp_path / "results/good_plan.json").read_text())
+    assert (plan["tiles"], plan["jobs"]) == (12, 3)
+    assert plan["disk_bytes"]["canvases"]["canvas1"] == 512 * 384 * 3
+    assert plan["passes"][0]["seconds_per_tile"] == 3.6
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    save_tiny_rrdbnet(tmp_path / "slow.pth", num_block=4, num_feat=32)
+    Image.fromarray(textured(192, 256)).save(tmp_path / "art.png")
+    mural = {"source": "art.png", "model": "slow.pth", "tile": 32, "tiles_per_job": 48}
+    config = write_config(tmp_path, {"murals": {"m": mural}})
+    first = subprocess.Popen(
+        snakemake_cmd(tmp_path, [config]),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
+    )
+    try:
+        locks = tmp_path / ".snakemake" / "locks"
+        deadline = time.monotonic() + 120
+        while not (locks.is_dir() and any(locks.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before it could be overlapped"
+        second = run_snakemake(tmp_path, [config], check=False)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr
+        assert "Removed stale Snakemake lock" not in second.stdout
+        assert first.wait(timeout=600) == 0  # the first run was not disturbed
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert (tmp_path / "results/m_final.tif").exists()
+
+
+@pytest.mark.slow
+def test_a_mural_too_big_for_the_disk_fails_at_its_check_with_the_numbers(tmp_path):
+    import pyvips
+
+    pyvips.Image.black(4000, 3000, bands=3).write_to_file(str(tmp_path / "big.png"))
+    mural = {"source": "big.png", "model": "lanczos", "scale": 64, "tiles_per_job": 100000}
+    config = write_config(tmp_path, {"murals": {"huge": mural}})
+    result = run_snakemake(tmp_path, [config], check=False)
+    messages = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the mural needs up to" in messages and "are free there" in messages
+    assert "canvases.temporary" in messages
+    assert not (tmp_path / "work/huge/canvas0.zarr").exists()
