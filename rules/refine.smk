@@ -11,6 +11,7 @@ wildcard_constraints:
 rule allocate_refinement:
     input:
         unpack(refine_allocation_inputs),
+        report="work/{mural}/probe.json",  # the plan behind params
     output:
         allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
     log:
@@ -31,6 +32,7 @@ rule allocate_refinement:
 rule refine_tile_batch:
     input:
         allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        report="work/{mural}/probe.json",  # the plan behind params
         model=lambda wildcards: refine_model(wildcards.mural),
         lora=lambda wildcards: REFINE[wildcards.mural].lora or [],
     output:
@@ -89,6 +91,7 @@ rule measure_seams:
 rule refine_report:
     input:
         unpack(refine_report_inputs),
+        report="work/{mural}/probe.json",  # the plan behind params
     output:
         seams_png=report(
             "results/{mural}_seams.png",

@@ -23,6 +23,7 @@ checkpoint probe_source:
 rule check_mural:
     input:
         weights=model_weights,
+        report="work/{mural}/probe.json",  # the plan behind params
     output:
         # temp(): used once by the ingest; afterwards only a change of what it checks
         # (recorded in Snakemake's metadata) runs it again, and then everything after it.
