@@ -10,7 +10,7 @@ include: "rules/refine_common.smk"
 
 wildcard_constraints:
     mural="|".join(MURALS) or "(?!)",
-    step=r"\d+",
+    step=r"[1-9]\d*",
     batch=r"\d+",
     model="|".join(NCNN_MODELS),
     collection="|".join(COLLECTIONS) or "(?!)",

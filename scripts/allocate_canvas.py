@@ -6,7 +6,7 @@ from blkassist.sr.passes import allocate_pass
 with rule_logging(snakemake):
     allocate_pass(
         snakemake.params.plan,
-        snakemake.input.get("allocation", snakemake.input.canvas),
+        snakemake.input.get("allocation") or snakemake.input.canvas,
         snakemake.output.canvas,
         snakemake.params.progress,
         snakemake.output.allocation,

@@ -77,8 +77,9 @@ def batch_job_ids(cluster: SlurmCluster, batch: str) -> list[str]:
     return [
         job["JobId"]
         for job in cluster.jobs()
-        # the plugin's comment: rule_RULE_wildcards_ then the wildcard values (mural_step_batch)
-        if job.get("Comment") == f"rule_upscale_tile_batch_wildcards_m_1_{batch}"
+        # the plugin's comment: rule_RULE_wildcards_ then the wildcard values
+        # (mural_step_first_last); a batch's progress log is named by its first tile
+        if job.get("Comment", "").startswith(f"rule_upscale_tile_batch_wildcards_m_1_{batch}_")
         and job.get("JobState") == "RUNNING"
     ]
 
@@ -126,7 +127,8 @@ def test_mural_on_slurm_matches_local_and_resumes_a_scancelled_job(cluster, tmp_
         cwd=on_slurm, env=slurm_env(), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-6000:]
-    marker = on_slurm / "work" / "m" / "pass1" / f"batch-{cancelled[0]}.done"
+    first = int(cancelled[0])
+    marker = on_slurm / "work" / "m" / "pass1" / f"tiles-{first}-{first + TILES_PER_JOB - 1}.done"
     assert json.loads(marker.read_text())["skipped"] > 0
     assert sha256(on_slurm / "results/m_final.tif") == sha256(local / "results/m_final.tif")
 
@@ -142,7 +144,7 @@ def test_mural_on_slurm_matches_local_and_resumes_a_scancelled_job(cluster, tmp_
         gpu_job = "upscale_tile_batch" in job.get("Comment", "")
         asked = "gres:gpu:1" in job.get("TresPerJob", "") + job.get("TresPerNode", "")
         assert asked == gpu_job, job
-    batch_logs = list((on_slurm / "logs" / "m" / "pass1").glob("batch-*.log"))
+    batch_logs = list((on_slurm / "logs" / "m" / "pass1").glob("tiles-*.log"))
     assert batch_logs
     for log in batch_logs:
         seen = re.search(
