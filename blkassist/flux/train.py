@@ -43,8 +43,11 @@ def train_run(
     title: str | None = None,
     contact_sheet: str | None = None,
     loss_plot: str | None = None,
+    trainer_factory=None,
 ) -> dict:
-    """Train (or resume) and export; `config` is the schema-validated recipe mapping."""
+    """Train (or resume) and export; `config` is the schema-validated recipe mapping.
+    `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
+    trainer other than the plain FluxLoraTrainer (e.g. the Stencil curriculum)."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux
     from blkassist.flux.trainer import FluxLoraTrainer
@@ -64,7 +67,8 @@ def train_run(
             quantize=recipe.quantize,
             gradient_checkpointing=recipe.gradient_checkpointing,
         )
-        trainer = FluxLoraTrainer(recipe, components, train_dir, run_dir, validation_dir)
+        factory = trainer_factory or FluxLoraTrainer
+        trainer = factory(recipe, components, train_dir, run_dir, validation_dir)
         log.info(
             "training %s on %s: %d images (%d held out), run folder %s, optimiser %s, "
             "resuming from %s",
