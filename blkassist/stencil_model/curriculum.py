@@ -79,7 +79,7 @@ class Curriculum:
     def shares(self, stage: int) -> list[float]:
         """Share of the draws per group (singles, pairs, triples and extras) in `stage`."""
         p, t = self.pairs_share, self.triples_share
-        return [[1.0], [1 - p, p], [1 - p - t, p, t]][stage]
+        return [[1.0], [round(1 - p, 12), p], [round(1 - p - t, 12), p, t]][stage]
 
 
 def read_stencil_set(dataset_dir: str | Path, multiple: int):
