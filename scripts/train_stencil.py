@@ -3,7 +3,7 @@ transparent VAE; export it with its model card, RGBA contact sheet and loss plot
 
 from blkassist.flux.train import train_run
 from blkassist.runlog import rule_logging
-from blkassist.stencil_model.curriculum import Curriculum, stencil_trainer_factory
+from blkassist.stencil_model.curriculum import Curriculum, stencil_training
 
 with rule_logging(snakemake):
     run, i = snakemake.wildcards.stencil_run, snakemake.input
@@ -12,7 +12,7 @@ with rule_logging(snakemake):
     curriculum = Curriculum.from_config(
         settings["curriculum"], settings["recipe"]["steps"], f"{key}.curriculum"
     )
-    factory = stencil_trainer_factory(
+    stencil = stencil_training(
         i.vae_spec, i.vae, curriculum, layer_lora=(i.layer_lora or [None])[0]
     )
     train_run(
@@ -21,5 +21,5 @@ with rule_logging(snakemake):
         chosen_step=snakemake.params.chosen_step, key=f"{key}.recipe",
         title="Flux.1-dev Stencil style LoRA (RGBA assets, curriculum)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
-        trainer_factory=factory,
+        **stencil,
     )  # fmt: skip

@@ -260,3 +260,47 @@ def test_samples_are_rgba_over_a_checkerboard_and_the_card_has_the_stages(datase
     assert [s["shares"] for s in stages] == shares
     assert card["transparent_vae"]["sha256"] == "sha-0"
     assert sum(s["images_added"] for s in stages) == len(card["data"]["images"])
+
+
+def layer_lora_file(tmp_path) -> Path:
+    """A LoRA for the tiny Flux in the diffusers format, big enough to change the image."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    components = load_flux(TINY_SPEC)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
+    components.transformer.add_adapter(config)
+    with torch.no_grad():
+        for key, param in components.transformer.named_parameters():
+            if "lora_" in key:
+                param.normal_(0, 0.3)
+    state = get_peft_model_state_dict(components.transformer)
+    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=state, weight_name="l.st")
+    return tmp_path / "l.st"
+
+
+def test_layer_lora_is_fused_before_the_base_is_quantised(dataset, tmp_path):
+    from blkassist.flux.generate import render
+    from blkassist.probe import sha256_file
+    from blkassist.stencil_model.assets import fuse_layer_lora
+    from blkassist.stencil_model.curriculum import stencil_training
+    from blkassist.stencil_model.vae import save_weights
+
+    layer = layer_lora_file(tmp_path)
+    save_weights(tiny_vae(0), tmp_path / "vae.pth")
+    settings = recipe("stencil", **{**STENCIL_SMALL, "quantize": True})
+    job = stencil_training(str(TINY_VAE_SPEC), str(tmp_path / "vae.pth"), CURRICULUM, str(layer))
+    components = job["loader"](TINY_SPEC, "cpu", settings)
+    base, fused = load_flux(TINY_SPEC), load_flux(TINY_SPEC)
+    fuse_layer_lora(fused.pipeline(), layer)
+    assert components.quantized and components.identity["model"] != base.identity["model"]
+    sample = {"seed": 3, "width": 32, "height": 32, "steps": 2, "guidance": 3.5,
+              "max_sequence_length": 32, "prompt": "cube", "output_type": "latent"}  # fmt: skip
+    got, want, plain = (render(c.pipeline(), **sample) for c in (components, fused, base))
+    assert (got - want).abs().mean() < 0.5 * (got - plain).abs().mean()
+    trainer = job["trainer_factory"](settings, components, dataset, tmp_path / "run", None)
+    assert trainer.vae_record["layer_lora"]["sha256"] == sha256_file(layer)
+    assert trainer.vae_record["sha256"] == sha256_file(tmp_path / "vae.pth")

@@ -328,33 +328,42 @@ class StencilTrainer(FluxLoraTrainer):
         return card
 
 
-def stencil_trainer_factory(
+def stencil_training(
     vae_spec: str, vae_weights: str, curriculum: Curriculum, layer_lora: str | None = None
-):
-    """A train_run trainer_factory: loads the transparent VAE (and fuses the layer LoRA)
-    on the leased device, then builds the StencilTrainer."""
+) -> dict:
+    """train_run's `loader` and `trainer_factory` for a Stencil run: Flux with the layer
+    LoRA fused before any 8-bit quantisation (quantised weights cannot take a fused LoRA),
+    then the transparent VAE on the leased device and the StencilTrainer."""
+    from blkassist.flux.loader import load_flux, quantize_transformer
     from blkassist.stencil_model.assets import fuse_layer_lora, vae_identity
     from blkassist.stencil_model.vae import load_transparent_vae
 
     record = vae_identity(vae_spec, vae_weights)  # the file checked before Flux loads
+    fused = {}
 
-    def make(recipe, components, train_dir, run_dir, validation_dir):
-        vae = load_transparent_vae(vae_spec, vae_weights, components.device, components.dtype)
+    def loader(model, device, recipe):
+        components = load_flux(model, device, gradient_checkpointing=recipe.gradient_checkpointing)
         if layer_lora:
-            fused = fuse_layer_lora(components.pipeline(), layer_lora)
-            model = components.identity["model"]
-            components.identity["model"] = content_key(model, fused["sha256"])[:16]
+            fused.update(fuse_layer_lora(components.pipeline(), layer_lora))
+            identity = components.identity["model"]
+            components.identity["model"] = content_key(identity, fused["sha256"])[:16]
+        if recipe.quantize:
+            quantize_transformer(components)
+        return components
+
+    def trainer_factory(recipe, components, train_dir, run_dir, validation_dir):
+        vae = load_transparent_vae(vae_spec, vae_weights, components.device, components.dtype)
         return StencilTrainer(
             recipe,
             components,
             train_dir,
             run_dir,
             vae=vae,
-            vae_record={**record, "layer_lora": fused if layer_lora else None},
+            vae_record={**record, "layer_lora": fused or None},
             curriculum=curriculum,
         )
 
-    return make
+    return {"loader": loader, "trainer_factory": trainer_factory}
 
 
 def check_stencil_runs(stencil: dict) -> None:
