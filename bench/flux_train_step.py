@@ -30,25 +30,29 @@ SCHEMA = REPO / "config" / "schema.yaml"
 TINY_SPEC = REPO / "resources" / "flux" / "tiny.yaml"
 
 
-def stencil_trainer(recipe, size: int, work: Path):
-    """A StencilTrainer on a real (small) Stencil set, already in its last curriculum stage."""
+def stencil_trainer(recipe, size: int, work: Path, components=None, vae_spec=None):
+    """A StencilTrainer on a real (small) Stencil set at about size^2 pixels (buckets per
+    category), with a random transparent VAE, already in its last curriculum stage. Also
+    used by bench/stencil_gpu_check.py with the full-size models."""
     from blkassist.config import validate_config
     from blkassist.flux.loader import load_flux
     from blkassist.stencil.dataset import build_stencil_dataset
     from blkassist.stencil_model.curriculum import Curriculum, StencilTrainer
     from blkassist.stencil_model.vae import TINY_VAE_SPEC, load_transparent_vae
 
+    components = components or load_flux(TINY_SPEC)
+    vae_spec = vae_spec or TINY_VAE_SPEC
     resolution = max(128, -(-size // 64) * 64)
     config = {"stencil": {"datasets": {"b": {"size": 8, "resolution": resolution}}}}
     validate_config(config, SCHEMA)
     dataset = work / f"stencil-{size}" / "stencil-b"
     stencil = config["stencil"]
     build_stencil_dataset("b", stencil["datasets"]["b"], stencil["synthetic"], [], str(dataset))
-    record = {"spec": str(TINY_VAE_SPEC), "weights": None, "sha256": "random"}
+    vae = load_transparent_vae(vae_spec, None, components.device, components.dtype)
+    record = {"spec": str(vae_spec), "weights": None, "sha256": "random"}
     curriculum = Curriculum(pairs_from=1, triples_from=2, pairs_share=0.4, triples_share=0.2)
-    trainer = StencilTrainer(recipe, load_flux(TINY_SPEC), dataset, work / f"stencil-{size}",
-                             vae=load_transparent_vae(TINY_VAE_SPEC), vae_record=record,
-                             curriculum=curriculum)  # fmt: skip
+    trainer = StencilTrainer(recipe, components, dataset, work / f"stencil-{size}", vae=vae,
+                             vae_record=record, curriculum=curriculum)  # fmt: skip
     for _ in range(2):  # into the last stage
         trainer.train_step()
     return trainer, f"~{resolution}^2 buckets"
