@@ -386,7 +386,7 @@ def composition_inputs(wildcards):
 from blkassist.stencil_model.curriculum import check_stencil_runs, resolve_stencil_loras
 
 STENCIL_RUNS = STENCIL["runs"]
-check_stencil_runs(STENCIL)
+check_stencil_runs(STENCIL, STENCIL_VAE_SPEC)
 resolve_stencil_loras(STENCIL, MODELS_DIR)
 
 

@@ -366,9 +366,12 @@ def stencil_training(
     return {"loader": loader, "trainer_factory": trainer_factory}
 
 
-def check_stencil_runs(stencil: dict) -> None:
+def check_stencil_runs(stencil: dict, vae_spec: str | Path | None = None) -> None:
     """Cross-key checks of stencil.runs before any job runs: the set exists, the stages
-    are in order inside the run's steps."""
+    are in order inside the run's steps, samples fit the transparent VAE of `vae_spec`."""
+    from blkassist.stencil_model.vae import TransparentVAESpec
+
+    multiple = TransparentVAESpec.from_yaml(vae_spec).size_multiple if vae_spec else 1
     for name, run in stencil["runs"].items():
         key = f"stencil.runs.{name}"
         if run["dataset"] not in stencil["datasets"]:
@@ -377,6 +380,12 @@ def check_stencil_runs(stencil: dict) -> None:
                 f"({', '.join(stencil['datasets']) or 'none'}); add it there."
             )
         Curriculum.from_config(run["curriculum"], run["recipe"]["steps"], f"{key}.curriculum")
+        sample_size = run["recipe"]["sample_size"]
+        if any(side % multiple for side in sample_size):
+            raise ConfigError(
+                f"{key}.recipe.sample_size: {sample_size} must be multiples of {multiple} "
+                f"for the transparent VAE ({vae_spec})."
+            )
 
 
 def resolve_stencil_loras(stencil: dict, models_dir: str) -> None:
