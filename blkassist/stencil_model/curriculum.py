@@ -371,6 +371,8 @@ def check_stencil_runs(stencil: dict, vae_spec: str | Path | None = None) -> Non
     are in order inside the run's steps, samples fit the transparent VAE of `vae_spec`."""
     from blkassist.stencil_model.vae import TransparentVAESpec
 
+    if not stencil["runs"]:
+        return
     multiple = TransparentVAESpec.from_yaml(vae_spec).size_multiple if vae_spec else 1
     for name, run in stencil["runs"].items():
         key = f"stencil.runs.{name}"
