@@ -38,10 +38,10 @@ def stencil_trainer(recipe, size: int, work: Path, components=None, vae_spec=Non
     from blkassist.flux.loader import load_flux
     from blkassist.stencil.dataset import build_stencil_dataset
     from blkassist.stencil_model.curriculum import Curriculum, StencilTrainer
-    from blkassist.stencil_model.vae import TINY_VAE_SPEC, load_transparent_vae
+    from blkassist.stencil_model.vae import load_transparent_vae
 
     components = components or load_flux(TINY_SPEC)
-    vae_spec = vae_spec or TINY_VAE_SPEC
+    vae_spec = vae_spec or REPO / "resources" / "stencil" / "tiny_vae.yaml"
     resolution = max(128, -(-size // 64) * 64)
     config = {"stencil": {"datasets": {"b": {"size": 8, "resolution": resolution}}}}
     validate_config(config, SCHEMA)

@@ -47,14 +47,14 @@ def main(argv=None) -> int:
     import torch
 
     from blkassist.flux.generate import render
-    from blkassist.flux.loader import load_flux
+    from blkassist.flux.loader import TINY_SPEC, load_flux
     from blkassist.stencil_model.assets import decode_rgba
     from blkassist.stencil_model.shapes import KINDS, ink_shape
     from blkassist.stencil_model.train_vae import VaeTraining, train_transparent_vae
     from blkassist.stencil_model.vae import TINY_VAE_SPEC, TransparentVAESpec
 
     torch.set_num_threads(args.threads)
-    flux = load_flux(REPO / "resources" / "flux" / "tiny.yaml")
+    flux = load_flux(TINY_SPEC)
     spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
     rows = []
 

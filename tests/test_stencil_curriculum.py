@@ -28,13 +28,10 @@ from blkassist.stencil_model.curriculum import (
     resolve_stencil_loras,
     rgba_tensor,
 )
-from blkassist.stencil_model.vae import (
-    TINY_VAE_SPEC,
-    TransparentVAE,
-    TransparentVAESpec,
-    pad_rgb,
-)
-from tests.flux_fixtures import SCHEMA, SMALL, TINY_SPEC, recipe
+from blkassist.stencil_model.vae import TransparentVAE, TransparentVAESpec, pad_rgb
+from tests.flux_fixtures import REPO, SCHEMA, SMALL, TINY_SPEC, recipe
+
+TINY_VAE_SPEC = REPO / "resources" / "stencil" / "tiny_vae.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
-from blkassist.flux.loader import load_flux, read_spec
+from blkassist.flux.loader import FULL_RANDOM_SPEC, TINY_SPEC, load_flux, read_spec
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae_identity
 from blkassist.stencil_model.shapes import KINDS, alpha_share, write_ink_shapes
@@ -36,7 +36,6 @@ from blkassist.stencil_model.vae import (
     pad_rgb,
     save_weights,
 )
-from tests.flux_fixtures import FULL_RANDOM_SPEC, TINY_SPEC
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
