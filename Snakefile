@@ -19,6 +19,7 @@ wildcard_constraints:
     concept="|".join(CONCEPTOR["concepts"]) or "(?!)",
     pick="|".join(CONCEPTOR["picks"]) or "(?!)",
     stencil="|".join(STENCIL_SETS) or "(?!)",
+    stencil_run="|".join(STENCIL_RUNS) or "(?!)",
 
 
 include: "rules/demo.smk"
@@ -57,6 +58,9 @@ rule all:
         expand("datasets/texture-{run}", run=TEXTURE_RUNS),
         expand("results/texture/{run}/review.html", run=TEXTURE_RUNS),
         expand("results/texture/{run}/model_card.json", run=TEXTURE_RUNS),
+        expand(
+            "results/stencil/{stencil_run}/model_card.json", stencil_run=STENCIL_RUNS
+        ),
         expand(
             "results/stencil/assets/{stencil_set}/assets.json",
             stencil_set=STENCIL_ASSET_SETS,

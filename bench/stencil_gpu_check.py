@@ -9,8 +9,10 @@ Random weights of the real architectures (no download): Flux.1-dev from
 resources/flux/flux1-dev-random.yaml and the published transparent VAE layout from
 resources/stencil/transparent_vae.yaml, so figures are real and images are noise. The
 library's own code runs: load_flux (8-bit base, gradient checkpointing), the transparent
-encoder on an RGBA ink shape, a LoRA step (rank 16 on to_q/to_k/to_v/to_out.0, bf16
-autocast) with the flow-matching loss of blkassist.flux.train, and generation through
+encoder on a small real Stencil set, the StencilTrainer's step (the schema's stencil recipe:
+LoRA rank 16 on to_q/to_k/to_v/to_out.0, AdamW 8-bit, polynomial decay, bf16 autocast, the
+curriculum's last stage; prepare_seconds includes building the set and encoding it), and
+generation through
 blkassist.stencil_model.assets (latent -> transparent decoder with the 8-way median).
 Each phase reports its error instead of stopping the others.
 """
@@ -21,6 +23,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -69,57 +72,35 @@ class Clock:
         return round(self.torch.cuda.max_memory_allocated() / 2**30, 2) if self.cuda else 0.0
 
 
-def _rgba(torch, size, device):
-    import numpy as np
-
-    from blkassist.stencil_model.shapes import ink_shape
-
-    array = np.asarray(ink_shape(size, "cloud", 0), np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1)[None].to(device)
-
-
 def _train(args, torch, components, vae, clock) -> dict:
-    from blkassist.flux.train import LoraSettings, add_adapter, flow_matching_loss
-    from blkassist.stencil_model.vae import to_flux
+    """The library's StencilTrainer (the schema's stencil recipe: AdamW 8-bit, polynomial
+    decay) on a small real Stencil set at about size^2, in the curriculum's last stage."""
+    from bench.flux_train_step import SCHEMA, stencil_trainer
+    from blkassist.flux.recipe import schema_recipe
 
-    rgba = _rgba(torch, args.size, components.device)
-    with torch.no_grad():
-        encode_s, latent = clock.timed(lambda: vae.encode(components.vae, rgba))
-    latents = to_flux(latent, components.vae).to(components.dtype)
-    pipe = components.pipeline()
-    with torch.no_grad():
-        embeds, pooled, _ = pipe.encode_prompt("FG layer, ink cloud, transparent background", None)
-    components.park_text_encoders()
-    settings = LoraSettings(rank=args.rank, alpha=args.rank, quantize=not args.no_quantize)
-    params = add_adapter(components.transformer, settings)
-    components.transformer.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    autocast = torch.bfloat16 if clock.cuda else None
-
-    def step():
-        sigmas = torch.rand(1, generator=generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        loss = flow_matching_loss(
-            components.transformer, latents, embeds, pooled, sigmas, noise, 1.0, autocast
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
+    overrides = {"rank": args.rank, "alpha": args.rank, "quantize": not args.no_quantize,
+                 "caption_variants": 2, "sample_seeds": [], "validation_images": 1}  # fmt: skip
+    recipe = schema_recipe("stencil", overrides, SCHEMA)
+    work = Path(tempfile.mkdtemp(prefix="stencil-gpu-"))
+    prepare_s, (trainer, shown) = clock.timed(
+        lambda: stencil_trainer(recipe, args.size, work, components, args.vae_spec)
+    )
     for _ in range(args.warmup_steps):
-        step()
+        trainer.train_step()
     clock.reset()
-    timed = [clock.timed(step) for _ in range(args.train_steps)]
+    timed = [clock.timed(trainer.train_step) for _ in range(args.train_steps)]
     components.transformer.eval()
     components.transformer.delete_adapters("default")
+    shutil.rmtree(work, ignore_errors=True)
     return {
-        "encode_seconds": round(encode_s, 3),
+        "set": shown,
+        "images": len(trainer.data.images),
+        "prepare_seconds": round(prepare_s, 1),
+        "optimizer": trainer.optimizer_record["used"],
         "seconds_per_step": round(statistics.median(t for t, _ in timed), 3),
         "peak_memory_gib": clock.gib(),
-        "losses_finite": all(math.isfinite(loss) for _, loss in timed),
-        "trainable_parameters": sum(p.numel() for p in params),
+        "losses_finite": all(math.isfinite(row["loss"]) for _, row in timed),
+        "trainable_parameters": sum(p.numel() for p in trainer.params),
     }
 
 

@@ -467,3 +467,34 @@ def composition_inputs(wildcards):
         "background": COMPOSITIONS[wildcards.composition]["background"],
         "assets": sorted({e.get("index") or e["image"] for e in elements}),
     }
+
+
+# BLK-Stencil style LoRAs by curriculum (rules/stencil_model.smk, train_stencil); an asset
+# set's `stencil:RUN` LoRA becomes that run's file, so generation depends on training.
+from blkassist.stencil_model.curriculum import check_stencil_runs, resolve_stencil_loras
+
+STENCIL_RUNS = STENCIL["runs"]
+check_stencil_runs(STENCIL, STENCIL_VAE_SPEC)
+resolve_stencil_loras(STENCIL, MODELS_DIR)
+
+
+def stencil_lora_inputs(wildcards):
+    run = STENCIL_RUNS[wildcards.stencil_run]
+    return {
+        "dataset": f"datasets/stencil-{run['dataset']}",
+        "model": STENCIL_FLUX_MODEL,
+        "vae_spec": STENCIL_VAE_SPEC,
+        "vae": STENCIL_VAE_WEIGHTS,
+        "layer_lora": [STENCIL["layer_lora"]] if STENCIL["layer_lora"] else [],
+    }
+
+
+def stencil_lora_params(run):
+    """What defines the LoRA: the recipe without checkpoint housekeeping (keep,
+    keep_resumable, gradient checkpointing only schedule) and the curriculum."""
+    housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
+    recipe = STENCIL_RUNS[run]["recipe"]
+    return {
+        "recipe": {k: v for k, v in recipe.items() if k not in housekeeping},
+        "curriculum": STENCIL_RUNS[run]["curriculum"],
+    }

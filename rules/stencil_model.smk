@@ -107,3 +107,41 @@ rule compose:
         elements=lambda wildcards: composition_elements(wildcards.composition),
     script:
         "../scripts/compose.py"
+
+
+rule train_stencil:
+    input:
+        unpack(stencil_lora_inputs),
+    output:
+        lora=f"{MODELS_DIR}/stencil-{{stencil_run}}.safetensors",
+        model_card=report(
+            "results/stencil/{stencil_run}/model_card.json",
+            caption="../report/stencil_lora_card.rst",
+            category="BLK-Stencil",
+        ),
+        contact_sheet=report(
+            "results/stencil/{stencil_run}/contact_sheet.png",
+            caption="../report/stencil_lora_samples.rst",
+            category="BLK-Stencil",
+        ),
+        loss_plot=report(
+            "results/stencil/{stencil_run}/losses.png",
+            caption="../report/stencil_lora_losses.rst",
+            category="BLK-Stencil",
+        ),
+    log:
+        "logs/stencil/train_{stencil_run}.log",
+    benchmark:
+        "benchmarks/stencil/train_{stencil_run}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wildcards: stencil_lora_params(wildcards.stencil_run),
+        chosen_step=lambda wildcards: STENCIL_RUNS[wildcards.stencil_run]["chosen_step"],
+        run_dir="work/stencil/{stencil_run}",
+        lock_dir=config["gpu"]["lock_dir"],
+    script:
+        "../scripts/train_stencil.py"

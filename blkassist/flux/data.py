@@ -201,9 +201,13 @@ class TrainingData:
         count = r.caption_variants if r.shuffle_tags else 1
         return caption_variants(caption, count, r.keep_tags, r.seed)
 
-    @torch.no_grad()
     def prepare(self) -> None:
         """Encode what the cache lacks: VAE latent distributions, text embeddings."""
+        self.prepare_latents()
+        self.prepare_texts()
+
+    @torch.no_grad()
+    def prepare_latents(self) -> None:
         c = self.components
         processor = VaeImageProcessor(vae_scale_factor=c.vae_scale_factor * 2)
         for image in self.images + self.held_out:
@@ -217,6 +221,10 @@ class TrainingData:
             parameters = c.vae.encode(pixels).latent_dist.parameters.float()
             self.cache.save("latents", key, {"parameters": parameters[0]})
             self.stats["latents_encoded"] += 1
+
+    @torch.no_grad()
+    def prepare_texts(self) -> None:
+        c = self.components
         texts = {""} | set(self.sample_prompts())
         for image in self.images + self.held_out:
             texts.update(self.variants(image.caption))

@@ -342,13 +342,22 @@ def load_flux(
     identity["model"] = digest.hexdigest()[:16]
     if gradient_checkpointing:
         parts["transformer"].enable_gradient_checkpointing()
-    if quantize:
-        from optimum.quanto import freeze, qint8
-        from optimum.quanto import quantize as quanto_quantize
-
-        quanto_quantize(parts["transformer"], weights=qint8)
-        freeze(parts["transformer"])
-    log.info("loaded Flux (%s) on %s as %s%s", source, device, dtype, ", qint8" if quantize else "")
-    return FluxComponents(
-        **parts, identity=identity, source=source, device=device, dtype=dtype, quantized=quantize
+    log.info("loaded Flux (%s) on %s as %s", source, device, dtype)
+    components = FluxComponents(
+        **parts, identity=identity, source=source, device=device, dtype=dtype
     )
+    if quantize:
+        quantize_transformer(components)
+    return components
+
+
+def quantize_transformer(components: FluxComponents) -> None:
+    """Store the transformer's weights as 8-bit (quanto qint8), in place; whatever is fused
+    into the weights (e.g. a layer LoRA) must be fused before."""
+    from optimum.quanto import freeze, qint8
+    from optimum.quanto import quantize as quanto_quantize
+
+    quanto_quantize(components.transformer, weights=qint8)
+    freeze(components.transformer)
+    components.quantized = True
+    log.info("Flux transformer quantised to qint8")

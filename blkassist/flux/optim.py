@@ -69,12 +69,16 @@ def make_optimizer(params, recipe, device: str | torch.device) -> tuple[object, 
 
 
 def make_schedule(optimizer, recipe):
-    """Per optimiser step: linear warm-up to lr, then constant or cosine decay to 0 at
-    `steps` (diffusers' schedules)."""
+    """Per optimiser step: linear warm-up to lr, then constant, cosine decay to 0, or
+    polynomial decay (power `lr_power`, to diffusers' lr_end 1e-7) at `steps` (diffusers'
+    schedules)."""
     from diffusers.optimization import get_scheduler
 
-    if recipe.lr_schedule == "cosine":
-        name = "cosine"
+    extra = {}
+    if recipe.lr_schedule in ("cosine", "polynomial"):
+        name = recipe.lr_schedule
+        if name == "polynomial":
+            extra["power"] = recipe.lr_power
     else:
         name = "constant_with_warmup" if recipe.warmup_steps else "constant"
     return get_scheduler(
@@ -82,4 +86,5 @@ def make_schedule(optimizer, recipe):
         optimizer,
         num_warmup_steps=recipe.warmup_steps,
         num_training_steps=recipe.steps,
+        **extra,
     )

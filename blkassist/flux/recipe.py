@@ -51,7 +51,8 @@ class Recipe:
     safeguard_warmup: bool
     d0: float
     d_coef: float
-    lr_schedule: str  # "constant" or "cosine"
+    lr_schedule: str  # "constant", "cosine" or "polynomial"
+    lr_power: float  # polynomial decay's power
     warmup_steps: int
     gradient_accumulation: int
     max_grad_norm: float | None
@@ -90,8 +91,10 @@ class Recipe:
     validation_images: int
 
     def weights_defining(self) -> dict:
-        """The settings that decide the trained weights (the run's digest)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE}
+        """The settings that decide the trained weights (the run's digest); lr_power only
+        with the polynomial schedule (so runs from before it existed keep their digest)."""
+        unused = set() if self.lr_schedule == "polynomial" else {"lr_power"}
+        return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE | unused}
 
 
 _TUPLES = {f.name for f in fields(Recipe) if str(f.type).startswith("tuple")}

@@ -43,8 +43,13 @@ def train_run(
     title: str | None = None,
     contact_sheet: str | None = None,
     loss_plot: str | None = None,
+    trainer_factory=None,
+    loader=None,
 ) -> dict:
-    """Train (or resume) and export; `config` is the schema-validated recipe mapping."""
+    """Train (or resume) and export; `config` is the schema-validated recipe mapping.
+    `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
+    trainer other than the plain FluxLoraTrainer, and `loader(model, device, recipe)` loads
+    the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA)."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux
     from blkassist.flux.trainer import FluxLoraTrainer
@@ -58,13 +63,17 @@ def train_run(
         )
     torch.set_num_threads(max(1, threads))
     with lease_device(lock_dir) as lease:
-        components = load_flux(
-            model,
-            lease.torch_device,
-            quantize=recipe.quantize,
-            gradient_checkpointing=recipe.gradient_checkpointing,
-        )
-        trainer = FluxLoraTrainer(recipe, components, train_dir, run_dir, validation_dir)
+        if loader:
+            components = loader(model, lease.torch_device, recipe)
+        else:
+            components = load_flux(
+                model,
+                lease.torch_device,
+                quantize=recipe.quantize,
+                gradient_checkpointing=recipe.gradient_checkpointing,
+            )
+        factory = trainer_factory or FluxLoraTrainer
+        trainer = factory(recipe, components, train_dir, run_dir, validation_dir)
         log.info(
             "training %s on %s: %d images (%d held out), run folder %s, optimiser %s, "
             "resuming from %s",

@@ -68,7 +68,7 @@ class FluxLoraTrainer:
         if getattr(self.transformer, "peft_config", None):
             raise ValueError("the transformer already has an adapter: load the model afresh")
         cache = TensorCache(cache_dir or Path(run_dir) / "cache")
-        self.data = TrainingData(r, components, train_dir, validation_dir, cache)
+        self.data = self.make_data(train_dir, validation_dir, cache)
         self.digest = content_key(
             json.dumps(r.weights_defining(), sort_keys=True),
             components.identity["model"],
@@ -85,7 +85,7 @@ class FluxLoraTrainer:
         self.optimizer, self.optimizer_record = make_optimizer(self.params, r, self.device)
         self.schedule = make_schedule(self.optimizer, r)
         self.ema = AdapterEMA(self.params, r.ema_decay)
-        self.order = BucketOrder([i.bucket for i in self.data.images], r.batch_size, r.seed)
+        self.order = self.make_order()
         self.generator = torch.Generator("cpu").manual_seed(r.seed)
         self.caption_rng = random.Random(r.seed)
         on_gpu = components.dtype in (torch.bfloat16, torch.float16)
@@ -93,6 +93,15 @@ class FluxLoraTrainer:
         self.step = 0  # optimiser steps done
         self.transformer.train()
         self.resumed_from = self._resume()
+
+    # -- what a run trains on (a subclass may draw differently, e.g. by curriculum) --------
+    def make_data(self, train_dir, validation_dir, cache: TensorCache) -> TrainingData:
+        return TrainingData(self.recipe, self.components, train_dir, validation_dir, cache)
+
+    def make_order(self):
+        """The data order: `next()` gives indices into data.images; its state is saved."""
+        r = self.recipe
+        return BucketOrder([i.bucket for i in self.data.images], r.batch_size, r.seed)
 
     @property
     def cache_stats(self):
