@@ -29,9 +29,19 @@ log = logging.getLogger(__name__)
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
-def _display_image(path: str | os.PathLike) -> pyvips.Image:
-    """The image as 8-bit sRGB without alpha (flattened on white), read sequentially."""
-    image = pyvips.Image.new_from_file(str(path), access="sequential")
+def _read_image(path: str | os.PathLike) -> tuple[pyvips.Image, object]:
+    """An image file, or a pass's canvas named by its allocation record (.json), streamed;
+    and what must stay referenced until the image is written (a canvas's stream)."""
+    if str(path).endswith(".json"):
+        from blkassist import canvas
+        from blkassist.assemble import stream_canvas
+
+        return stream_canvas(canvas.open_canvas(read_json(path)["canvas"]))
+    return pyvips.Image.new_from_file(str(path), access="sequential"), None
+
+
+def _display_image(image: pyvips.Image) -> pyvips.Image:
+    """The image as 8-bit sRGB without alpha (flattened on white)."""
     if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
         image = image.colourspace("srgb")
     if image.hasalpha():
@@ -57,7 +67,8 @@ def deep_zoom(
     dzi, tiles = Path(dzi), Path(tiles)
     if tiles.name != dzi.stem + "_files":
         raise ValueError(f"Deep Zoom tiles must sit in {dzi.stem}_files beside {dzi}")
-    source = _display_image(image)
+    decoded, stream = _read_image(image)
+    source = _display_image(decoded)
     dzi.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dzi.stem}.", dir=dzi.parent))
     try:
@@ -74,6 +85,7 @@ def deep_zoom(
         os.replace(tmp / dzi.name, dzi)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        del stream  # the canvas stream outlives dzsave
     info = read_dzi(dzi)
     log.info(
         "read %s (%dx%d); wrote %s and %s (tiles %d+%d, JPEG Q%d) in %.1f s",

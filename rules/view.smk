@@ -9,6 +9,7 @@ rule deep_zoom:
     input:
         image=lambda wildcards: viewer_images(wildcards.mural)[wildcards.layer],
         probed="work/{mural}/probe.json",  # a bad source is reported before any pyramid
+        ready=viewer_layer_ready,
     output:
         dzi="results/view/{mural}/{layer}.dzi",
         tiles=directory("results/view/{mural}/{layer}_files"),

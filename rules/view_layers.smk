@@ -15,10 +15,39 @@ def viewer_panels(mural):
     source = MURALS[mural].source
     # a missing source is the probe's to report (the result panel waits for it)
     shown = Path(source).exists() or source in producible_sources()
-    return {
-        **({"source": ("Source", source)} if shown else {}),
-        "final": ("Result", f"results/{mural}_final.tif"),
-    }
+    panels = {"source": ("Source", source)} if shown else {}
+    # Each SR step and each refinement pass, streamed from its canvas (kept canvases only).
+    if is_diffusion(mural) and not config["canvases"]["temporary"]:
+        for step in range(1, last_pass_of(mural) + 1):
+            panels[f"sr{step}"] = (f"SR step {step}", f"work/{mural}/canvas{step}.json")
+            for stage in refine_stages(mural):
+                if stage.step == step:
+                    label = "coherence" if stage.coherence else "refinement"
+                    panels[f"refine{step}p{stage.number}"] = (
+                        f"Pass {step}.{stage.number} ({label})",
+                        f"{stage_dir(mural, stage)}/allocation.json",
+                    )
+    panels["final"] = ("Result", f"results/{mural}_final.tif")
+    return panels
+
+
+def last_pass_of(mural):
+    return len(mural_plan(mural).passes)
+
+
+def viewer_layer_ready(wildcards):
+    """A canvas panel is drawn once its pass is whole: its batch or blend markers."""
+    image = viewer_images(wildcards.mural)[wildcards.layer]
+    if not image.endswith(".json"):
+        return []
+    if "/refine" in image:
+        stage = next(
+            s
+            for s in refine_stages(wildcards.mural)
+            if f"{stage_dir(wildcards.mural, s)}/allocation.json" == image
+        )
+        return stage_blend_markers(wildcards.mural, stage)
+    return batch_markers(wildcards.mural, int(wildcards.layer.removeprefix("sr")))
 
 
 def viewer_overlays(mural):

@@ -14,11 +14,12 @@ from blkassist.fsutil import read_json
 from blkassist.refine import seams
 from blkassist.refine.anchor import low_frequencies
 from blkassist.refine.blend import blend_blocks
-from blkassist.refine.jobs import allocate_stage, stage_plan
+from blkassist.refine.jobs import allocate_stage, run_blend, stage_plan
 from blkassist.refine.plan import RefinePass, regular_positions, seam_centres
 from blkassist.refine.settings import choose_path, plan_stages, refine_settings
 from blkassist.refine.sigmas import diffusers_start_sigma, pass_sigmas
 from blkassist.refine.windows import pass_seeds, refine_windows
+from blkassist.sr.passes import IncompletePassError
 from blkassist.sr.tiler import ProgressLog
 from tests.conftest import REPO, textured
 
@@ -181,6 +182,10 @@ def test_a_killed_tile_job_resumes_per_window_byte_identically(tmp_path):
         run_pass(tmp_path / "killed", base, geo, ShiftRefiner(fail_after=3), tiles_per_job=20)
     record = read_json(tmp_path / "killed" / "pass.json")
     plan = stage_plan(record, 20, 2)
+    # A blend never composes windows that were not refined (e.g. markers of another batching).
+    with pytest.raises(IncompletePassError, match=r"not refined \(first: \[3, "):
+        run_blend(str(tmp_path / "killed" / "pass.json"), 0,
+                  {"tiles_per_job": 20, "blocks_per_job": 2}, tmp_path / "blend.done")  # fmt: skip
     store = zarr.open_array(record["windows"], mode="r+")
     source = canvas.open_canvas(record["input_canvas"])
     report = refine_windows(

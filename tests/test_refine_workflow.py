@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from blkassist.flux.loader import load_flux
+from blkassist.viewer import read_dzi
 from tests.conftest import REPO, run_snakemake, snakemake_cmd, textured, write_config
 from tests.flux_fixtures import TINY_SPEC
 
@@ -138,6 +139,15 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
     assert all(p["worst_at"] and p["worst_score"] >= p["mean_score"] for p in seams["passes"])
     final = pyvips.Image.new_from_file(str(killed / "results/m_final.tif"))
     assert (final.width, final.height) == (144, 120)
+    # The viewer shows every SR step and refinement pass beside the source and the result,
+    # with the seam heatmap over the result.
+    page = (killed / "results/view/m/index.html").read_text()
+    for layer in ("source", "sr1", "refine1p1", "sr2", "refine2p1", "refine2p2", "final",
+                  "seams"):  # fmt: skip
+        assert (killed / f"results/view/m/{layer}.dzi").is_file(), layer
+        assert f"{layer}.dzi" in page, layer
+    refined = read_dzi(killed / "results/view/m/refine2p2.dzi")
+    assert (refined["width"], refined["height"]) == (final.width, final.height)
 
     # A pixel setting of the coherence pass changed: that pass (and what follows) is redone,
     # from scratch; the earlier passes are not.

@@ -18,6 +18,7 @@ from blkassist.refine import seams
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.plan import BLOCK, RefinePass
 from blkassist.refine.windows import create_store, pass_seeds, progress_for, refine_windows
+from blkassist.sr.passes import IncompletePassError
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,29 @@ def run_refine_batch(
 def run_blend(allocation: str, blend: int, scheduling: dict, marker: str) -> None:
     record = read_json(allocation)
     plan = stage_plan(record, scheduling["tiles_per_job"], scheduling["blocks_per_job"])
+    require_refined(allocation, record, plan, blend)
     store = zarr.open_array(record["windows"], mode="r")
     target = canvas.open_canvas(record["canvas"], mode="r+")
     write_json(marker, blend_blocks(plan, blend, store, target))
+
+
+def require_refined(allocation: str, record: dict, plan: RefinePass, blend: int) -> None:
+    """Refuse to blend windows that were never refined: tile markers written under another
+    refine.tiles_per_job vouch for other windows (never blend a half-refined block)."""
+    needed = {
+        window.index
+        for block in plan.blend_blocks(blend)
+        for window in plan.covering(*plan.block_box(block))
+    }
+    missing = sorted(needed - progress_for(record, 0).finished())
+    if missing:
+        folder = Path(allocation).parent
+        raise IncompletePassError(
+            f"{allocation}: {len(missing)} windows that blend job {blend} needs are not "
+            f"refined (first: {missing[:5]}); their tile markers were written under another "
+            f"refine.tiles_per_job. Delete {folder}/tiles-*.done and rerun the same command: "
+            "refined windows are kept."
+        )
 
 
 def run_seam_qa(allocation: str, report: str, heatmap: str) -> None:
