@@ -40,7 +40,7 @@ def viewer_layer_ready(wildcards):
     image = viewer_images(wildcards.mural)[wildcards.layer]
     if not image.endswith(".json"):
         return []
-    if "/refine" in image:
+    if Path(image).parent.name.startswith("refine"):
         stage = next(
             s
             for s in refine_stages(wildcards.mural)
