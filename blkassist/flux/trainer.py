@@ -280,23 +280,29 @@ class FluxLoraTrainer:
                     embeds, pooled = self.data.text([prompt])
                     row = []
                     for seed in r.sample_seeds:
-                        image = render(
-                            pipe,
-                            seed=seed,
-                            width=r.sample_size[0],
-                            height=r.sample_size[1],
-                            steps=r.sample_steps,
-                            guidance=r.sample_guidance,
-                            prompt_embeds=embeds,
-                            pooled_prompt_embeds=pooled,
-                            max_sequence_length=r.max_sequence_length,
-                        )
+                        image, shown = self.sample_image(pipe, seed, embeds, pooled)
                         save_png(image, folder / "samples" / f"p{p}-seed{seed}.png")
-                        row.append(image)
+                        row.append(shown)
                     rows.append(row)
             finally:
                 self.transformer.train()
         save_png(contact_sheet(rows, prompts), folder / "contact_sheet.png")
+
+    def sample_image(self, pipe, seed: int, embeds, pooled):
+        """One sample (what is saved, and how the contact sheet shows it)."""
+        r = self.recipe
+        image = render(
+            pipe,
+            seed=seed,
+            width=r.sample_size[0],
+            height=r.sample_size[1],
+            steps=r.sample_steps,
+            guidance=r.sample_guidance,
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            max_sequence_length=r.max_sequence_length,
+        )
+        return image, image
 
     # -- the run ---------------------------------------------------------------------
     def _validate(self) -> None:

@@ -35,7 +35,7 @@ from blkassist.flux.data import (
     content_key,
     data_fingerprint,
 )
-from blkassist.flux.generate import contact_sheet, render, save_png
+from blkassist.flux.generate import render
 from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.preview import over_checkerboard
@@ -272,39 +272,19 @@ class StencilTrainer(FluxLoraTrainer):
             self._stage = stage
         return {**super().train_step(), "stage": stage + 1}
 
-    @torch.no_grad()
-    def write_samples(self, folder: Path) -> None:
-        """Fixed prompts and seeds with the EMA adapter, decoded to RGBA by the transparent
-        decoder, and their contact sheet over a checkerboard."""
+    def sample_image(self, pipe, seed: int, embeds, pooled):
+        """A sample decoded to RGBA by the transparent decoder, shown over a checkerboard."""
         from blkassist.stencil_model.assets import decode_rgba
 
         r = self.recipe
-        prompts = self.data.sample_prompts()
-        if not prompts or not r.sample_seeds:
-            return
-        pipe = self.components.pipeline(text_encoders=False)
         width, height = r.sample_size
-        rows = []
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with self.ema.applied(), torch.random.fork_rng(devices=cuda):
-            self.transformer.eval()
-            try:
-                for p, prompt in enumerate(prompts):
-                    embeds, pooled = self.data.text([prompt])
-                    row = []
-                    for seed in r.sample_seeds:
-                        packed = render(pipe, seed=seed, width=width, height=height,
-                                        steps=r.sample_steps, guidance=r.sample_guidance,
-                                        prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                                        max_sequence_length=r.max_sequence_length,
-                                        output_type="latent")  # fmt: skip
-                        image = decode_rgba(self.components, self.vae, packed, width, height)
-                        save_png(image, folder / "samples" / f"p{p}-seed{seed}.png")
-                        row.append(over_checkerboard(image))
-                    rows.append(row)
-            finally:
-                self.transformer.train()
-        save_png(contact_sheet(rows, prompts), folder / "contact_sheet.png")
+        packed = render(pipe, seed=seed, width=width, height=height,
+                        steps=r.sample_steps, guidance=r.sample_guidance,
+                        prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                        max_sequence_length=r.max_sequence_length,
+                        output_type="latent")  # fmt: skip
+        image = decode_rgba(self.components, self.vae, packed, width, height)
+        return image, over_checkerboard(image)
 
     def model_card(self, chosen: dict, result: dict, title: str | None = None) -> dict:
         card = super().model_card(chosen, result, title)
