@@ -251,20 +251,16 @@ def _share(samples: list[Sample]) -> float:
 
 def source_images(manifests: list[str], caption_indexes: list[str]) -> list[SourceImage]:
     """Corpus images with their captions, each distinct scan once (across collections)."""
-    from blkassist.corpus.normalise import read_manifest
+    from blkassist.corpus.normalise import distinct_rows
 
     captions = {}
     for index in caption_indexes:
         # Read the sidecars themselves: the artist may have edited them since captioning.
         for image_id, entry in json.loads(Path(index).read_text()).items():
             captions[image_id] = " ".join(Path(entry["sidecar"]).read_text().split())
-    seen, images = set(), []
-    for manifest in manifests:
-        for row in read_manifest(manifest):
-            if row.sha256 in seen:
-                continue
-            seen.add(row.sha256)
-            images.append(
-                SourceImage(row.id, row.sha256, row.image, row.width, row.height, captions[row.id])
-            )
+    images = []
+    for row in distinct_rows(manifests):
+        images.append(
+            SourceImage(row.id, row.sha256, row.image, row.width, row.height, captions[row.id])
+        )
     return images

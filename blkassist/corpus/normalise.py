@@ -51,6 +51,19 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         ]
 
 
+def distinct_rows(manifests) -> list[ManifestRow]:
+    """Rows of several manifests, each distinct scan (by content) once: a scan kept in two
+    collections is used once."""
+    seen: set[str] = set()
+    rows = []
+    for manifest in manifests:
+        for row in read_manifest(manifest):
+            if row.sha256 not in seen:
+                seen.add(row.sha256)
+                rows.append(row)
+    return rows
+
+
 def clear_transparent(image: pyvips.Image) -> pyvips.Image:
     """RGBA with colour 0 wherever alpha is 0 (stray colour there is invisible noise)."""
     return (image[3] == 0).ifthenelse([0, 0, 0, 0], image)

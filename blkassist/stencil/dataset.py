@@ -314,31 +314,27 @@ Z_ROLE_FOLDERS = {"fg": "FG", "mg": "MG", "bg-overlay": "BG-overlay", "bg": "BG-
 def collection_assets(manifests: list[str], caption_indexes: list[str]) -> list[dict]:
     """The artist's normalised RGBA assets with their (possibly edited) sidecar captions; a
     folder named fg / mg / bg-overlay in the taxonomy sets the Z-role."""
-    from blkassist.corpus.normalise import read_manifest
+    from blkassist.corpus.normalise import distinct_rows
 
     captions = {}
     for index in caption_indexes:
         for image_id, entry in json.loads(Path(index).read_text()).items():
             captions[image_id] = " ".join(Path(entry["sidecar"]).read_text().split())
-    assets, seen = [], set()
-    for manifest in manifests:
-        for row in read_manifest(manifest):
-            if row.sha256 in seen:
-                continue
-            seen.add(row.sha256)
-            folders = [f for f in row.taxonomy.split("/") if f]
-            roles = [Z_ROLE_FOLDERS[f.lower()] for f in folders if f.lower() in Z_ROLE_FOLDERS]
-            assets.append(
-                {
-                    "id": row.id,
-                    "collection": row.collection,
-                    "sha256": row.sha256,
-                    "image": row.image,
-                    "taxonomy": row.taxonomy,
-                    "caption": captions[row.id],
-                    "z_role": roles[-1] if roles else None,
-                }
-            )
+    assets = []
+    for row in distinct_rows(manifests):
+        folders = [f for f in row.taxonomy.split("/") if f]
+        roles = [Z_ROLE_FOLDERS[f.lower()] for f in folders if f.lower() in Z_ROLE_FOLDERS]
+        assets.append(
+            {
+                "id": row.id,
+                "collection": row.collection,
+                "sha256": row.sha256,
+                "image": row.image,
+                "taxonomy": row.taxonomy,
+                "caption": captions[row.id],
+                "z_role": roles[-1] if roles else None,
+            }
+        )
     return assets
 
 

@@ -26,7 +26,7 @@ import pyvips
 
 from blkassist.corpus.collections import mask_for
 from blkassist.corpus.datasets import split_of
-from blkassist.corpus.normalise import read_manifest
+from blkassist.corpus.normalise import distinct_rows
 from blkassist.errors import ConfigError, InputImageError
 from blkassist.fsutil import atomic_path, write_json
 from blkassist.sr.train.patches import read_mask
@@ -75,15 +75,11 @@ class TextureCrop:
 
 def texture_sources(manifests: list[str]) -> list[TextureSource]:
     """Corpus images (each distinct scan once, across collections) with their masks."""
-    seen, sources = set(), []
-    for manifest in manifests:
-        for row in read_manifest(manifest):
-            if row.sha256 in seen:
-                continue
-            seen.add(row.sha256)
-            mask = mask_for(row.source)
-            sources.append(TextureSource(row.id, row.sha256, row.image, row.source, row.width,
-                                         row.height, str(mask) if mask else None))  # fmt: skip
+    sources = []
+    for row in distinct_rows(manifests):
+        mask = mask_for(row.source)
+        sources.append(TextureSource(row.id, row.sha256, row.image, row.source, row.width,
+                                     row.height, str(mask) if mask else None))  # fmt: skip
     return sources
 
 

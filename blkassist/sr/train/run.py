@@ -10,7 +10,7 @@ import torch
 
 from blkassist.corpus.collections import mask_for
 from blkassist.corpus.datasets import split_of
-from blkassist.corpus.normalise import read_manifest
+from blkassist.corpus.normalise import distinct_rows
 from blkassist.devices import lease_device
 from blkassist.sr.degrade import DegradationSettings
 from blkassist.sr.train.patches import PatchSource
@@ -54,18 +54,15 @@ def train_settings(config: dict) -> TrainSettings:
 
 def split_sources(manifests: list[str], fraction: float, seed: int):
     """Training and held-out sources (each distinct scan once), with artist masks."""
-    train, held_out, seen = [], [], set()
-    for manifest in manifests:
-        for row in read_manifest(manifest):
-            if row.sha256 in seen:
-                continue
-            seen.add(row.sha256)
-            mask = mask_for(row.source)
-            source = PatchSource(row.image, str(mask) if mask else None)
-            (held_out if split_of(row.id, fraction, seed) == "validation" else train).append(source)
+    train, held_out = [], []
+    rows = distinct_rows(manifests)
+    for row in rows:
+        mask = mask_for(row.source)
+        source = PatchSource(row.image, str(mask) if mask else None)
+        (held_out if split_of(row.id, fraction, seed) == "validation" else train).append(source)
     if not train:
         train, held_out = held_out, []
-    return train, held_out, sorted(seen)
+    return train, held_out, sorted(row.sha256 for row in rows)
 
 
 def train_run(
