@@ -82,3 +82,17 @@ class CaptionStore:
 
     def read(self, image_id: str) -> str:
         return self.sidecar(image_id).read_text().strip()
+
+
+def read_caption(sidecar: str | Path) -> str:
+    """A sidecar's caption as it is now (the artist may have edited it), on one line."""
+    return " ".join(Path(sidecar).read_text().split())
+
+
+def read_captions(indexes) -> dict[str, str]:
+    """Image id -> current caption, from caption index files (captions/NAME/index.json)."""
+    captions = {}
+    for index in indexes:
+        for image_id, entry in json.loads(Path(index).read_text()).items():
+            captions[image_id] = read_caption(entry["sidecar"])
+    return captions

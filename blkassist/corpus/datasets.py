@@ -251,13 +251,10 @@ def _share(samples: list[Sample]) -> float:
 
 def source_images(manifests: list[str], caption_indexes: list[str]) -> list[SourceImage]:
     """Corpus images with their captions, each distinct scan once (across collections)."""
+    from blkassist.captions.sidecars import read_captions
     from blkassist.corpus.normalise import distinct_rows
 
-    captions = {}
-    for index in caption_indexes:
-        # Read the sidecars themselves: the artist may have edited them since captioning.
-        for image_id, entry in json.loads(Path(index).read_text()).items():
-            captions[image_id] = " ".join(Path(entry["sidecar"]).read_text().split())
+    captions = read_captions(caption_indexes)
     images = []
     for row in distinct_rows(manifests):
         images.append(

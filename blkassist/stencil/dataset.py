@@ -314,12 +314,10 @@ Z_ROLE_FOLDERS = {"fg": "FG", "mg": "MG", "bg-overlay": "BG-overlay", "bg": "BG-
 def collection_assets(manifests: list[str], caption_indexes: list[str]) -> list[dict]:
     """The artist's normalised RGBA assets with their (possibly edited) sidecar captions; a
     folder named fg / mg / bg-overlay in the taxonomy sets the Z-role."""
+    from blkassist.captions.sidecars import read_captions
     from blkassist.corpus.normalise import distinct_rows
 
-    captions = {}
-    for index in caption_indexes:
-        for image_id, entry in json.loads(Path(index).read_text()).items():
-            captions[image_id] = " ".join(Path(entry["sidecar"]).read_text().split())
+    captions = read_captions(caption_indexes)
     assets = []
     for row in distinct_rows(manifests):
         folders = [f for f in row.taxonomy.split("/") if f]
