@@ -105,6 +105,7 @@ def write_config(case: Path, args) -> Path:
             "bench": {
                 "source": "source.tif",
                 "model": "lanczos",
+                "path": "sr",  # auto would add diffusion refinement past 8192 px
                 "scale": SCALE,
                 "tile": args.tile,
                 "pad": args.pad,
@@ -383,16 +384,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = [0.01, 0.04] if args.quick else args.gpx
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(
-        f"upscale_scaling: sizes {sizes} Gpx, tile {args.tile}, pad {args.pad}, "
-        f"tiles_per_job {args.tiles_per_job}, --cores {args.cores}, "
-        f"{os.cpu_count()} CPUs, libvips {pyvips.version(0)}.{pyvips.version(1)}"
-    )
     if args.source:
         size = tuple(int(v) for v in args.source.lower().split("x"))
         sizes = [size[0] * size[1] * SCALE**2 / 1e9]
     else:
         size = None
+    print(
+        f"upscale_scaling: sizes {[round(gpx, 3) for gpx in sizes]} Gpx, tile {args.tile}, "
+        f"pad {args.pad}, tiles_per_job {args.tiles_per_job}, --cores {args.cores}, "
+        f"{os.cpu_count()} CPUs, libvips {pyvips.version(0)}.{pyvips.version(1)}"
+    )
     cases = [
         run_case(gpx, args, args.workdir, content, size)
         for content in args.content
