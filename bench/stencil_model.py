@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     from blkassist.flux.generate import render
     from blkassist.flux.loader import load_flux
     from blkassist.stencil_model.assets import decode_rgba
+    from blkassist.stencil_model.settings import TransparentVAESpec
     from blkassist.stencil_model.shapes import KINDS, ink_shape
     from blkassist.stencil_model.train_vae import VaeTraining, train_transparent_vae
-    from blkassist.stencil_model.vae import TransparentVAESpec
 
     torch.set_num_threads(args.threads)
     flux = load_flux(REPO / "resources" / "flux" / "tiny.yaml")

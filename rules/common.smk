@@ -221,6 +221,11 @@ def gpus_for(wildcards):
     return int(MURALS[wildcards.mural].is_neural)
 
 
+def tile_threads(wildcards):
+    """Lanczos (Pillow) resizes on one core, so its tile jobs run side by side."""
+    return 2 if MURALS[wildcards.mural].is_neural else 1
+
+
 COLLECTIONS = config["corpus"]["collections"]
 DATASETS = config["datasets"]
 SYNTHETIC_CORPUS = config["corpus"].get("synthetic")
@@ -471,7 +476,7 @@ def composition_inputs(wildcards):
 
 # BLK-Stencil style LoRAs by curriculum (rules/stencil_model.smk, train_stencil); an asset
 # set's `stencil:RUN` LoRA becomes that run's file, so generation depends on training.
-from blkassist.stencil_model.curriculum import check_stencil_runs, resolve_stencil_loras
+from blkassist.stencil_model.settings import check_stencil_runs, resolve_stencil_loras
 
 STENCIL_RUNS = STENCIL["runs"]
 check_stencil_runs(STENCIL, STENCIL_VAE_SPEC)

@@ -3,7 +3,8 @@ transparent VAE; export it with its model card, RGBA contact sheet and loss plot
 
 from blkassist.flux.train import train_run
 from blkassist.runlog import rule_logging
-from blkassist.stencil_model.curriculum import Curriculum, stencil_training
+from blkassist.stencil_model.curriculum import stencil_training
+from blkassist.stencil_model.settings import Curriculum
 
 with rule_logging(snakemake):
     run, i = snakemake.wildcards.stencil_run, snakemake.input

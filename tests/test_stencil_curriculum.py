@@ -20,15 +20,18 @@ from blkassist.flux.loader import load_flux
 from blkassist.flux.optim import make_schedule
 from blkassist.stencil.dataset import build_stencil_dataset
 from blkassist.stencil_model.curriculum import (
-    Curriculum,
     CurriculumOrder,
     StencilTrainer,
-    check_stencil_runs,
     read_stencil_set,
-    resolve_stencil_loras,
     rgba_tensor,
 )
-from blkassist.stencil_model.vae import TransparentVAE, TransparentVAESpec, pad_rgb
+from blkassist.stencil_model.settings import (
+    Curriculum,
+    TransparentVAESpec,
+    check_stencil_runs,
+    resolve_stencil_loras,
+)
+from blkassist.stencil_model.vae import TransparentVAE, pad_rgb
 from tests.flux_fixtures import REPO, SCHEMA, SMALL, TINY_SPEC, recipe
 
 TINY_VAE_SPEC = REPO / "resources" / "stencil" / "tiny_vae.yaml"

@@ -16,6 +16,7 @@ from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux, read_spec
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae_identity
+from blkassist.stencil_model.settings import TransparentVAESpec
 from blkassist.stencil_model.shapes import KINDS, alpha_share, write_ink_shapes
 from blkassist.stencil_model.train_vae import (
     VaeTraining,
@@ -27,7 +28,6 @@ from blkassist.stencil_model.train_vae import (
 from blkassist.stencil_model.vae import (
     _AUGMENTATIONS,
     TransparentVAE,
-    TransparentVAESpec,
     _augment,
     _undo,
     load_transparent_vae,

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 from PIL import Image, ImageDraw
-from skimage.measure import approximate_polygon, find_contours
 
 from blkassist.stencil.render import Drawing, Hatch, InkStyle, Stroke, closed_strokes
 
@@ -31,6 +30,8 @@ def ellipse(cx: float, cy: float, rx: float, ry: float, points: int = 96) -> np.
 
 def traced_outlines(fill: list[tuple[np.ndarray, int]], size, min_length: float = 12.0):
     """The closed outlines of the fill (outer and inner), in output pixels."""
+    from skimage.measure import approximate_polygon, find_contours  # scipy: not at parse time
+
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     for polygon, value in fill:

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,47 +39,10 @@ from blkassist.flux.generate import render
 from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.preview import over_checkerboard
+from blkassist.stencil_model.settings import STAGE_LISTS, STAGE_NAMES, Curriculum
 from blkassist.stencil_model.vae import TransparentVAE, to_flux
 
 log = logging.getLogger(__name__)
-
-STAGE_LISTS = ("stages/1-singles.txt", "stages/2-pairs.txt", "stages/3-triples.txt")
-STAGE_NAMES = ("singles", "+ pairs", "+ triples and extras")
-
-
-@dataclass(frozen=True)
-class Curriculum:
-    pairs_from: int
-    triples_from: int
-    pairs_share: float
-    triples_share: float
-
-    @classmethod
-    def from_config(cls, settings: dict, steps: int, key: str) -> Curriculum:
-        """From a schema-filled `curriculum` mapping; stage order and shares checked."""
-        curriculum = cls(**settings)
-        if not 0 < curriculum.pairs_from < curriculum.triples_from < steps:
-            raise ConfigError(
-                f"{key}: stage boundaries must satisfy 0 < pairs_from ({curriculum.pairs_from})"
-                f" < triples_from ({curriculum.triples_from}) < recipe.steps ({steps}); "
-                "move a boundary or raise steps."
-            )
-        if curriculum.pairs_share + curriculum.triples_share > 1:
-            raise ConfigError(
-                f"{key}: pairs_share + triples_share is "
-                f"{curriculum.pairs_share + curriculum.triples_share:g}, more than 1; "
-                "singles take the rest, so lower one of them."
-            )
-        return curriculum
-
-    def stage_at(self, step: int) -> int:
-        """The stage (0, 1, 2) of the optimiser step that follows `step` steps done."""
-        return 0 if step < self.pairs_from else 1 if step < self.triples_from else 2
-
-    def shares(self, stage: int) -> list[float]:
-        """Share of the draws per group (singles, pairs, triples and extras) in `stage`."""
-        p, t = self.pairs_share, self.triples_share
-        return [[1.0], [round(1 - p, 12), p], [round(1 - p - t, 12), p, t]][stage]
 
 
 def read_stencil_set(dataset_dir: str | Path, multiple: int):
@@ -344,51 +307,3 @@ def stencil_training(
         )
 
     return {"loader": loader, "trainer_factory": trainer_factory}
-
-
-def check_stencil_runs(stencil: dict, vae_spec: str | Path | None = None) -> None:
-    """Cross-key checks of stencil.runs before any job runs: the set exists, the stages
-    are in order inside the run's steps, samples fit the transparent VAE of `vae_spec`."""
-    from blkassist.stencil_model.vae import TransparentVAESpec
-
-    if not stencil["runs"]:
-        return
-    multiple = TransparentVAESpec.from_yaml(vae_spec).size_multiple if vae_spec else 1
-    for name, run in stencil["runs"].items():
-        key = f"stencil.runs.{name}"
-        if run["dataset"] not in stencil["datasets"]:
-            raise ConfigError(
-                f"{key}.dataset: {run['dataset']!r} is not a set under stencil.datasets "
-                f"({', '.join(stencil['datasets']) or 'none'}); add it there."
-            )
-        Curriculum.from_config(run["curriculum"], run["recipe"]["steps"], f"{key}.curriculum")
-        sample_size = run["recipe"]["sample_size"]
-        if any(side % multiple for side in sample_size):
-            raise ConfigError(
-                f"{key}.recipe.sample_size: {sample_size} must be multiples of {multiple} "
-                f"for the transparent VAE ({vae_spec})."
-            )
-
-
-def resolve_stencil_loras(stencil: dict, models_dir: str) -> None:
-    """Replace `stencil:RUN` in every asset set's loras with the run's LoRA file (in place),
-    refusing an unknown run or a prompt length the LoRA was not trained with."""
-    for set_name, settings in stencil["assets"].items():
-        for index, lora in enumerate(settings["loras"]):
-            if not lora["file"].startswith("stencil:"):
-                continue
-            key = f"stencil.assets.{set_name}.loras.{index}.file"
-            run = lora["file"].split(":", 1)[1]
-            if run not in stencil["runs"]:
-                raise ConfigError(
-                    f"{key}: {run!r} is not a run under stencil.runs "
-                    f"({', '.join(stencil['runs']) or 'none'})."
-                )
-            trained = stencil["runs"][run]["recipe"]["max_sequence_length"]
-            if settings["max_sequence_length"] != trained:
-                raise ConfigError(
-                    f"stencil.assets.{set_name}.max_sequence_length: "
-                    f"{settings['max_sequence_length']} differs from stencil.runs.{run}'s "
-                    f"recipe max_sequence_length {trained}; make them equal."
-                )
-            lora["file"] = f"{models_dir}/stencil-{run}.safetensors"

@@ -21,9 +21,9 @@ from PIL import Image
 from blkassist.errors import InputImageError
 from blkassist.fsutil import write_json
 from blkassist.stencil_model.preview import over_checkerboard
+from blkassist.stencil_model.settings import TransparentVAESpec
 from blkassist.stencil_model.vae import (
     TransparentVAE,
-    TransparentVAESpec,
     pad_rgb,
     save_weights,
 )

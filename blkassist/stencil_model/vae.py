@@ -19,62 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from blkassist.errors import ConfigError, ModelFileError
+from blkassist.stencil_model.settings import TransparentVAESpec
 
 log = logging.getLogger(__name__)
 
 FLUX_VAE_PREFIX = "sd_vae."  # the published file also carries the Flux VAE it was made with
 _AUGMENTATIONS = tuple((flip, turns) for flip in (False, True) for turns in range(4))
-
-
-@dataclass(frozen=True)
-class TransparentVAESpec:
-    """Architecture of a transparent VAE (the published one or a tiny one)."""
-
-    encoder_channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 256, 256)
-    offset_scale: float = 300.0
-    block_out_channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512, 512)
-    attention_levels: tuple[int, ...] = (4, 5, 6)
-    layers_per_block: int = 2
-    norm_num_groups: int = 4
-    attention_head_dim: int = 8
-    latent_channels: int = 16
-    # The published layers that inject the offset and the latent start at zero, so an
-    # untrained adapter leaves a pretrained system as it was; a model trained from scratch
-    # learns far faster without that (the tiny one).
-    zero_init: bool = True
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this (one halving per decoder level)."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> TransparentVAESpec:
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: transparent VAE spec not found.")
-        raw = yaml.safe_load(path.read_text()) or {}
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        spec = cls(**values)
-        if len(spec.encoder_channels) != 8:
-            raise ConfigError(f"{path}: encoder_channels needs 8 widths (4 halvings to H/8)")
-        if len(spec.block_out_channels) < 4:
-            raise ConfigError(f"{path}: block_out_channels needs 4+ levels (latent at H/8)")
-        return spec
 
 
 class OffsetEncoder(nn.Module):

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyvips
-from scipy import ndimage
 
 PRIMITIVES = ("hatch", "cross-hatch", "grain", "stroke")
 BINS = 36  # orientation histogram: 5 degree bins over 180 degrees
@@ -75,6 +74,8 @@ def read_luma(path: str) -> np.ndarray:
 
 def cell_grid(luma: np.ndarray, cell: int) -> CellGrid:
     """Per-cell texture sums of a uint8 luma image; a partial last row/column is left out."""
+    from scipy import ndimage  # not at workflow parse time (rules import this package)
+
     height, width = luma.shape
     rows, cols = height // cell, width // cell
     tensor = np.zeros((rows, cols, 3), np.float64)

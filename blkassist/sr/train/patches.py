@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyvips
-from scipy import ndimage
 
 MAP_SIDE = 256  # importance maps are computed at this long side
 FLOOR = 0.02  # flat areas keep a little probability (relative to the mean)
@@ -44,6 +43,8 @@ def read_mask(path: str, width: int, height: int, cell: int = 1) -> np.ndarray:
 
 def importance_map(source: PatchSource, mask_mode: str) -> tuple[np.ndarray, float]:
     """(probabilities over a reduced grid, grid-to-image scale)."""
+    from scipy import ndimage  # not at workflow parse time (rules import this module)
+
     image = pyvips.Image.thumbnail(source.image, MAP_SIDE)
     if image.hasalpha():
         image = image.flatten(background=255)
