@@ -39,7 +39,7 @@ def create_store(path: str | os.PathLike, plan: RefinePass, bands: int):
         chunks=(1, inner, inner, bands) if sharded else (1, height, width, bands),
         shards=(1, height, width, bands) if sharded else None,
         dtype="uint8",
-        compressors=canvas._COMPRESSOR,
+        compressors=canvas.COMPRESSOR,
         fill_value=0,
         write_data=True,
     )
