@@ -132,7 +132,7 @@ rule upscale_tile_batch:
         last=r"\d+",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: tile_threads
     resources:
         gpu=gpus_for,
     script:

@@ -224,3 +224,25 @@ def test_safetensors_weights_load_like_the_pth(tmp_path, tiny_weights):
     assert loaded.keys() == params.keys()
     assert all(torch.equal(loaded[k], params[k]) for k in params)
     assert build_rrdbnet(loaded).native_scale == 4
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("bands", [3, 4])
+def test_lanczos_regions_equal_cropping_the_whole_window(scale, bands):
+    """The tiler asks only for each tile's own output: for every scale, band count and a
+    matrix of boxes (inner, touching each edge, tiny), that is the crop of the whole."""
+    rng = np.random.default_rng(scale * 10 + bands)
+    windows = rng.integers(0, 256, (1, 42, 38, bands), np.uint8)
+    if bands == 4:
+        windows[..., 3] = rng.choice([0, 90, 255], windows.shape[:3])
+    upscaler = LanczosUpscaler()
+    whole = upscaler(windows, scale)[0]
+    height, width = windows.shape[1:3]
+    edges = [(0, 5), (3, 30), (8, 38), (36, 38), (0, 38)]
+    for left, right in edges:
+        for top, bottom in [(0, 42), (8, 10), (40, 42), (5, 33)]:
+            if right > width or bottom > height:
+                continue
+            box = (left * scale, top * scale, right * scale, bottom * scale)
+            (region,) = upscaler.regions(windows, scale, [box])
+            assert np.array_equal(region, whole[box[1] : box[3], box[0] : box[2]]), box

@@ -107,24 +107,43 @@ def upscale_tiles(
     forward can differ in the last bit with the number of windows stacked, so a tile is
     always computed in the same company whatever the batching or the resume state. A group
     that straddles the job's range is computed whole; only the job's own tiles are written.
+    An upscaler that is `batch_invariant` is grouped over `tiles` alone, and one with
+    `regions` computes only each tile's own output, not its padding.
     """
     started = time.perf_counter()
     own = {tile.index for tile in tiles}
     done = progress.finished()
     scale = plan.scale
-    groups = forward_groups(plan.tiles_between(0, plan.tile_count), plan, pad, tiles_per_forward)
-    for group in groups:
+    invariant = getattr(upscaler, "batch_invariant", False)
+    company = tiles if invariant else plan.tiles_between(0, plan.tile_count)
+    for group in forward_groups(company, plan, pad, tiles_per_forward):
         mine = [tile for tile in group if tile.index in own]
         if not mine or all(tile.index in done for tile in mine):
             continue
         boxes = [tile.padded(pad, plan.input_width, plan.input_height) for tile in group]
         windows = np.stack([np.asarray(source[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes])
-        upscaled = upscaler(windows, scale)
-        for tile, (x0, y0, _, _), out in zip(group, boxes, upscaled, strict=True):
+        # each tile's own area inside its upscaled window
+        crops = [
+            (
+                (tile.x - x0) * scale,
+                (tile.y - y0) * scale,
+                (tile.x - x0 + tile.width) * scale,
+                (tile.y - y0 + tile.height) * scale,
+            )
+            for tile, (x0, y0, _, _) in zip(group, boxes, strict=True)
+        ]
+        if hasattr(upscaler, "regions"):
+            upscaled = upscaler.regions(windows, scale, crops)
+        else:
+            upscaled = [
+                out[top:bottom, left:right]
+                for out, (left, top, right, bottom) in zip(
+                    upscaler(windows, scale), crops, strict=True
+                )
+            ]
+        for tile, pixels in zip(group, upscaled, strict=True):
             if tile.index not in own:
                 continue
-            top, left = (tile.y - y0) * scale, (tile.x - x0) * scale
-            pixels = out[top : top + tile.height * scale, left : left + tile.width * scale]
             target[
                 tile.y * scale : (tile.y + tile.height) * scale,
                 tile.x * scale : (tile.x + tile.width) * scale,
