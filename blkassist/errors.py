@@ -15,3 +15,7 @@ class InputImageError(BlkAssistError):
 
 class ModelFileError(BlkAssistError):
     """A model weight file is missing or does not fit the architecture."""
+
+
+class CanvasError(BlkAssistError):
+    """An intermediate canvas cannot be read (damaged on disk); the message names it."""

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyvips
@@ -29,15 +31,18 @@ log = logging.getLogger(__name__)
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
-def _read_image(path: str | os.PathLike) -> tuple[pyvips.Image, object]:
-    """An image file, or a pass's canvas named by its allocation record (.json), streamed;
-    and what must stay referenced until the image is written (a canvas's stream)."""
+@contextmanager
+def _open_image(path: str | os.PathLike) -> Iterator[pyvips.Image]:
+    """An image file, or a pass's canvas named by its allocation record (.json), streamed
+    for as long as the context lasts."""
     if str(path).endswith(".json"):
         from blkassist import canvas
-        from blkassist.assemble import stream_canvas
+        from blkassist.assemble import CanvasStream
 
-        return stream_canvas(canvas.open_canvas(read_json(path)["canvas"]))
-    return pyvips.Image.new_from_file(str(path), access="sequential"), None
+        with CanvasStream(canvas.open_canvas(read_json(path)["canvas"])) as stream:
+            yield stream.image
+    else:
+        yield pyvips.Image.new_from_file(str(path), access="sequential")
 
 
 def _display_image(image: pyvips.Image) -> pyvips.Image:
@@ -67,25 +72,23 @@ def deep_zoom(
     dzi, tiles = Path(dzi), Path(tiles)
     if tiles.name != dzi.stem + "_files":
         raise ValueError(f"Deep Zoom tiles must sit in {dzi.stem}_files beside {dzi}")
-    decoded, stream = _read_image(image)
-    source = _display_image(decoded)
     dzi.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dzi.stem}.", dir=dzi.parent))
     try:
-        source.dzsave(
-            str(tmp / dzi.stem),
-            tile_size=tile_size,
-            overlap=overlap,
-            suffix=f".jpg[Q={quality}]",
-            layout="dz",
-        )
+        with _open_image(image) as decoded:
+            _display_image(decoded).dzsave(
+                str(tmp / dzi.stem),
+                tile_size=tile_size,
+                overlap=overlap,
+                suffix=f".jpg[Q={quality}]",
+                layout="dz",
+            )
         if tiles.exists():
             shutil.rmtree(tiles)
         os.replace(tmp / tiles.name, tiles)
         os.replace(tmp / dzi.name, dzi)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        del stream  # the canvas stream outlives dzsave
     info = read_dzi(dzi)
     log.info(
         "read %s (%dx%d); wrote %s and %s (tiles %d+%d, JPEG Q%d) in %.1f s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ import tifffile
 
 from blkassist import canvas
 from blkassist.assemble import assemble, png_stream, srgb_profile
+from blkassist.errors import CanvasError
 from tests.conftest import textured
 
 
@@ -23,12 +25,13 @@ def make_canvas(tmp_path, pixels, chunk=128):
     return store
 
 
-@pytest.mark.parametrize(("bands", "chunk"), [(3, 128), (4, 128), (3, 512)])
+@pytest.mark.parametrize(("bands", "chunk"), [(3, 128), (4, 128), (3, 512), (3, 1024), (4, 1024)])
 def test_pyramidal_bigtiff_readable_by_tifffile_and_pyvips(tmp_path, bands, chunk):
     pixels = textured(700, 900, bands=bands)
     out = tmp_path / "final.tif"
     store = make_canvas(tmp_path, pixels, chunk)
-    assert (store.shards is not None) == (chunk == 512)  # blocks of 512 are 256-chunk shards
+    # blocks that are multiples of the inner chunk, and larger, are shards
+    assert (store.shards is not None) == (chunk > canvas.INNER_CHUNK)
     assemble(store, out, (900, 700), (11.811, 11.811), "deflate")
     with tifffile.TiffFile(out) as tif:
         assert tif.is_bigtiff
@@ -112,3 +115,35 @@ def test_png_stream_is_the_canvas_exactly(tmp_path):
         assert np.array_equal(
             pyvips.Image.new_from_buffer(png, "").numpy().reshape(pixels.shape), pixels
         )
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "canvas-writer" and t.is_alive()]
+
+
+@pytest.mark.timeout(120)
+def test_a_damaged_canvas_is_named_and_nothing_is_written(tmp_path):
+    """A canvas chunk damaged on disk stops the assembly with the canvas named and the
+    fix, not libvips' "truncated PNG", and leaves no result and no writer thread behind."""
+    pixels = textured(1500, 1100)
+    store = make_canvas(tmp_path, pixels, 1024)  # 2x2 shards of 512-px chunks
+    shard = tmp_path / "c.zarr" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[:16] = bytes(16)  # the first chunk's compressor header
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "final.tif"
+    with pytest.raises(CanvasError, match=r"c\.zarr: rows 1024-1499 cannot be read.*delete"):
+        assemble(store, out, (1100, 1500), (11.811, 11.811), "deflate")
+    assert not out.exists() and not list(tmp_path.glob("*.tif*"))
+    assert not _writer_threads()
+
+
+@pytest.mark.timeout(120)
+def test_a_write_that_fails_early_stops_the_canvas_writer(tmp_path):
+    """libvips refusing the write before it reads anything must not leave the writer
+    blocked on a full pipe (the canvas is several pipe buffers long)."""
+    store = make_canvas(tmp_path, textured(1500, 1100), 512)
+    with pytest.raises(pyvips.Error):
+        assemble(store, tmp_path / "final.tif", (1100, 1500), (1.0, 1.0), "no-such-codec")
+    assert not _writer_threads()
+    assert not list(tmp_path.glob("*.tif*"))
