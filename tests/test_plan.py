@@ -158,7 +158,13 @@ def test_a_mural_too_big_for_the_disk_fails_at_its_check_with_the_numbers(tmp_pa
     import pyvips
 
     pyvips.Image.black(4000, 3000, bands=3).write_to_file(str(tmp_path / "big.png"))
-    mural = {"source": "big.png", "model": "lanczos", "scale": 64, "tiles_per_job": 100000}
+    mural = {
+        "source": "big.png",
+        "model": "lanczos",
+        "path": "sr",
+        "scale": 64,
+        "tiles_per_job": 100000,
+    }
     config = write_config(tmp_path, {"murals": {"huge": mural}})
     result = run_snakemake(tmp_path, [config], check=False)
     messages = result.stdout + result.stderr
