@@ -13,9 +13,13 @@ REFINE = {
 
 @functools.cache
 def mural_path(mural):
-    """("sr" or "diffusion", why): auto refines only murals longer than 8192 px."""
+    """("sr" or "diffusion", why): auto refines only murals longer than 8192 px, with
+    real Flux weights."""
     plan = mural_plan(mural)
-    return choose_path(REFINE[mural].path, plan.final_width, plan.final_height)
+    settings = REFINE[mural]
+    return choose_path(
+        settings.path, plan.final_width, plan.final_height, settings.model
+    )
 
 
 def is_diffusion(mural):

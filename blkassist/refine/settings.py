@@ -105,17 +105,33 @@ def refine_settings(
     )
 
 
-def choose_path(configured: str, final_width: int, final_height: int) -> tuple[str, str]:
-    """("sr" or "diffusion", why)."""
+def is_random_model(model: str) -> bool:
+    """A random-model spec (.yaml: tests, the demo), not Flux weights."""
+    return str(model).endswith((".yaml", ".yml"))
+
+
+def choose_path(
+    configured: str, final_width: int, final_height: int, model: str = ""
+) -> tuple[str, str]:
+    """("sr" or "diffusion", why). `auto` refines murals longer than 8192 px, but only with
+    real Flux weights: a random test model would paint noise over a studio's mural."""
     long_side = max(final_width, final_height)
     if configured != "auto":
         return configured, f"path: {configured} set in the config"
-    if long_side > SR_ONLY_LONG_SIDE:
-        return "diffusion", (
-            f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
-            "SR then Flux refinement"
+    if long_side <= SR_ONLY_LONG_SIDE:
+        return "sr", (
+            f"path: auto and the long side {long_side} px is at most {SR_ONLY_LONG_SIDE} px"
         )
-    return "sr", f"path: auto and the long side {long_side} px is at most {SR_ONLY_LONG_SIDE} px"
+    if is_random_model(model):
+        return "sr", (
+            f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px, "
+            f"but the refinement model {model} is a random test model, not Flux weights: "
+            "SR alone (set refine.model or conceptor.model to a Flux.1-dev folder to refine)"
+        )
+    return "diffusion", (
+        f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
+        "SR then Flux refinement"
+    )
 
 
 def plan_stages(sr_outputs: list[tuple[int, int]], settings: RefineSettings) -> list[RefinePass]:
