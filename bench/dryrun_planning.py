@@ -8,6 +8,7 @@ production.yaml points at it. Figures are printed; nothing is asserted.
     .venv/bin/python bench/dryrun_planning.py                       # tiles_per_job 16
     .venv/bin/python bench/dryrun_planning.py --tiles-per-job 16 1  # also one-tile jobs
     .venv/bin/python bench/dryrun_planning.py --quick               # 4000x3000 source
+    .venv/bin/python bench/dryrun_planning.py --mural mural_flux    # the diffusion path
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def parse_job_stats(text: str) -> dict[str, int]:
 
 def run_variant(tiles_per_job: int, source: Path, workdir: Path, args) -> dict:
     config = yaml.safe_load(PRODUCTION.read_text())
-    (name,) = config["murals"]  # production declares one mural
+    name = args.mural
+    config["murals"] = {name: config["murals"][name]}  # plan only the mural asked for
     config["murals"][name]["source"] = str(source)
     config["murals"][name]["tiles_per_job"] = tiles_per_job
     mural = config["murals"][name]
@@ -78,6 +80,14 @@ def run_variant(tiles_per_job: int, source: Path, workdir: Path, args) -> dict:
     for repeat in range(args.repeat):
         case = Path(tempfile.mkdtemp(prefix=f"dryrun-tpj{tiles_per_job}-", dir=workdir))
         try:
+            refine = mural.get("refine")
+            if refine:  # stand-ins for the weights a studio would have (planning reads none)
+                (case / refine["model"]).mkdir(parents=True)
+                if refine.get("lora", "").startswith("texture:"):
+                    run = refine["lora"].split(":", 1)[1]
+                    lora = case / "work" / "models" / f"texture-{run}.safetensors"
+                    lora.parent.mkdir(parents=True)
+                    lora.touch()
             config_path = case / "production.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             # The target goes first: --resources takes several values and would swallow it.
@@ -140,6 +150,12 @@ def run_variant(tiles_per_job: int, source: Path, workdir: Path, args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles-per-job", type=int, nargs="+", default=[16])
+    parser.add_argument(
+        "--mural",
+        choices=sorted(yaml.safe_load(PRODUCTION.read_text())["murals"]),
+        default="mural",
+        help="production mural to plan: mural (SR path) or mural_flux (diffusion path)",
+    )
     parser.add_argument("--width", type=int, default=16000, help="stand-in source width")
     parser.add_argument("--height", type=int, default=12000, help="stand-in source height")
     parser.add_argument("--quick", action="store_true", help="4000x3000 source")
@@ -197,7 +213,7 @@ def main(argv=None) -> int:
             for r in done
         ],
         title=(
-            f"snakemake -n for production.yaml ({args.width}x{args.height} -> "
+            f"snakemake -n for production.yaml's {args.mural} ({args.width}x{args.height} -> "
             f"{out_gpx:.2f} Gpx), --cores {args.cores} --resources gpu={args.gpus}, "
             f"{args.repeat} run(s) each"
         ),
