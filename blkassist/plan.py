@@ -39,17 +39,18 @@ class DiskSpaceError(BlkAssistError):
 class PassCost:
     """One pass of any kind, as the estimator sees it."""
 
-    name: str  # e.g. "sr pass 1", "diffusion pass A"
+    name: str  # e.g. "sr pass 1", "refine pass 1.2"
     tiles: int
     jobs: int
-    seconds_per_tile: float
-    canvas_bytes: int  # uncompressed size of the canvas the pass writes
+    seconds_per_tile: float | None  # None: no figure for this kind of pass
+    canvas_bytes: int  # uncompressed size of what the pass writes (canvas, window store)
     uses_gpu: bool = True
     figure: str = "config"  # where seconds_per_tile came from
+    store: str = ""  # the name of what it writes, in the plan's disk table
 
     @property
     def device_seconds(self) -> float:
-        return self.tiles * self.seconds_per_tile
+        return self.tiles * (self.seconds_per_tile or 0.0)
 
 
 def model_family(model: str) -> str:
@@ -82,9 +83,47 @@ def sr_pass_costs(
                 canvas_bytes=canvas_bytes(step.output_width, step.output_height, bands),
                 uses_gpu=model != "lanczos",
                 figure=figure,
+                store=f"canvas{step.number}",
             )
         )
     return costs
+
+
+NO_WINDOW_FIGURE = "refinement: no figure, set murals.NAME.refine.seconds_per_window"
+
+
+def refine_pass_costs(stages, bands: int, seconds_per_window: float | None) -> list[PassCost]:
+    """PassCost of every refinement pass (blkassist.refine.plan.RefinePass): windows are
+    its tiles, tile and blend jobs its jobs, and it writes a window store (every window
+    whole, overlaps included) and a refined canvas."""
+    return [
+        PassCost(
+            name=f"refine pass {stage.name}" + (" (coherence)" if stage.coherence else ""),
+            tiles=stage.window_count,
+            jobs=stage.batch_count + stage.blend_count,
+            seconds_per_tile=seconds_per_window,
+            canvas_bytes=canvas_bytes(stage.width, stage.height, bands)
+            + stage.window_count * canvas_bytes(stage.window_width, stage.window_height, bands),
+            figure="config" if seconds_per_window else NO_WINDOW_FIGURE,
+            store=f"refine{stage.name}",
+        )
+        for stage in stages
+    ]
+
+
+def with_refinement(
+    sr_costs: list[PassCost], stages, bands: int, seconds_per_window: float | None
+) -> list[PassCost]:
+    """The SR passes and the refinement `stages`, in the order they run: each SR step,
+    then the refinement passes of its output."""
+    refine = refine_pass_costs(stages, bands, seconds_per_window)
+    ordered = []
+    for number, sr in enumerate(sr_costs, start=1):
+        ordered.append(sr)
+        ordered += [
+            cost for cost, stage in zip(refine, stages, strict=True) if stage.step == number
+        ]
+    return ordered
 
 
 def estimate(
@@ -101,9 +140,11 @@ def estimate(
     source_canvas = canvas_bytes(*source, bands)
     result = int(canvas_bytes(*final, bands) * PYRAMID_FACTOR)
     canvases = {"canvas0": source_canvas} | {
-        f"canvas{number}": cost.canvas_bytes for number, cost in enumerate(passes, start=1)
+        cost.store or f"canvas{number}": cost.canvas_bytes
+        for number, cost in enumerate(passes, start=1)
     }
     device_seconds = sum(cost.device_seconds for cost in passes if cost.uses_gpu)
+    unknown = [c.name for c in passes if c.uses_gpu and c.seconds_per_tile is None and c.tiles]
     return {
         "source": {"width": source[0], "height": source[1], "bands": bands},
         "final": {"width": final[0], "height": final[1]},
@@ -113,6 +154,7 @@ def estimate(
         "disk_bytes": {"canvases": canvases, "result": result},
         "disk_bytes_total": sum(canvases.values()) + result,
         "gpu_hours": device_seconds / 3600,
+        "gpu_hours_unknown_for": unknown,  # passes with no seconds-per-tile figure
     }
 
 
@@ -124,7 +166,8 @@ def plan_line(mural: str, report: dict) -> str:
         f"({final['width'] * final['height'] / 1e9:.2f} Gpx), {len(report['passes'])} "
         f"pass(es), {report['tiles']} tiles in {report['jobs']} jobs, disk up to "
         f"{human_bytes(report['disk_bytes_total'])}, ~{report['gpu_hours']:.2f} GPU-hours"
-        f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
+        + (" + unknown" if report.get("gpu_hours_unknown_for") else "")
+        + f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
     )
 
 
@@ -207,10 +250,11 @@ def check_mural(
     replaced: Iterable[str],
     output: str,
     temporary: bool = False,
+    refine_stages: Sequence = (),
 ) -> None:
     """The mural's preflight, run before ingest: the model loads and fits the plan, and the
-    canvases and result fit on the disk. `source` is (width, height, has_alpha). Writes
-    what it found to `output`."""
+    canvases, refinement window stores (`refine_stages`, the diffusion path) and result fit
+    on the disk. `source` is (width, height, has_alpha). Writes what it found to `output`."""
     import logging
 
     from blkassist.fsutil import write_json
@@ -225,9 +269,10 @@ def check_mural(
         log.info("model %s: %s", weights, found["weights"])
     costs = [
         PassCost(f"pass {p.number}", p.tile_count, 0, 0.0,
-                 canvas_bytes(p.output_width, p.output_height, bands))
+                 canvas_bytes(p.output_width, p.output_height, bands), store=f"canvas{p.number}")
         for p in plans
     ]  # fmt: skip
+    costs = with_refinement(costs, refine_stages, bands, None)
     totals = estimate((width, height), tuple(final_size), bands, costs)
     needed = peak_disk_bytes(totals, temporary)
     available = check_disk(needed, Path(output).parent, replaced)

@@ -7,7 +7,7 @@ from blkassist.corpus.collections import MASK_TAG
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
-from blkassist.plan import estimate, plan_line, sr_pass_costs
+from blkassist.plan import estimate, plan_line, sr_pass_costs, with_refinement
 from blkassist.probe import header_alpha, header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
@@ -158,6 +158,11 @@ def mural_report(mural):
     costs = sr_pass_costs(
         plan, bands, settings.model, settings.pad, settings.seconds_per_tile
     )
+    if is_diffusion(mural):
+        refine = REFINE[mural]
+        costs = with_refinement(
+            costs, refine_stages(mural), bands, refine.seconds_per_window
+        )
     return estimate(
         (plan.source_width, plan.source_height),
         (plan.final_width, plan.final_height),

@@ -6,24 +6,38 @@ import json
 import os
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from blkassist import plan as planning
+from blkassist.config import validate_config
 from blkassist.errors import ModelFileError
 from blkassist.plan import (
     DiskSpaceError,
     PassCost,
     check_disk,
     check_model,
+    check_mural,
     estimate,
     peak_disk_bytes,
     plan_line,
     sr_pass_costs,
+    with_refinement,
 )
+from blkassist.refine.settings import mural_refine_stages
 from blkassist.tiling import plan_mural
-from tests.conftest import run_snakemake, save_tiny_rrdbnet, snakemake_cmd, textured, write_config
+from tests.conftest import (
+    REPO,
+    run_snakemake,
+    save_tiny_rrdbnet,
+    snakemake_cmd,
+    textured,
+    write_config,
+)
 
 
 def test_estimate_sums_passes_of_any_kind():
@@ -50,6 +64,62 @@ def test_estimate_sums_passes_of_any_kind():
     assert peak_disk_bytes(report, temporary=True) == canvases["canvas3"] + int(
         8000 * 6400 * 3 * 4 / 3
     )
+
+
+def production_refinement(**refine):
+    """The production diffusion mural (16000x12000 -> 64000x48000): its SR plan, stages."""
+    config = yaml.safe_load((REPO / "config" / "production.yaml").read_text())
+    config["murals"]["mural_flux"]["refine"].update(refine)
+    config = validate_config(config, REPO / "config" / "schema.yaml")
+    plan = plan_mural(16000, 12000, target_long_side=64000, tile=512, tiles_per_job=16)
+    outputs = [(p.output_width, p.output_height) for p in plan.passes]
+    stages = mural_refine_stages(config, "mural_flux", outputs, (64000, 48000))
+    return plan, stages
+
+
+@pytest.mark.parametrize("seconds_per_window", [None, 2.5])
+def test_the_diffusion_path_is_in_the_plan(seconds_per_window):
+    """Windows, tile and blend jobs and window stores of every refinement pass count, in
+    the order they run; without a seconds-per-window figure the hours say unknown."""
+    plan, stages = production_refinement(seconds_per_window=seconds_per_window)
+    assert [s.name for s in stages] == ["1.1", "1.2", "1.3", "1.4"]
+    sr = sr_pass_costs(plan, 3, "realesrgan-x4plus", 32, seconds_per_tile=1.0)
+    costs = with_refinement(sr, stages, 3, stages and seconds_per_window)
+    report = estimate((16000, 12000), (64000, 48000), 3, costs)
+    windows = 3 * 69 * 52 + 70 * 53
+    assert report["tiles"] == 768 + windows
+    assert report["jobs"] == 48 + (3 * 225 + 232) + 4 * 46  # what the dry run lists
+    canvases = report["disk_bytes"]["canvases"]
+    assert list(canvases) == ["canvas0", "canvas1", "refine1.1", "refine1.2", "refine1.3",
+                              "refine1.4"]  # fmt: skip
+    assert canvases["refine1.1"] == 64000 * 48000 * 3 + 69 * 52 * 1024 * 1024 * 3
+    line = plan_line("mural_flux", report)
+    if seconds_per_window is None:
+        assert report["gpu_hours"] == pytest.approx(768 / 3600)
+        assert report["gpu_hours_unknown_for"] == [c.name for c in costs[1:]]
+        assert "GPU-hours + unknown" in line and "refine.seconds_per_window" in line
+    else:
+        assert report["gpu_hours"] == pytest.approx((768 + windows * 2.5) / 3600)
+        assert not report["gpu_hours_unknown_for"] and "unknown" not in line
+
+
+def test_a_random_refinement_model_keeps_the_plan_to_sr():
+    _, stages = production_refinement(model="resources/flux/tiny.yaml")
+    assert stages == []
+
+
+def test_the_disk_check_counts_the_refinement_window_stores(tmp_path, monkeypatch):
+    """Free space enough for the SR canvases and the result but not the window stores:
+    the diffusion mural is refused at its check, the same mural on the SR path is not."""
+    plan, stages = production_refinement()
+    sr_only = estimate((16000, 12000), (64000, 48000), 3, sr_pass_costs(plan, 3, "lanczos", 32))
+    free = sr_only["disk_bytes_total"] + 10**9
+    monkeypatch.setattr(planning.shutil, "disk_usage", lambda _: SimpleNamespace(free=free))
+    geometry = [p.geometry() for p in plan.passes]
+    args = ((16000, 12000, False), "", "lanczos", geometry, (64000, 48000), [])
+    check_mural(*args, str(tmp_path / "sr.json"))
+    with pytest.raises(DiskSpaceError, match=r"the mural needs up to 10\d\.\d GB"):
+        check_mural(*args, str(tmp_path / "diffusion.json"), refine_stages=stages)
 
 
 def test_lanczos_costs_no_gpu_hours():

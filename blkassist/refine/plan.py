@@ -19,7 +19,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-BLOCK = 512  # output block side: a zarr shard of 256-pixel inner chunks
+BLOCK = 512  # output block side: one zarr chunk of the refined canvas
 SIZE_MULTIPLE = 16  # Flux: VAE factor 8 x 2x2 latent packing
 
 

@@ -38,6 +38,7 @@ class RefineSettings:
     tiles_per_job: int
     tiles_per_forward: int
     blocks_per_job: int
+    seconds_per_window: float | None = None  # planning only (the plan's GPU-hours)
 
     def pixel_settings(self, stage: RefinePass) -> dict:
         """Everything that defines a pass's pixels (rule params; batching left out)."""
@@ -102,6 +103,7 @@ def refine_settings(
         tiles_per_job=refine["tiles_per_job"],
         tiles_per_forward=refine["tiles_per_forward"],
         blocks_per_job=refine["blocks_per_job"],
+        seconds_per_window=refine["seconds_per_window"],
     )
 
 
@@ -132,6 +134,16 @@ def choose_path(
         f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
         "SR then Flux refinement"
     )
+
+
+def mural_refine_stages(
+    config: Mapping, name: str, sr_outputs: list[tuple[int, int]], final_size
+) -> list[RefinePass]:
+    """The refinement passes of mural `name` if its path is diffusion, else none: what a
+    job that sees only the config (the mural's check) needs of the workflow's plan."""
+    settings = refine_settings(config, name, config["models"]["dir"], config["conceptor"]["model"])
+    path, _ = choose_path(settings.path, *final_size, settings.model)
+    return plan_stages(sr_outputs, settings) if path == "diffusion" else []
 
 
 def plan_stages(sr_outputs: list[tuple[int, int]], settings: RefineSettings) -> list[RefinePass]:
