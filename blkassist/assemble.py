@@ -91,8 +91,9 @@ class CanvasStream:
         self._stop = threading.Event()
         read_end, self._write_end = os.pipe()
         os.set_blocking(self._write_end, False)  # so the writer can notice a stop request
-        with contextlib.suppress(OSError):  # a larger buffer halves the context switches
-            fcntl.fcntl(self._write_end, fcntl.F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: a larger buffer, fewer context switches
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._write_end, fcntl.F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
         # The writer starts first: opening the image reads the PNG header from the pipe.
         self._thread = threading.Thread(
             target=self._write, args=(array,), name="canvas-writer", daemon=True
