@@ -290,8 +290,13 @@ class FluxLoraTrainer:
 
     def sample_image(self, pipe, seed: int, embeds, pooled):
         """One sample (what is saved, and how the contact sheet shows it)."""
+        image = self.render_sample(pipe, seed, embeds, pooled)
+        return image, image
+
+    def render_sample(self, pipe, seed: int, embeds, pooled, **options):
+        """The recipe's sampler settings for one seed; `options` go to render()."""
         r = self.recipe
-        image = render(
+        return render(
             pipe,
             seed=seed,
             width=r.sample_size[0],
@@ -301,8 +306,8 @@ class FluxLoraTrainer:
             prompt_embeds=embeds,
             pooled_prompt_embeds=pooled,
             max_sequence_length=r.max_sequence_length,
+            **options,
         )
-        return image, image
 
     # -- the run ---------------------------------------------------------------------
     def _validate(self) -> None:

@@ -35,7 +35,6 @@ from blkassist.flux.data import (
     content_key,
     data_fingerprint,
 )
-from blkassist.flux.generate import render
 from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.preview import over_checkerboard
@@ -239,14 +238,8 @@ class StencilTrainer(FluxLoraTrainer):
         """A sample decoded to RGBA by the transparent decoder, shown over a checkerboard."""
         from blkassist.stencil_model.assets import decode_rgba
 
-        r = self.recipe
-        width, height = r.sample_size
-        packed = render(pipe, seed=seed, width=width, height=height,
-                        steps=r.sample_steps, guidance=r.sample_guidance,
-                        prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                        max_sequence_length=r.max_sequence_length,
-                        output_type="latent")  # fmt: skip
-        image = decode_rgba(self.components, self.vae, packed, width, height)
+        packed = self.render_sample(pipe, seed, embeds, pooled, output_type="latent")
+        image = decode_rgba(self.components, self.vae, packed, *self.recipe.sample_size)
         return image, over_checkerboard(image)
 
     def model_card(self, chosen: dict, result: dict, title: str | None = None) -> dict:
