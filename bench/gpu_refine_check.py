@@ -72,7 +72,7 @@ def random_lora(transformer, rank: int, path: Path) -> Path:
 def production_passes(mural: str) -> tuple[list[dict], dict]:
     """Windows and denoise of each refinement pass of the production diffusion mural."""
     from blkassist.config import mural_settings, validate_config
-    from blkassist.refine.settings import plan_stages, refine_settings
+    from blkassist.refine.settings import mural_refine_settings, plan_stages
     from blkassist.tiling import plan_mural
 
     config = yaml.safe_load((ROOT / "config/production.yaml").read_text())
@@ -82,7 +82,7 @@ def production_passes(mural: str) -> tuple[list[dict], dict]:
         16000, 12000, scale=settings.scale, target_long_side=settings.target_long_side,
         tile=settings.tile, tiles_per_job=settings.tiles_per_job,
     )  # fmt: skip
-    refine = refine_settings(config, mural, "work/models", config["conceptor"]["model"])
+    refine = mural_refine_settings(config, mural)
     stages = plan_stages([(p.output_width, p.output_height) for p in plan.passes], refine)
     passes = [
         {"pass": s.name, "denoise": refine.pixel_settings(s)["denoise"], "windows": s.window_count}

@@ -3,12 +3,9 @@
 # and assembly through its refined canvases.
 import functools
 
-from blkassist.refine.settings import choose_path, plan_stages, refine_settings
+from blkassist.refine.settings import choose_path, mural_refine_settings, plan_stages
 
-REFINE = {
-    name: refine_settings(config, name, MODELS_DIR, CONCEPTOR["model"])
-    for name in config["murals"]
-}
+REFINE = {name: mural_refine_settings(config, name) for name in config["murals"]}
 
 
 @functools.cache
@@ -38,12 +35,15 @@ def refine_stages(mural):
     return plan_stages(sizes, REFINE[mural])
 
 
-def refine_stage(wildcards):
-    step, number = int(wildcards.step), int(wildcards.rpass)
-    for stage in refine_stages(wildcards.mural):
+def find_stage(mural, step, number):
+    for stage in refine_stages(mural):
         if (stage.step, stage.number) == (step, number):
             return stage
-    raise ValueError(f"mural {wildcards.mural} has no refinement pass {step}.{number}")
+    raise ValueError(f"mural {mural} has no refinement pass {step}.{number}")
+
+
+def refine_stage(wildcards):
+    return find_stage(wildcards.mural, int(wildcards.step), int(wildcards.rpass))
 
 
 def stage_dir(mural, stage):

@@ -36,18 +36,15 @@ def last_pass_of(mural):
 
 
 def viewer_layer_ready(wildcards):
-    """A canvas panel is drawn once its pass is whole: its batch or blend markers."""
-    image = viewer_images(wildcards.mural)[wildcards.layer]
-    if not image.endswith(".json"):
-        return []
-    if Path(image).parent.name.startswith("refine"):
-        stage = next(
-            s
-            for s in refine_stages(wildcards.mural)
-            if f"{stage_dir(wildcards.mural, s)}/allocation.json" == image
-        )
-        return stage_blend_markers(wildcards.mural, stage)
-    return batch_markers(wildcards.mural, int(wildcards.layer.removeprefix("sr")))
+    """A canvas panel is drawn once its pass is whole: its batch or blend markers (the
+    layer's name says which: srK, refineKpN)."""
+    mural, layer = wildcards.mural, wildcards.layer
+    if layer.startswith("refine"):
+        step, number = map(int, layer.removeprefix("refine").split("p"))
+        return stage_blend_markers(mural, find_stage(mural, step, number))
+    if layer.startswith("sr"):
+        return batch_markers(mural, int(layer.removeprefix("sr")))
+    return []
 
 
 def viewer_overlays(mural):

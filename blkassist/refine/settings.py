@@ -136,12 +136,18 @@ def choose_path(
     )
 
 
+def mural_refine_settings(config: Mapping, name: str) -> RefineSettings:
+    """Mural `name`'s refinement settings as the workflow resolves them: LoRA names under
+    models.dir, no refine.model = conceptor.model."""
+    return refine_settings(config, name, config["models"]["dir"], config["conceptor"]["model"])
+
+
 def mural_refine_stages(
     config: Mapping, name: str, sr_outputs: list[tuple[int, int]], final_size
 ) -> list[RefinePass]:
     """The refinement passes of mural `name` if its path is diffusion, else none: what a
     job that sees only the config (the mural's check) needs of the workflow's plan."""
-    settings = refine_settings(config, name, config["models"]["dir"], config["conceptor"]["model"])
+    settings = mural_refine_settings(config, name)
     path, _ = choose_path(settings.path, *final_size, settings.model)
     return plan_stages(sr_outputs, settings) if path == "diffusion" else []
 
