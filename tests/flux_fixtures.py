@@ -1,5 +1,5 @@
-"""Paths and recipes shared by the Flux tests: the checkout's model specs and schema (the
-library itself never reads the checkout)."""
+"""Paths, recipes and helpers shared by the Flux tests: the checkout's model specs and
+schema (the library itself never reads the checkout)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,37 @@ SMALL = {
 def recipe(kind: str = "conceptor", **overrides) -> Recipe:
     """The recipe a config with SMALL and `overrides` under KIND.runs.RUN.recipe gives."""
     return schema_recipe(kind, {**SMALL, **overrides}, SCHEMA)
+
+
+def random_lora_file(folder: Path, name: str, seed: int) -> Path:
+    """A LoRA for the tiny Flux in the diffusers file format, with weights big enough to
+    change the image."""
+    import torch
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from blkassist.flux.loader import load_flux
+
+    components = load_flux(TINY_SPEC)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
+    components.transformer.add_adapter(config)
+    with torch.no_grad():
+        for key, param in components.transformer.named_parameters():
+            if "lora_" in key:
+                param.normal_(0, 0.3)
+    state = get_peft_model_state_dict(components.transformer)
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=state, weight_name=name)
+    return folder / name
+
+
+def assert_same_adapter_and_ema(a: dict, b: dict) -> None:
+    """Two trainers' state_dict()s hold bit-identical adapter and EMA weights."""
+    import torch
+
+    for name, tensor in a["adapter"].items():
+        assert torch.equal(tensor, b["adapter"][name]), name
+    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
+        assert torch.equal(x, y)

@@ -19,7 +19,7 @@ from blkassist.flux.loader import load_flux
 from blkassist.flux.optim import make_schedule
 from blkassist.flux.recipe import concept_sequence_length, resolve_concept_sequence_lengths
 from blkassist.flux.trainer import Batch, FluxLoraTrainer
-from tests.flux_fixtures import TINY_SPEC, recipe
+from tests.flux_fixtures import TINY_SPEC, assert_same_adapter_and_ema, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,10 +157,7 @@ def test_texture_run_uses_8bit_adamw_and_resumes_identically(data, tmp_path):
     assert resumed.step == 3
     resumed.run()
     a, b = straight.state_dict(), resumed.state_dict()
-    for name, tensor in a["adapter"].items():
-        assert torch.equal(tensor, b["adapter"][name]), name
-    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
-        assert torch.equal(x, y)
+    assert_same_adapter_and_ema(a, b)
     assert a["schedule"] == b["schedule"]
     # bitsandbytes keeps 8-bit states and their quantisation maps in nested dicts.
     torch.testing.assert_close(a["optimizer"], b["optimizer"], rtol=0, atol=0)

@@ -16,7 +16,7 @@ from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.recipe import recipe_from_config
 from blkassist.flux.trainer import FluxLoraTrainer
-from tests.flux_fixtures import SCHEMA, TINY_SPEC, recipe
+from tests.flux_fixtures import SCHEMA, TINY_SPEC, assert_same_adapter_and_ema, recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,10 +115,7 @@ def test_killed_run_resumes_with_identical_state(data, tmp_path):
     assert resumed.resumed_from is not None and resumed.step == 2
     resumed.run()
     a, b = straight.state_dict(), resumed.state_dict()
-    for name, tensor in a["adapter"].items():
-        assert torch.equal(tensor, b["adapter"][name]), name
-    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
-        assert torch.equal(x, y)
+    assert_same_adapter_and_ema(a, b)
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     for index, state in a["optimizer"]["state"].items():
         for key, value in state.items():

@@ -32,7 +32,15 @@ from blkassist.stencil_model.settings import (
     resolve_stencil_loras,
 )
 from blkassist.stencil_model.vae import TransparentVAE, pad_rgb
-from tests.flux_fixtures import REPO, SCHEMA, SMALL, TINY_SPEC, recipe
+from tests.flux_fixtures import (
+    REPO,
+    SCHEMA,
+    SMALL,
+    TINY_SPEC,
+    assert_same_adapter_and_ema,
+    random_lora_file,
+    recipe,
+)
 
 TINY_VAE_SPEC = REPO / "resources" / "stencil" / "tiny_vae.yaml"
 
@@ -259,10 +267,7 @@ def test_resume_just_before_a_stage_boundary_is_bit_identical(dataset, tmp_path,
     assert resumed.step == boundary - 1 and resumed.resumed_from is not None
     resumed.run()
     a, b = straight.state_dict(), resumed.state_dict()
-    for name, tensor in a["adapter"].items():
-        assert torch.equal(tensor, b["adapter"][name]), name
-    for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
-        assert torch.equal(x, y)
+    assert_same_adapter_and_ema(a, b)
     assert bitwise_equal(a["optimizer"], b["optimizer"])  # 8-bit states and their scales
     assert a["order"] == b["order"] and a["order"]["draws"] == 6
     assert torch.equal(a["generator"], b["generator"]) and a["schedule"] == b["schedule"]
@@ -290,26 +295,6 @@ def test_samples_are_rgba_over_a_checkerboard_and_the_card_has_the_stages(datase
     assert sum(s["images_added"] for s in stages) == len(card["data"]["images"])
 
 
-def layer_lora_file(tmp_path) -> Path:
-    """A LoRA for the tiny Flux in the diffusers format, big enough to change the image."""
-    from diffusers import FluxPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    components = load_flux(TINY_SPEC)
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
-    components.transformer.add_adapter(config)
-    with torch.no_grad():
-        for key, param in components.transformer.named_parameters():
-            if "lora_" in key:
-                param.normal_(0, 0.3)
-    state = get_peft_model_state_dict(components.transformer)
-    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=state, weight_name="l.st")
-    return tmp_path / "l.st"
-
-
 def test_layer_lora_is_fused_before_the_base_is_quantised(dataset, tmp_path):
     from blkassist.flux.generate import render
     from blkassist.probe import sha256_file
@@ -317,7 +302,7 @@ def test_layer_lora_is_fused_before_the_base_is_quantised(dataset, tmp_path):
     from blkassist.stencil_model.curriculum import stencil_training
     from blkassist.stencil_model.vae import save_weights
 
-    layer = layer_lora_file(tmp_path)
+    layer = random_lora_file(tmp_path, "l.st", seed=0)
     save_weights(tiny_vae(0), tmp_path / "vae.pth")
     settings = recipe("stencil", **{**STENCIL_SMALL, "quantize": True})
     job = stencil_training(str(TINY_VAE_SPEC), str(tmp_path / "vae.pth"), CURRICULUM, str(layer))

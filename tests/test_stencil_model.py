@@ -34,7 +34,13 @@ from blkassist.stencil_model.vae import (
     pad_rgb,
     save_weights,
 )
-from tests.flux_fixtures import FULL_RANDOM_SPEC, PUBLISHED_VAE_SPEC, TINY_SPEC, TINY_VAE_SPEC
+from tests.flux_fixtures import (
+    FULL_RANDOM_SPEC,
+    PUBLISHED_VAE_SPEC,
+    TINY_SPEC,
+    TINY_VAE_SPEC,
+    random_lora_file,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -223,27 +229,6 @@ def test_eight_way_decode_is_a_per_pixel_median_of_the_passes(flux, trained):
     assert (below >= 4).all() and (above >= 4).all()  # half the passes on either side
 
 
-def _lora_file(tmp_path, name, seed):
-    """A LoRA for the tiny Flux in the diffusers file format, with weights big enough to
-    change the image."""
-    from diffusers import FluxPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    components = load_flux(TINY_SPEC)
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
-    components.transformer.add_adapter(config)
-    with torch.no_grad():
-        for key, param in components.transformer.named_parameters():
-            if "lora_" in key:
-                param.normal_(0, 0.3)
-    state = get_peft_model_state_dict(components.transformer)
-    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=state, weight_name=name)
-    return tmp_path / name
-
-
 LATENT = {
     "seed": 3,
     "width": 32,
@@ -259,7 +244,7 @@ LATENT = {
 def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    path = _lora_file(tmp_path, "layerlora.safetensors", seed=0)
+    path = random_lora_file(tmp_path, "layerlora.safetensors", seed=0)
     base = render(load_flux(TINY_SPEC).pipeline(), **LATENT)
     as_adapter = load_flux(TINY_SPEC).pipeline()
     as_adapter.load_lora_weights(str(path), adapter_name="check")
@@ -272,7 +257,7 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     assert torch.allclose(fused, expected, atol=1e-4)
     assert (fused - base).abs().max() > 1e-2
     # A style LoRA still stacks on top, and comes off again.
-    style = _lora_file(tmp_path, "style.safetensors", seed=1)
+    style = random_lora_file(tmp_path, "style.safetensors", seed=1)
     load_adapter(pipe, style, 1.0, name="style")
     assert (render(pipe, **LATENT) - fused).abs().max() > 1e-2
     pipe.delete_adapters("style")
@@ -283,8 +268,8 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
 
 def test_generated_assets_are_rgba_with_real_alpha_and_provenance(flux, trained, tmp_path):
     model, vae_path, _, _ = trained
-    layer = _lora_file(tmp_path, "layerlora.safetensors", seed=0)
-    style = _lora_file(tmp_path, "style.safetensors", seed=1)
+    layer = random_lora_file(tmp_path, "layerlora.safetensors", seed=0)
+    style = random_lora_file(tmp_path, "style.safetensors", seed=1)
     components = load_flux(TINY_SPEC)
     prompts = ["ink cloud, thick outline", {"prompt": "cube, thin lines", "role": "MG",
                                             "aspect": "2:1"}]  # fmt: skip
