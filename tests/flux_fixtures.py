@@ -67,3 +67,22 @@ def assert_same_adapter_and_ema(a: dict, b: dict) -> None:
         assert torch.equal(tensor, b["adapter"][name]), name
     for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"], strict=True):
         assert torch.equal(x, y)
+
+
+class _RunsCode:
+    """Unpickling this runs `touch MARKER`: what a planted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_code_running_checkpoint(path, marker) -> None:
+    """Overwrite a checkpoint with a pickle that creates `marker` when fully unpickled."""
+    import torch
+
+    torch.save({"step": 1, "payload": _RunsCode(marker)}, path)

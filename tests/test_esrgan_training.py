@@ -22,6 +22,7 @@ from tests.conftest import (
     textured,
     write_config,
 )
+from tests.flux_fixtures import plant_code_running_checkpoint
 
 SMALL = {"gt_size": 64, "batch_size": 1, "checkpoint_every": 2, "validate_every": 2,
          "validation_crops": 2, "perceptual": 0.0, "seed": 4}  # fmt: skip
@@ -94,6 +95,17 @@ def test_killed_run_resumes_with_identical_state(tmp_path, scans):
         a = (tmp_path / "a" / "run" / straight.settings.digest() / log_name).read_text()
         b = (tmp_path / "b" / "run" / resumed.settings.digest() / log_name).read_text()
         assert a == b, log_name
+
+
+def test_a_planted_code_running_checkpoint_is_refused_not_run(tmp_path, scans):
+    weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
+    first = trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
+    first.run()
+    marker = tmp_path / "code-ran"
+    plant_code_running_checkpoint(first._checkpoints()[-1], marker)
+    with pytest.raises(ModelFileError, match=r"refused to resume.*delete it"):
+        trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
+    assert not marker.exists()
 
 
 def test_export_loads_strictly_into_the_tiler(tmp_path, scans):

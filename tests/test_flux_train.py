@@ -9,14 +9,20 @@ import json
 import pytest
 import torch
 
-from blkassist.errors import ConfigError
+from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.data import BucketOrder, caption_variants
 from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.recipe import recipe_from_config
 from blkassist.flux.trainer import FluxLoraTrainer
-from tests.flux_fixtures import SCHEMA, TINY_SPEC, assert_same_adapter_and_ema, recipe
+from tests.flux_fixtures import (
+    SCHEMA,
+    TINY_SPEC,
+    assert_same_adapter_and_ema,
+    plant_code_running_checkpoint,
+    recipe,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -128,6 +134,16 @@ def test_killed_run_resumes_with_identical_state(data, tmp_path):
         return losses, rows(run.run_dir / "validation.csv")
 
     assert logged(straight) == logged(resumed)  # the lost steps' rows were dropped
+
+
+def test_a_planted_code_running_checkpoint_is_refused_not_run(data, tmp_path):
+    run = trainer(data, tmp_path / "run", tmp_path / "cache", steps=2, save_every=2)
+    run.run()
+    marker = tmp_path / "code-ran"
+    plant_code_running_checkpoint(run.checkpoints()[-1] / "state.pt", marker)
+    with pytest.raises(ModelFileError, match=r"refused to resume.*delete it"):
+        trainer(data, tmp_path / "run", tmp_path / "cache", steps=2, save_every=2)
+    assert not marker.exists()
 
 
 def test_cached_latents_and_text_embeddings_are_reused(data, tmp_path):

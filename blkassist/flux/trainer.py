@@ -30,7 +30,7 @@ from blkassist.flux.optim import make_optimizer, make_schedule
 from blkassist.flux.plots import plot_losses
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log
 from blkassist.probe import sha256_file
-from blkassist.rng import rng_state, seed_everything, set_rng_state
+from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class FluxLoraTrainer:
         resumable = [c for c in self.checkpoints() if (c / "state.pt").is_file()]
         if not resumable:
             return None
-        state = torch.load(resumable[-1] / "state.pt", map_location=self.device, weights_only=False)
+        state = load_checkpoint(resumable[-1] / "state.pt", self.device)
         self.load_state_dict(state)
         for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
             truncate_csv_log(self.run_dir / name, "step", self.step)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from blkassist.compat import basicsr_module
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
-from blkassist.rng import rng_state, seed_everything, set_rng_state
+from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
 from blkassist.sr.degrade import DegradationSettings, Degrader, sample_kernels
 from blkassist.sr.models import build_rrdbnet, rrdbnet_params
 from blkassist.sr.train.losses import (
@@ -180,7 +180,7 @@ class EsrganTrainer:
         checkpoints = self._checkpoints()
         if not checkpoints:
             return None
-        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
+        state = load_checkpoint(checkpoints[-1], self.device)
         self.load_state_dict(state)
         for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
             truncate_csv_log(self.run_dir / name, "iteration", self.iteration)
