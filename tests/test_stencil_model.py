@@ -30,6 +30,7 @@ from blkassist.stencil_model.vae import (
     TransparentVAE,
     _augment,
     _undo,
+    area_downscale,
     load_transparent_vae,
     pad_rgb,
     save_weights,
@@ -154,6 +155,86 @@ def test_padding_keeps_covered_colour_and_fills_clear_pixels_from_it():
     assert float(gap[2].abs().max()) < 1e-5  # nothing from the garbage
     assert (gap[0] + gap[1] > 0.5).all()  # filled with the neighbours' colour
     assert float(gap[0, :, 0].mean()) > float(gap[0, :, -1].mean())  # red fades to the right
+
+
+def reference_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The area filter written out pixel by pixel: each output pixel is the mean of the
+    source over its cell, a source pixel counting by how much of it lies in the cell
+    (overlaps under 1e-3 pixel ignored), over the cell's area."""
+
+    def cover(index: int, cell: int, source: int, target: int) -> float:
+        scale = source / target
+        start, end = cell * scale, min((cell + 1) * scale, source)
+        overlap = max(0.0, min(index + 1, end) - max(index, start))
+        return overlap / (end - start) if overlap > 1e-3 else 0.0
+
+    source_h, source_w = image.shape[:2]
+    out = np.zeros((height, width, image.shape[2]))
+    for y in range(height):
+        for x in range(width):
+            for i in range(source_h):
+                wy = cover(i, y, source_h, height)
+                for j in range(source_w) if wy else ():
+                    out[y, x] += wy * cover(j, x, source_w, width) * image[i, j]
+    return out
+
+
+def published_padding(rgba: np.ndarray, shrink: float = 1.2) -> np.ndarray:
+    """The published LayerDiffuse padding as its authors run it, with OpenCV: area-reduced
+    pyramid of premultiplied colour and alpha, bilinear enlargement back up."""
+    import cv2
+
+    colour, alpha = rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]
+    levels = [(colour, alpha)]
+    while min(levels[-1][1].shape[:2]) > 1:
+        height, width = levels[-1][1].shape[:2]
+        size = (int(width / shrink), int(height / shrink))
+        colour = cv2.resize(levels[-1][0], size, interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(levels[-1][1], size, interpolation=cv2.INTER_AREA)[..., None]
+        levels.append((colour.reshape(size[1], size[0], 3), alpha.reshape(size[1], size[0], 1)))
+    top_colour, top_alpha = levels[-1]
+    estimate = top_colour.sum((0, 1), keepdims=True) / max(top_alpha.sum(), 1e-8)
+    for colour, alpha in reversed(levels):
+        height, width = alpha.shape[:2]
+        estimate = cv2.resize(estimate, (width, height), interpolation=cv2.INTER_LINEAR)
+        estimate = colour + estimate.reshape(height, width, 3) * (1 - alpha)
+    return estimate
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((23, 17), (19, 14)), ((12, 9), (10, 7)), ((16, 12), (8, 6)), ((7, 5), (5, 4)),
+     ((9, 30), (7, 25)), ((5, 3), (1, 2)), ((11, 11), (1, 1))],
+)  # fmt: skip
+def test_area_reduction_is_the_fractional_overlap_filter(source, target):
+    import cv2
+
+    image = np.random.default_rng(sum(source)).random((*source, 3), dtype=np.float32)
+    got = area_downscale(torch.from_numpy(image).permute(2, 0, 1)[None], target)
+    got = got[0].permute(1, 2, 0).double().numpy()
+    assert np.abs(got - reference_area(image, *target)).max() < 1e-6
+    opencv = cv2.resize(image, target[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(got - opencv.reshape(got.shape)).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["smooth", "noisy"])
+def test_padding_matches_the_published_opencv_pipeline(kind):
+    rng = np.random.default_rng(0 if kind == "smooth" else 1)
+    height, width = 96, 80
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    if kind == "smooth":
+        alpha = np.clip(1.5 - 4 * np.hypot(yy - 0.45, xx - 0.4), 0, 1)
+        colour = np.stack([yy, xx, 1 - yy], axis=-1)
+    else:
+        alpha = (rng.random((height, width)) < 0.3) * rng.random((height, width))
+        colour = rng.random((height, width, 3))
+    rgba = np.concatenate([colour, alpha[..., None]], axis=-1).astype(np.float32)
+    want = published_padding(rgba)
+    tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]
+    got = pad_rgb(tensor)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    partly_clear = (alpha > 0) & (alpha < 1)
+    assert np.abs(got - want)[partly_clear].max() < 1e-4
 
 
 @pytest.mark.parametrize(("flip", "turns"), _AUGMENTATIONS)

@@ -17,7 +17,9 @@ with a strict key check.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -156,20 +158,54 @@ class TransparentDecoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
 
 
+@functools.cache
+def area_weights(source: int, target: int) -> torch.Tensor:
+    """(target, source) weights of OpenCV's INTER_AREA reduction along one axis: output
+    pixel d averages the source interval [d * s, (d + 1) * s), s = source / target, each
+    source pixel weighted by the part of it inside (slivers under 1e-3 pixel dropped, as
+    OpenCV does), over the cell's width. Cached: every level of every image reuses it."""
+    scale = source / target
+    weights = torch.zeros(target, source, dtype=torch.float64)
+    for d in range(target):
+        start = d * scale
+        end = start + scale
+        width = min(scale, source - start)
+        first = min(math.ceil(start), source - 1)
+        last = min(math.floor(end), source - 1)
+        first = min(first, last)
+        if first - start > 1e-3:
+            weights[d, first - 1] = (first - start) / width
+        weights[d, first:last] = 1 / width
+        if end - last > 1e-3:
+            weights[d, last] = min(end - last, 1.0, width) / width
+    return weights
+
+
+def area_downscale(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) reduced to `size` (height, width) by OpenCV's INTER_AREA filter, also
+    for non-integer factors (fractional overlaps), where F.interpolate's "area" mode is
+    adaptive pooling over whole pixels."""
+    height, width = images.shape[-2:]
+    rows = area_weights(height, size[0]).to(images)
+    columns = area_weights(width, size[1]).to(images)
+    return torch.einsum("yh,bchw,xw->bcyx", rows, images, columns)
+
+
 def pad_rgb(rgba: torch.Tensor, shrink: float = 1.2) -> torch.Tensor:
     """Colour spread from covered pixels into clear ones, so that the Flux VAE and the offset
     encoder never see a hard colour edge at the silhouette.
 
-    Premultiplied colour and alpha are shrunk by `shrink` per level down to one pixel; from
-    the coarsest level (the alpha-weighted mean colour) up, each level's colour is its own
-    premultiplied colour plus the enlarged coarser estimate where it is uncovered.
+    Premultiplied colour and alpha are shrunk by `shrink` per level (OpenCV's area filter,
+    as the published LayerDiffuse code does) down to one pixel; from the coarsest level (the
+    alpha-weighted mean colour) up, each level's colour is its own premultiplied colour plus
+    the bilinearly enlarged coarser estimate where it is uncovered.
     """
     colour, alpha = rgba[:, :3], rgba[:, 3:4]
     levels = [(colour * alpha, alpha)]
     while min(levels[-1][1].shape[-2:]) > 1:
         height, width = levels[-1][1].shape[-2:]
         size = (max(1, int(height / shrink)), max(1, int(width / shrink)))
-        levels.append(tuple(F.interpolate(t, size=size, mode="area") for t in levels[-1]))
+        levels.append(tuple(area_downscale(t, size) for t in levels[-1]))
     premultiplied, coverage = levels[-1]
     estimate = premultiplied.sum((2, 3), keepdim=True) / coverage.sum(
         (2, 3), keepdim=True
