@@ -35,9 +35,9 @@ def recipe(kind: str = "conceptor", **overrides) -> Recipe:
     return schema_recipe(kind, {**SMALL, **overrides}, SCHEMA)
 
 
-def random_lora_file(folder: Path, name: str, seed: int) -> Path:
+def random_lora_file(folder: Path, name: str, seed: int, text_encoder: bool = False) -> Path:
     """A LoRA for the tiny Flux in the diffusers file format, with weights big enough to
-    change the image."""
+    change the image; with `text_encoder`, it changes the CLIP text encoder too."""
     import torch
     from diffusers import FluxPipeline
     from peft import LoraConfig
@@ -47,15 +47,25 @@ def random_lora_file(folder: Path, name: str, seed: int) -> Path:
 
     components = load_flux(TINY_SPEC)
     torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
-    components.transformer.add_adapter(config)
-    with torch.no_grad():
-        for key, param in components.transformer.named_parameters():
-            if "lora_" in key:
-                param.normal_(0, 0.3)
-    state = get_peft_model_state_dict(components.transformer)
-    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=state, weight_name=name)
+    parts = {"transformer": ["to_q", "to_k", "to_v", "to_out.0"]}
+    if text_encoder:
+        parts["text_encoder"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    layers = {}
+    for part, targets in parts.items():
+        model = getattr(components, part)
+        config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=targets)
+        if part == "transformer":
+            model.add_adapter(config)
+        else:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(config, model)
+        with torch.no_grad():
+            for key, param in model.named_parameters():
+                if "lora_" in key:
+                    param.normal_(0, 0.3)
+        layers[f"{part}_lora_layers"] = get_peft_model_state_dict(model)
+    FluxPipeline.save_lora_weights(folder, weight_name=name, **layers)
     return folder / name
 
 

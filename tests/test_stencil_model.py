@@ -5,6 +5,7 @@ and RGBA asset generation through the tiny Flux."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -322,6 +323,31 @@ LATENT = {
 }
 
 
+def test_bundled_flux_vae_is_compared_with_the_one_in_use(flux, trained, tmp_path, caplog):
+    model, _, _, _ = trained
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bundled = {f"sd_vae.{k}": v.half() for k, v in flux.vae.state_dict().items()}
+    matching = tmp_path / "TransparentVAE.pth"
+    torch.save({**state, **bundled}, matching)
+    with caplog.at_level("WARNING"):
+        loaded = load_transparent_vae(TINY_VAE_SPEC, matching, flux_vae=flux.vae)
+    assert loaded.bundled_flux_vae["matches"], loaded.bundled_flux_vae  # fp16 copy: equal
+    assert not caplog.records
+    key = "decoder.conv_out.weight"
+    bundled[f"sd_vae.{key}"] = bundled[f"sd_vae.{key}"] * 1.1
+    del bundled["sd_vae.encoder.conv_in.bias"]
+    other = tmp_path / "other.pth"
+    torch.save({**state, **bundled}, other)
+    with caplog.at_level("WARNING"):
+        loaded = load_transparent_vae(TINY_VAE_SPEC, other, flux_vae=flux.vae)
+    summary = loaded.bundled_flux_vae
+    assert not summary["matches"] and summary["only_in_flux_vae"] == ["encoder.conv_in.bias"]
+    assert [d.split(" ")[0] for d in summary["differing"]] == [key]
+    message = caplog.records[-1].getMessage()
+    assert key in message and "encoder.conv_in.bias" in message and "not the Flux VAE" in message
+    assert load_transparent_vae(TINY_VAE_SPEC, other).bundled_flux_vae is None  # not asked
+
+
 def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -333,7 +359,8 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     pipe = load_flux(TINY_SPEC).pipeline()
     record = fuse_layer_lora(pipe, path)
     fused = render(pipe, **LATENT)
-    assert record == {"file": str(path), "sha256": sha256_file(path), "scale": 1.0, "fused": True}
+    assert record == {"file": str(path), "sha256": sha256_file(path), "scale": 1.0, "fused": True,
+                      "fused_into": ["transformer"]}  # fmt: skip
     assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
     assert torch.allclose(fused, expected, atol=1e-4)
     assert (fused - base).abs().max() > 1e-2
@@ -345,6 +372,40 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     assert torch.allclose(render(pipe, **LATENT), fused, atol=1e-6)
     with pytest.raises(ModelFileError, match=r"nothing\.safetensors"):
         fuse_layer_lora(pipe, tmp_path / "nothing.safetensors")
+
+
+def test_layer_lora_text_encoder_keys_are_fused_too(tmp_path):
+    path = random_lora_file(tmp_path, "layerlora.safetensors", seed=2, text_encoder=True)
+    prompt = {"prompt": "ink circle", "prompt_2": None, "max_sequence_length": 32}
+    base = load_flux(TINY_SPEC).pipeline().encode_prompt(**prompt)[1]
+    as_adapter = load_flux(TINY_SPEC).pipeline()
+    as_adapter.load_lora_weights(str(path), adapter_name="check")
+    expected_pooled = as_adapter.encode_prompt(**prompt)[1]
+    expected = render(as_adapter, **LATENT)
+    pipe = load_flux(TINY_SPEC).pipeline()
+    record = fuse_layer_lora(pipe, path)
+    assert record["fused_into"] == ["transformer", "text_encoder"]
+    assert not getattr(pipe.text_encoder, "peft_config", None)  # fused, adapter gone
+    pooled = pipe.encode_prompt(**prompt)[1]
+    assert (expected_pooled - base).abs().max() > 1e-3  # the CLIP keys matter
+    assert torch.allclose(pooled, expected_pooled, atol=1e-5)
+    assert torch.allclose(render(pipe, **LATENT), expected, atol=1e-4)
+
+
+def test_layer_lora_with_keys_diffusers_cannot_apply_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = random_lora_file(tmp_path, "layerlora.safetensors", seed=3)
+    state = load_file(path)
+    t5_key = "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"
+    state[t5_key] = torch.zeros(4, 32)
+    save_file(state, path)
+    pipe = load_flux(TINY_SPEC).pipeline()
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(ModelFileError, match=re.escape(t5_key)):
+        fuse_layer_lora(pipe, path)
+    after = pipe.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing fused in part
 
 
 def test_generated_assets_are_rgba_with_real_alpha_and_provenance(flux, trained, tmp_path):

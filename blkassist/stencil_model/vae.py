@@ -328,7 +328,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def check_keys(model: TransparentVAE, state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse a state dict that does not fit the model exactly, naming every missing and
     unexpected key and every shape mismatch. Keys of the bundled Flux VAE ("sd_vae.*") are
-    allowed and ignored: the Flux VAE comes from the Flux model folder."""
+    allowed here: the Flux VAE comes from the Flux model (compare_bundled_flux_vae checks
+    them against it)."""
     expected = model.state_dict()
     given = {k: v for k, v in state.items() if not k.startswith(FLUX_VAE_PREFIX)}
     missing = sorted(set(expected) - set(given))
@@ -354,21 +355,81 @@ def check_keys(model: TransparentVAE, state: dict[str, torch.Tensor], source: st
         )
 
 
+def compare_bundled_flux_vae(
+    state: dict[str, torch.Tensor], flux_vae, source: str
+) -> dict[str, object] | None:
+    """Compare the Flux VAE a published file carries ("sd_vae.*") with the one in use,
+    warning where they differ: the transparent VAE learnt its offsets against the bundled
+    one. Values count as equal within the coarser dtype's precision (a file in fp16 beside
+    a model in bf16). None when the file bundles no Flux VAE."""
+    bundled = {
+        k.removeprefix(FLUX_VAE_PREFIX): v
+        for k, v in state.items()
+        if k.startswith(FLUX_VAE_PREFIX)
+    }
+    if not bundled:
+        return None
+    loaded = flux_vae.state_dict()
+    differing = []
+    for key in sorted(set(bundled) & set(loaded)):
+        mine, theirs = bundled[key], loaded[key]
+        if mine.shape != theirs.shape:
+            differing.append(f"{key} (shape {tuple(mine.shape)}, in use {tuple(theirs.shape)})")
+            continue
+        precision = max(torch.finfo(t.dtype).eps for t in (mine, theirs))
+        reference = theirs.detach().double().cpu()
+        difference = float((mine.double() - reference).abs().max())
+        size = float(reference.abs().max())
+        if difference > precision * max(size, 1e-12):
+            differing.append(f"{key} (max difference {difference:.3g}, values up to {size:.3g})")
+    only_file = sorted(set(bundled) - set(loaded))
+    only_flux = sorted(set(loaded) - set(bundled))
+    summary = {
+        "bundled_tensors": len(bundled),
+        "differing": differing,
+        "only_in_file": only_file,
+        "only_in_flux_vae": only_flux,
+        "matches": not (differing or only_file or only_flux),
+    }
+    if not summary["matches"]:
+        problems = [
+            f"{len(differing)} tensor(s) differ: {', '.join(differing[:5])}" if differing else "",
+            f"{len(only_file)} only in the file: {', '.join(only_file[:5])}" if only_file else "",
+            f"{len(only_flux)} only in the Flux VAE: {', '.join(only_flux[:5])}"
+            if only_flux
+            else "",
+        ]
+        log.warning(
+            "%s: the Flux VAE bundled in the transparent VAE file (%s*) is not the Flux VAE "
+            "in use: %s. The transparent VAE was made for the bundled one; expect colour and "
+            "alpha errors unless the Flux model is the one it was published with.",
+            source,
+            FLUX_VAE_PREFIX,
+            "; ".join(p for p in problems if p),
+        )
+    return summary
+
+
 def load_transparent_vae(
     spec: str | os.PathLike | TransparentVAESpec,
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    flux_vae=None,
 ) -> TransparentVAE:
     """The transparent VAE of `spec`, with `weights` loaded after a strict key check (or
-    freshly initialised without), frozen, in eval mode."""
+    freshly initialised without), frozen, in eval mode. With `flux_vae` (the one in use), a
+    Flux VAE bundled in the file is compared with it (`bundled_flux_vae` on the model)."""
     if not isinstance(spec, TransparentVAESpec):
         spec = TransparentVAESpec.from_yaml(spec)
     model = TransparentVAE(spec)
+    model.bundled_flux_vae = None
     if weights is not None:
         state = read_weights(weights)
         check_keys(model, state, str(weights))
         model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+        if flux_vae is not None:
+            model.bundled_flux_vae = compare_bundled_flux_vae(state, flux_vae, str(weights))
         log.info("loaded transparent VAE weights %s", weights)
     return model.to(device=device, dtype=dtype).requires_grad_(False).eval()
 
