@@ -15,4 +15,5 @@ with rule_logging(snakemake):
         validation_dir=str(validation) if (validation / "metadata.jsonl").exists() else None,
         chosen_step=snakemake.params.chosen_step,
         key=f"conceptor.runs.{snakemake.wildcards.run}.recipe",
+        progress=snakemake.config["progress"],
     )  # fmt: skip

@@ -9,4 +9,5 @@ with rule_logging(snakemake):
         snakemake.wildcards.run, snakemake.params.settings, snakemake.input.manifests,
         snakemake.input.init, snakemake.params.run_dir, out.weights, out.model_card,
         out.validation_csv, out.validation_plot, snakemake.params.lock_dir, snakemake.threads,
+        progress=snakemake.config["progress"],
     )  # fmt: skip

@@ -22,5 +22,5 @@ with rule_logging(snakemake):
         chosen_step=snakemake.params.chosen_step, key=f"{key}.recipe",
         title="Flux.1-dev Stencil style LoRA (RGBA assets, curriculum)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
-        **stencil,
+        progress=snakemake.config["progress"], **stencil,
     )  # fmt: skip

@@ -18,4 +18,5 @@ with rule_logging(snakemake):
         chosen_step=snakemake.params.chosen_step, key=f"texture.runs.{run}.recipe",
         title="Flux.1-dev texture LoRA (BLK-Upscale diffusion refinement)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
+        progress=snakemake.config["progress"],
     )  # fmt: skip

@@ -8,4 +8,5 @@ with rule_logging(snakemake):
     train_run(
         snakemake.input.model, snakemake.input.spec, snakemake.input.assets, out.weights,
         out.model_card, out.sheet, snakemake.params.settings, snakemake.threads,
+        progress=snakemake.config["progress"],
     )  # fmt: skip

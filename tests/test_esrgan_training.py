@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from blkassist.errors import ConfigError, ModelFileError
+from blkassist.progress import ProgressSettings
 from blkassist.sr.degrade import DegradationSettings
 from blkassist.sr.models import NeuralUpscaler
 from blkassist.sr.ncnn import convert
@@ -43,12 +45,21 @@ def trainer(tmp_path, scans, weights, **overrides):
     return EsrganTrainer(settings, scans[:2], scans[2:], str(weights), tmp_path / "run")
 
 
-def test_a_few_iterations_from_the_real_x4plus_weights(tmp_path, scans):
+def test_a_few_iterations_from_the_real_x4plus_weights(tmp_path, scans, caplog):
     weights = convert("realesrgan-x4plus", tmp_path / "x4plus.pth")
     run = trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
     before = {k: v.clone() for k, v in run.generator.state_dict().items()}
-    result = run.run()
+    with caplog.at_level("INFO", logger="blkassist.progress"):
+        result = run.run(progress=ProgressSettings(every_steps=100, every_seconds=1e9))
     assert result["iterations"] == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
+    assert [line.split(",")[0] for line in lines] == [
+        "Real-ESRGAN: iteration 1/2 (50.0%)",
+        "Real-ESRGAN: iteration 2/2 (100.0%)",
+    ]
+    assert all(
+        re.search(r"loss [\d.e+-]+, lr 0.0001, [\d.e+-]+ iterations/s, ETA", x) for x in lines
+    )
     changed = [k for k, v in run.generator.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
     rows = (run.run_dir / "losses.csv").read_text().splitlines()

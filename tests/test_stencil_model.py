@@ -16,6 +16,7 @@ from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux, read_spec
 from blkassist.probe import sha256_file
+from blkassist.progress import ProgressSettings
 from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae_identity
 from blkassist.stencil_model.settings import TransparentVAESpec
 from blkassist.stencil_model.shapes import KINDS, alpha_share, write_ink_shapes
@@ -266,6 +267,20 @@ def trained(flux, tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "stencil-transparent-vae.pth"
     save_weights(model, path)
     return model, path, held, history
+
+
+def test_transparent_vae_training_logs_progress(flux, tmp_path, caplog):
+    write_ink_shapes(tmp_path, count=4, size=32, seed=1)
+    images, _ = read_rgba_folder(tmp_path, 32)
+    spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
+    short = VaeTraining(size=32, steps=4, batch_size=2, lr=1e-3, holdout=1, seed=0)
+    with caplog.at_level("INFO", logger="blkassist.progress"):
+        train_transparent_vae(flux.vae, spec, images, short, progress=ProgressSettings(2, 1e9))
+    lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"transparent VAE: step {n}/4" for n in (1, 2, 4)
+    ]
+    assert all(" steps/s, ETA " in line and "loss " in line and "lr " in line for line in lines)
 
 
 def test_trained_tiny_vae_round_trip_recovers_alpha(flux, trained):

@@ -138,6 +138,17 @@ def test_scheduling_knobs_redo_nothing_and_compression_reruns_only_assembly(tmp_
     run_snakemake(tmp_path, [config])
     final = tmp_path / "results/m_final.tif"
     before = sha256(final)
+    # Each batch's log says how much of its pass is done, and at what speed.
+    lines = [
+        line
+        for log in sorted((tmp_path / "logs/m/pass1").glob("tiles-*.log"))
+        for line in log.read_text().splitlines()
+        if "tiles done" in line
+    ]
+    assert len(lines) == 5
+    done = [int(re.search(r"pass 1 \(x4\): (\d)/9 tiles done", line)[1]) for line in lines]
+    assert max(done) == 9 and min(done) >= 1
+    assert all(re.search(r"this batch [12] in [\d.]+ s \([\d.]+ s/tile\), ETA", x) for x in lines)
     for knob, value in [("tiles_per_job", 5), ("tiles_per_forward", 3)]:
         mural[knob] = value
         config = write_config(tmp_path, {"murals": {"m": mural}, "gpu": {"lock_dir": "locks"}})

@@ -19,6 +19,7 @@ import torch
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import recipe_from_config
 from blkassist.fsutil import atomic_path, write_json
+from blkassist.progress import ProgressSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,13 @@ def train_run(
     loss_plot: str | None = None,
     trainer_factory=None,
     loader=None,
+    progress: dict | None = None,
 ) -> dict:
     """Train (or resume) and export; `config` is the schema-validated recipe mapping.
     `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
     trainer other than the plain FluxLoraTrainer, and `loader(model, device, recipe)` loads
-    the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA)."""
+    the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA).
+    `progress` is the config's progress section (how often a progress line is logged)."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux
     from blkassist.flux.trainer import FluxLoraTrainer
@@ -86,7 +89,10 @@ def train_run(
             trainer.resumed_from or "nothing",
         )
         started = time.perf_counter()
-        result = {**trainer.run(), "device": lease.torch_device}
+        run = trainer.run(
+            progress=ProgressSettings.from_config(progress), label=key.removesuffix(".recipe")
+        )
+        result = {**run, "device": lease.torch_device}
         chosen = trainer.export(export, chosen_step)
     if contact_sheet:
         _copy(Path(chosen["checkpoint"]) / "contact_sheet.png", contact_sheet)

@@ -30,6 +30,7 @@ from blkassist.flux.optim import make_optimizer, make_schedule
 from blkassist.flux.plots import plot_losses
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log
 from blkassist.probe import sha256_file
+from blkassist.progress import ProgressSettings, TrainingProgress
 from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -318,14 +319,21 @@ class FluxLoraTrainer:
                 {"step": self.step, "weights": weights, "loss": round(loss, 6)},
             )
 
-    def run(self, stop_after: int | None = None) -> dict:
+    def run(
+        self,
+        stop_after: int | None = None,
+        progress: ProgressSettings | None = None,
+        label: str = "Flux LoRA",
+    ) -> dict:
         """Train to `steps`, saving every `save_every`; `stop_after` ends this call early
-        (with a checkpoint), as a time-sliced job would."""
+        (with a checkpoint), as a time-sliced job would. `progress` logs a progress line
+        at its interval."""
         r = self.recipe
         target = r.steps if stop_after is None else min(r.steps, stop_after)
         if self.step == 0 and not (self.run_dir / "validation.csv").exists():
             self._validate()  # the base model: the adapter starts as a no-op
         started, first = time.perf_counter(), self.step
+        reporter = TrainingProgress(label, r.steps, self.step, progress, self.device)
         while self.step < target:
             tick = time.perf_counter()
             row = self.train_step()
@@ -337,6 +345,7 @@ class FluxLoraTrainer:
                     "seconds": round(time.perf_counter() - tick, 4),
                 },
             )
+            reporter.update(self.step, row["loss"], row.get("step_size", row["lr"]))
             if self.step % r.save_every == 0 or self.step == target:
                 self._validate()
                 self.save_checkpoint()
