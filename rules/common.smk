@@ -508,3 +508,15 @@ def stencil_lora_params(run):
         "recipe": {k: v for k, v in recipe.items() if k not in housekeeping},
         "curriculum": STENCIL_RUNS[run]["curriculum"],
     }
+
+
+def kohya_loras():
+    """The kohya / ComfyUI copies of the LoRAs trained here (rules/models.smk)."""
+    runs = [("conceptor", name, run) for name, run in CONCEPTOR["runs"].items()]
+    runs += [("texture", name, run) for name, run in TEXTURE_RUNS.items()]
+    runs += [("stencil", name, run) for name, run in STENCIL_RUNS.items()]
+    return [
+        f"{MODELS_DIR}/{kind}-{name}.kohya.safetensors"
+        for kind, name, run in runs
+        if run["recipe"]["adapter"] == "lora"
+    ]

@@ -25,6 +25,7 @@ from blkassist.flux.adapter import adapter_state, add_adapter, save_adapter
 from blkassist.flux.data import BucketOrder, TensorCache, TrainingData, content_key
 from blkassist.flux.ema import AdapterEMA
 from blkassist.flux.generate import contact_sheet, render, save_png
+from blkassist.flux.kohya import kohya_path
 from blkassist.flux.objective import flow_matching_loss, sample_sigmas
 from blkassist.flux.optim import make_optimizer, make_schedule
 from blkassist.flux.plots import plot_losses
@@ -373,9 +374,11 @@ class FluxLoraTrainer:
         source = checkpoints[-1] / ("lora_ema.safetensors" if ema else "lora.safetensors")
         with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)
+        kohya = kohya_path(source)
         return {
             "step": int(checkpoints[-1].name.split("-")[1]),
             "weights": "ema" if ema else "live",
+            "kohya_copy": str(kohya) if kohya.is_file() else None,
             "checkpoint": str(checkpoints[-1]),
             "file": str(path),
             "sha256": sha256_file(path),
