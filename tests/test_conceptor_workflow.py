@@ -45,8 +45,9 @@ def test_lora_concepts_pick_and_mural(tmp_path):
     # The kohya / ComfyUI copy: q, k, v fused block-diagonally, alpha for the fused rank;
     # the same tensors as the chosen checkpoint's own copy.
     kohya = load_file(tmp_path / kohya_file)
-    assert kohya.keys() == load_file(card["chosen"]["kohya_copy"]).keys()
-    assert all(torch.equal(v, load_file(card["chosen"]["kohya_copy"])[k]) for k, v in kohya.items())
+    checkpoint_copy = load_file(tmp_path / card["chosen"]["kohya_copy"])
+    assert kohya.keys() == checkpoint_copy.keys()
+    assert all(torch.equal(v, checkpoint_copy[k]) for k, v in kohya.items())
     qkv = "lora_unet_double_blocks_0_img_attn_qkv"
     block = "transformer.transformer_blocks.0.attn"
     up, down = kohya[f"{qkv}.lora_up.weight"], kohya[f"{qkv}.lora_down.weight"]

@@ -15,10 +15,12 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from blkassist.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 # diffusers module (regex) -> (BFL module, slot in a fused Linear or None)
 _DOUBLE = r"transformer_blocks\.(\d+)\."
@@ -86,6 +88,8 @@ def to_kohya(
     """A diffusers/PEFT Flux LoRA state dict (`MODULE.lora_A.weight`, `MODULE.lora_B.weight`,
     optionally prefixed `transformer.`) in the kohya layout; `scales` gives each module's
     LoRA scale (alpha / r). Tensors keep their dtype; alphas are float32 scalars."""
+    import torch
+
     factors: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for key, tensor in state.items():
         name = key.removeprefix("transformer.")
