@@ -4,6 +4,7 @@ from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
 from blkassist.corpus.collections import MASK_TAG
+from blkassist import licences
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
@@ -163,12 +164,14 @@ def mural_report(mural):
         costs = with_refinement(
             costs, refine_stages(mural), bands, refine.seconds_per_window
         )
-    return estimate(
+    totals = estimate(
         (plan.source_width, plan.source_height),
         (plan.final_width, plan.final_height),
         bands,
         costs,
     )
+    # Which terms govern the result, before any GPU time is spent on it.
+    return {**totals, "licences": licences.mural(config, mural, is_diffusion(mural))}
 
 
 def mural_source(mural):

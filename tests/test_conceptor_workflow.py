@@ -59,13 +59,22 @@ def test_lora_concepts_pick_and_mural(tmp_path):
         rest[:, columns] = 0
         assert not rest.any()  # zero outside its own block
     assert kohya[f"{qkv}.alpha"].item() == 3 * 32
+    # Every card and sidecar names the terms of the models it depends on.
+    (lora_terms,) = card["licences"]
+    assert lora_terms["model"] == "work/models/conceptor-ink.safetensors"
+    assert lora_terms["derived_from"][0]["licence"].startswith("none: random weights")
+    assert lora_terms["training_data"][0]["collection"] == "ink"
     concepts = json.loads((tmp_path / "results/concepts/towers/concepts.json").read_text())
     assert len(concepts) == 4
     wide = [c for c in concepts if c["prompt"] == "a harbour at dusk"]
     assert all(c["width"] > c["height"] and c["width"] % 16 == 0 for c in wide)
     assert all(c["lora"]["sha256"] for c in concepts)
+    assert all(c["licences"][1] == lora_terms for c in concepts)
     pick = json.loads((tmp_path / "results/concepts/picks/harbour.json").read_text())
     assert pick["seed"] == 1 and pick["prompt"] == "a harbour at dusk"
+    assert pick["licences"] == concepts[0]["licences"]
+    mural = json.loads((tmp_path / "results/harbour_final.provenance.json").read_text())
+    assert [r["role"] for r in mural["licences"]] == []  # lanczos: no model
     assert (tmp_path / "results/harbour_final.tif").exists()
     again = run_snakemake(tmp_path, [path], "results/harbour_final.tif")
     assert "Nothing to be done" in again.stdout + again.stderr

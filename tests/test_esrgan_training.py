@@ -170,12 +170,19 @@ def test_workflow_trains_then_a_mural_uses_the_run(tmp_path):
                          "validate_every": 2, "validation_crops": 2,
                          "loss": {"perceptual": 0}}},
         "murals": {"m": {"source": "art.png", "model": "esrgan:r", "tile": 32, "pad": 16}},
+        "licences": {"files": {str(weights): "BSD-3-Clause (test weights)"}},
     }  # fmt: skip
     path = write_config(tmp_path, config)
     run_snakemake(tmp_path, [path], "results/m_final.tif", "results/esrgan/r/model_card.json")
     card = json.loads((tmp_path / "results/esrgan/r/model_card.json").read_text())
     assert card["run"]["iterations"] == 4 and len(card["data"]["scans"]) == 4
+    (terms,) = card["licences"]  # a derivative of the init weights and the artist's scans
+    assert terms["derived_from"][0]["licence"] == "BSD-3-Clause (test weights)"
+    assert terms["training_data"][0]["collection"] == "ink"
+    provenance = json.loads((tmp_path / "results/m_final.provenance.json").read_text())
+    assert provenance["licences"] == [terms]
     assert (tmp_path / "results/esrgan/r/validation.png").stat().st_size > 1000
     assert (tmp_path / "results/m_final.tif").exists()
     again = run_snakemake(tmp_path, [path], "results/m_final.tif")
     assert "Nothing to be done" in again.stdout + again.stderr
+    assert "licences: SR model esrgan-r.pth: trained here: derivative of " in again.stdout

@@ -148,6 +148,7 @@ def generate_assets(
     template: str = DEFAULT_TEMPLATE,
     max_sequence_length: int = 512,
     augment: bool = True,
+    licences: list[dict] | None = None,
 ) -> list[dict]:
     """RGBA PNGs for every prompt and seed in `output_dir`, with sidecars, `assets.json`
     and `contact_sheet.png` (over a checkerboard). A prompt may be a dict with its own
@@ -210,6 +211,7 @@ def generate_assets(
                     "loras": style_records,
                     "transparent_vae": vae_record,
                     "model": model,
+                    "licences": licences,
                     "versions": found,
                 }  # fmt: skip
                 write_json(output_dir / f"{name}.json", record)

@@ -193,6 +193,7 @@ def train_run(
     settings: dict,
     threads: int = 1,
     progress: dict | None = None,
+    licences: list[dict] | None = None,
 ) -> dict:
     """A workflow job: train on the assets folder, write weights, model card and sheet."""
     from blkassist.flux.generate import save_png
@@ -238,6 +239,7 @@ def train_run(
         "convention": "RGBA in [0, 1], straight colour; encoder input = padded RGB then alpha; "
         "decoder output channels R, G, B, A",
         "seconds": round(time.monotonic() - started, 1),
+        "licences": licences,
     }
     write_json(card_out, card)
     level = logging.INFO if card["alpha_ok"] else logging.WARNING

@@ -79,6 +79,7 @@ def train_run(
     lock_dir: str,
     threads: int,
     progress: dict | None = None,
+    licences: list[dict] | None = None,
 ) -> dict:
     settings = train_settings(config)
     DegradationSettings.from_config(settings.degradation, f"esrgan.{name}.degradation")
@@ -104,6 +105,7 @@ def train_run(
         {"scans": hashes, "training_images": len(train), "held_out_images": len(held_out)},
         {**result, "device": lease.torch_device},
         init_weights,
+        licences,
     )
     log.info("%s: %s", name, result)
     return result

@@ -395,7 +395,9 @@ def plot_validation(csv_path: str | Path, png_path: str | Path) -> None:
     plt.close(figure)
 
 
-def write_model_card(path, trainer: EsrganTrainer, sources: dict, result: dict, init: str) -> None:
+def write_model_card(
+    path, trainer: EsrganTrainer, sources: dict, result: dict, init: str, licences=None
+) -> None:
     write_json(
         path,
         {
@@ -406,5 +408,6 @@ def write_model_card(path, trainer: EsrganTrainer, sources: dict, result: dict, 
             "data": sources,
             "chosen": {"weights": "EMA at best validation PSNR", **trainer.best},
             "run": result,
+            "licences": licences,
         },
     )
