@@ -60,8 +60,11 @@ def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path)
     )
     assert provenance["source"]["sha256"] == sha256(tmp_path / demo["demo_artwork"]["path"])
     assert {"torch", "libvips", "zarr", "blkassist"} <= set(provenance["versions"])
+    (terms,) = provenance["licences"]  # the demo's fine-tune of Real-ESRGAN x4plus
+    assert terms["derived_from"][0]["licence"].startswith("BSD-3-Clause")
     for made in ("results/esrgan/demo/model_card.json", "results/conceptor/demo/model_card.json",
-                 "results/captions/demo_review.html", "datasets/conceptor"):  # fmt: skip
+                 "results/captions/demo_review.html", "datasets/conceptor",
+                 "work/models/conceptor-demo.kohya.safetensors"):  # fmt: skip
         assert (tmp_path / made).exists(), made
     again = run_snakemake(tmp_path, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
