@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,13 +51,16 @@ class RecordingProxy:
                 request = urllib.request.Request(
                     proxy.upstream + self.path, data=body, method=self.command, headers=headers,
                 )  # fmt: skip
-                with urllib.request.urlopen(request, timeout=300) as response:
-                    payload = response.read()
-                    self.send_response(response.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                try:
+                    with urllib.request.urlopen(request, timeout=300) as response:
+                        status, payload = response.status, response.read()
+                except urllib.error.HTTPError as refused:  # relayed, e.g. 401 without the key
+                    status, payload = refused.code, refused.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_GET(self):
                 self._forward(None)

@@ -181,14 +181,36 @@ def area_weights(source: int, target: int) -> torch.Tensor:
     return weights
 
 
+@functools.cache
+def area_band(source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """area_weights as (indices, weights), each (target, K): an output pixel draws on at
+    most K = ceil(source / target) + 1 neighbouring source pixels."""
+    weights = area_weights(source, target)
+    width = int((weights > 0).sum(dim=1).max())
+    first = (weights > 0).to(torch.int8).argmax(dim=1)
+    indices = (first[:, None] + torch.arange(width)).clamp(max=source - 1)
+    return indices, weights.gather(1, indices) * (first[:, None] + torch.arange(width) < source)
+
+
+def _reduce(images: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    indices, weights = area_band(images.shape[dim], size)
+    weights = weights.to(images)
+    shape = [1] * images.ndim
+    shape[dim] = size
+    out = 0
+    for k in range(indices.shape[1]):
+        out = out + images.index_select(dim, indices[:, k].to(images.device)) * weights[
+            :, k
+        ].reshape(shape)
+    return out
+
+
 def area_downscale(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, C, H, W) reduced to `size` (height, width) by OpenCV's INTER_AREA filter, also
     for non-integer factors (fractional overlaps), where F.interpolate's "area" mode is
-    adaptive pooling over whole pixels."""
-    height, width = images.shape[-2:]
-    rows = area_weights(height, size[0]).to(images)
-    columns = area_weights(width, size[1]).to(images)
-    return torch.einsum("yh,bchw,xw->bcyx", rows, images, columns)
+    adaptive pooling over whole pixels. Separable and banded: a few shifted multiply-adds
+    per axis."""
+    return _reduce(_reduce(images, size[0], -2), size[1], -1)
 
 
 def pad_rgb(rgba: torch.Tensor, shrink: float = 1.2) -> torch.Tensor:
