@@ -67,6 +67,8 @@ def _dataset_collections(config: dict, dataset: str) -> list[str]:
 def trained_lora(config: dict, kind: str, run: str, path: str | None = None) -> dict:
     """A Conceptor, texture or Stencil LoRA trained by this workflow."""
     path = path or f"{config['models']['dir']}/{kind}-{run}.safetensors"
+    if run not in config[kind]["runs"]:  # a file from a run no longer (or not) configured
+        return _record(config, "LoRA", path, None)
     if kind == "conceptor":
         settings = config["conceptor"]["runs"][run]
         bases = [flux(config, config["conceptor"]["model"])]

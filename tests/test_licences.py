@@ -97,6 +97,9 @@ def test_the_plan_line_names_the_licences_of_the_mural():
     records = licences.mural(c, "m", diffusion=True)
     assert [r["role"] for r in records] == ["SR model", "base model", "LoRA"]
     assert licences.mural(c, "m", diffusion=False) == records[:1]
+    c["murals"]["m"]["refine"]["lora"] = "texture:gone"  # a run not in this config
+    gone = licences.mural(c, "m", diffusion=True)[-1]
+    assert gone["licence"].startswith("unknown: set licences.files['work/models/texture-gone")
     report = {"final": {"width": 100, "height": 80}, "passes": [], "tiles": 1, "jobs": 1,
               "disk_bytes_total": 10, "gpu_hours": 0.0, "licences": records}  # fmt: skip
     line = plan_line("m", report)
