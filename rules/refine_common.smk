@@ -145,6 +145,7 @@ def refine_report_inputs(wildcards):
         "seams": [f"{stage_dir(wildcards.mural, s)}/seams.json" for s in stages],
         "heatmaps": [f"{stage_dir(wildcards.mural, s)}/seams.png" for s in stages],
         "markers": [m for s in stages for m in stage_tile_markers(wildcards.mural, s)],
+        "model": refine_model(wildcards.mural),  # its scheduler: the passes' sigmas
     }
 
 

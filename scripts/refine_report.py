@@ -12,4 +12,5 @@ with rule_logging(snakemake):
         snakemake.output.seams_json,
         snakemake.output.provenance,
         snakemake.input.markers,
+        snakemake.input.model,
     )

@@ -12,7 +12,7 @@ import zarr
 from blkassist import canvas
 from blkassist.fsutil import read_json
 from blkassist.refine import seams
-from blkassist.refine.anchor import anchor, anchor_on_device, low_frequencies
+from blkassist.refine.anchor import anchor, anchor_on_device, anchor_torch, low_frequencies
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.jobs import allocate_stage, run_blend, stage_plan
 from blkassist.refine.noise import CHUNK, FieldNoise, NoiseField, OwnNoise
@@ -25,7 +25,6 @@ from blkassist.refine.plan import (
 )
 from blkassist.refine.settings import choose_path, plan_stages, refine_settings
 from blkassist.refine.sigmas import (
-    PAPER_DENOISE,
     diffusers_start_sigma,
     pass_sigmas,
     pass_times,
@@ -36,6 +35,7 @@ from blkassist.sr.passes import IncompletePassError
 from blkassist.sr.tiler import ProgressLog
 from tests.conftest import REPO, textured
 
+PAPER_DENOISE = (0.12, 0.13, 0.15, 0.17, 0.20, 0.23, 0.25, 0.30, 0.37)  # A-C and coherence
 FLUX_SCHEDULER = {
     "use_dynamic_shifting": True,
     "base_shift": 0.5,
@@ -277,8 +277,8 @@ def test_a_killed_tile_job_resumes_per_window_byte_identically(tmp_path):
 
 
 def test_anchoring_on_the_device_equals_the_numpy_reference():
-    """The tile jobs anchor a forward group at once in torch: bit-equal to the numpy
-    wavelet fix (StableSR's), for window shapes down to 1 pixel and every level count."""
+    """GPU tile jobs anchor a forward group at once in torch: bit-equal to the numpy
+    wavelet fix (StableSR's), for window shapes down to 1 pixel and several level counts."""
     rng = np.random.default_rng(0)
     shapes = [
         (64, 64, 5, 1.0),
@@ -292,6 +292,7 @@ def test_anchoring_on_the_device_equals_the_numpy_reference():
         base = rng.integers(0, 256, (3, height, width, 3), np.uint8)
         pairs = zip(refined, base, strict=True)
         expected = np.stack([anchor(r, b, strength, levels) for r, b in pairs])
+        assert np.array_equal(anchor_torch(refined, base, strength, levels, "cpu"), expected)
         assert np.array_equal(anchor_on_device(refined, base, strength, levels), expected)
 
 

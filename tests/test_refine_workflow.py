@@ -72,7 +72,7 @@ def diffusion_config(workdir: Path, lora: Path) -> Path:
                 "tile": 32,
                 "path": "diffusion",
                 "refine": {
-                    "model": str(TINY_SPEC),
+                    "model": "resources/flux/tiny.yaml",  # the workflow's own file
                     "lora": str(lora),
                     "tile": 48,  # a 32-px step: two 16-px grid offsets
                     "overlap": 8,

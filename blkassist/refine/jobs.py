@@ -323,14 +323,17 @@ def write_refine_report(
     seams_json: str,
     provenance: str,
     markers: list[str],
+    model: str,
 ) -> None:
     """Gather each pass's seam QA and provenance. `stages` lists per pass: its pixel
     settings, allocation, seam report and heatmap; the refiner's description comes from the
-    pass's tile `markers` (those of the current batching)."""
+    pass's tile `markers` (those of the current batching), the sigmas from `model`'s
+    scheduler."""
     from PIL import Image
 
     from blkassist.refine.sigmas import pass_schedule, scheduler_config
 
+    scheduler = scheduler_config(model)
     passes, panels, qa = [], [], []
     for stage in stages:
         record = read_json(stage["allocation"])
@@ -339,9 +342,7 @@ def write_refine_report(
         summary = {k: v for k, v in measured.items() if k != "segments"}
         refiner = _refiner_description(stage["allocation"], markers)
         settings = stage["settings"]
-        schedule = pass_schedule(
-            settings["denoise"], settings["steps"], scheduler_config(settings["model"])
-        )
+        schedule = pass_schedule(settings["denoise"], settings["steps"], scheduler)
         passes.append(
             {
                 "pass": plan.name,

@@ -22,7 +22,6 @@ import numpy as np
 import yaml
 
 REFERENCE_TOKENS = 4096  # 1024 x 1024 pixels: (1024 / 16)^2 packed latent tokens
-PAPER_DENOISE = (0.12, 0.13, 0.15, 0.17, 0.20, 0.23, 0.25, 0.30, 0.37)  # passes A-C, coherence
 
 
 def reference_shift(scheduler_config: Mapping) -> dict:
