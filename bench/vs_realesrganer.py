@@ -415,7 +415,9 @@ def main(argv=None) -> int:
             print(
                 f"\n{width}x{height} whole workflow / RealESRGANer process: {ours.wall_s:.1f} s "
                 f"/ {theirs.wall_s:.1f} s = {ours.wall_s / theirs.wall_s:.2f}x (other CPU-s "
-                f"meanwhile: {ours.other_cpu_s:.0f} / {theirs.other_cpu_s:.0f})"
+                f"meanwhile: {ours.other_cpu_s:.0f} / {theirs.other_cpu_s:.0f}); CPU-s of the "
+                f"process trees, less sensitive to a busy machine: {ours.cpu_s:.1f} / "
+                f"{theirs.cpu_s:.1f} = {ours.cpu_s / theirs.cpu_s:.2f}x"
             )
     if len(done) >= 2:
         first, last = done[0], done[-1]
