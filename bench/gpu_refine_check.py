@@ -183,7 +183,8 @@ def measure(args, result: dict) -> None:
     started = time.perf_counter()
     refiner = load_flux_refiner(
         args.model, args.device, quantize=quantize, lora=lora and str(lora), steps=steps,
-        guidance=refine.guidance, max_sequence_length=refine.max_sequence_length,
+        lora_scale=refine.lora_scale, prompt=refine.prompt, guidance=refine.guidance,
+        max_sequence_length=refine.max_sequence_length,
     )  # fmt: skip
     device.sync()
     load_seconds = time.perf_counter() - started

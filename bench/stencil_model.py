@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from blkassist.config import schema_settings
     from blkassist.flux.generate import render
     from blkassist.flux.loader import load_flux
     from blkassist.stencil_model.assets import decode_rgba
@@ -66,8 +67,9 @@ def main(argv=None) -> int:
         images = torch.from_numpy(np.stack([np.asarray(s, np.float32) / 255 for s in shapes]))
         images = images.permute(0, 3, 1, 2).contiguous()
         # Per step: a run of 1 + 10 steps minus a run of 1 (model set-up cancels out).
-        one = VaeTraining(size=size, steps=1, batch_size=args.batch)
-        eleven = VaeTraining(size=size, steps=11, batch_size=args.batch)
+        # The schema's stencil.vae.train settings (lr, offset weight...) at this size and batch.
+        one = schema_settings(VaeTraining, {"size": size, "steps": 1, "batch_size": args.batch})
+        eleven = schema_settings(VaeTraining, {"size": size, "steps": 11, "batch_size": args.batch})
         seconds = (
             median_seconds(lambda: train_transparent_vae(flux.vae, spec, images, eleven, 99), 1)
             - median_seconds(lambda: train_transparent_vae(flux.vae, spec, images, one, 99), 1)

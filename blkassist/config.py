@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import jsonschema
 import yaml
 
 from blkassist.errors import ConfigError
 
-DEFAULT_SCALE = 4.0
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 
 def load_schema(path: str | Path) -> dict:
@@ -50,6 +53,10 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
         return
     for part in schema.get("allOf", ()):  # earlier parts' defaults win (recipe over base)
         _fill_defaults(instance, part, root)
+    if "then" in schema and jsonschema.Draft202012Validator(schema.get("if", True)).is_valid(
+        instance
+    ):  # a conditional default (a mural's scale where no target_long_side is given)
+        _fill_defaults(instance, schema["then"], root)
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
@@ -83,11 +90,39 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
 def definition_with_defaults(instance: dict, schema_path: str | Path, name: str, key: str) -> dict:
     """A copy of `instance` validated against the schema's `$defs/NAME`, defaults filled
     (a config section on its own: tests, benchmarks, tools). Errors name `key`."""
+    return section_with_defaults(instance, key, schema_path, section=name)
+
+
+def _section_schema(root: Mapping, key: str) -> dict:
+    """The schema of the config section at dotted `key` (a `$defs` name works too):
+    follows properties, maps (additionalProperties) and $ref."""
+    if key in root.get("$defs", {}):
+        return root["$defs"][key]
+    schema: Mapping = root
+    for part in key.split("."):
+        while "$ref" in schema:
+            schema = _section_schema(root, schema["$ref"].removeprefix("#/$defs/"))
+        if part in schema.get("properties", {}):
+            schema = schema["properties"][part]
+        elif isinstance(schema.get("additionalProperties"), Mapping):
+            schema = schema["additionalProperties"]
+        else:
+            raise ConfigError(f"{key}: the schema has no such section (at {part!r})")
+    return dict(schema)
+
+
+def section_with_defaults(
+    instance: Mapping | None, key: str, schema_path: str | Path = SCHEMA, section: str = ""
+) -> dict:
+    """A copy of `instance` validated as the config section at dotted `key` (e.g.
+    "stencil.vae.train", "esrgan.demo", "murals.NAME"), defaults filled: what the workflow
+    would hold there. For settings built outside a workflow (tests, benchmarks, tools), so
+    their values come from the schema too. `section` names the schema's section where it
+    differs from `key` (a `$defs` name). Errors name `key`."""
     root = load_schema(schema_path)
-    if name not in root.get("$defs", {}):
-        raise ConfigError(f"{key}: {schema_path} has no $defs/{name}")
-    schema = {"$defs": root["$defs"], "$ref": f"#/$defs/{name}"}
-    instance = copy.deepcopy(instance)
+    # The root's $defs win over a section's own: every $ref is written from the root.
+    schema = {**_section_schema(root, section or key), "$defs": root.get("$defs", {})}
+    instance = _as_yaml(dict(instance or {}))
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(instance))
     if errors:
         problems = (
@@ -100,9 +135,55 @@ def definition_with_defaults(instance: dict, schema_path: str | Path, name: str,
     return instance
 
 
+Settings = TypeVar("Settings")
+
+
+def _as_yaml(value):
+    """A deep copy as YAML would give it: tuples (Python callers' habit) become lists."""
+    if isinstance(value, Mapping):
+        return {k: _as_yaml(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_yaml(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _as_field_type(value, annotation):
+    """Lists from YAML become tuples where the field is a tuple (frozen, hashable)."""
+    hint = annotation if not isinstance(annotation, str) else None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        origin = next((typing.get_origin(a) for a in typing.get_args(hint) if a), None)
+    return tuple(value) if origin is tuple and isinstance(value, list) else value
+
+
+def settings_from(cls: type[Settings], section: Mapping, key: str) -> Settings:
+    """A settings dataclass (no defaults of its own) from a validated config section that
+    holds each of its fields (and may hold more); a missing one names `key`."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # an annotation only a type checker can resolve: no conversion
+        hints = {}
+    names = [field.name for field in dataclasses.fields(cls)]
+    missing = [name for name in names if name not in section]
+    if missing:
+        raise ConfigError(
+            f"{key}: {', '.join(missing)} missing; validate the config against "
+            "config/schema.yaml first (it fills every default)."
+        )
+    return cls(**{name: _as_field_type(section[name], hints.get(name)) for name in names})
+
+
+def schema_settings(cls: type[Settings], overrides: Mapping | None = None) -> Settings:
+    """A settings dataclass as a config giving `overrides` in its section (`cls.SECTION`)
+    would make it: every other value is the schema's default."""
+    return settings_from(cls, section_with_defaults(overrides, cls.SECTION), cls.SECTION)
+
+
 @dataclass(frozen=True)
 class MuralSettings:
-    """One mural's validated settings (schema defaults applied)."""
+    """One mural's validated settings (schema defaults applied; none of its own)."""
+
+    SECTION: ClassVar[str] = "murals.NAME"
 
     name: str
     source: str
@@ -116,7 +197,7 @@ class MuralSettings:
     precision: str
     compression: str
     jpeg_quality: int
-    seconds_per_tile: float | None = None
+    seconds_per_tile: float | None
 
     @property
     def is_neural(self) -> bool:
@@ -137,8 +218,6 @@ SCHEDULING_KNOBS = ("tiles_per_job", "tiles_per_forward")
 
 def mural_settings(config: Mapping, name: str) -> MuralSettings:
     mural = dict(config["murals"][name])
-    if "scale" not in mural and "target_long_side" not in mural:
-        mural["scale"] = DEFAULT_SCALE
     return MuralSettings(
         name=name,
         source=mural["source"],

@@ -264,15 +264,16 @@ def check_disk(
 
 
 def check_model(weights: str | os.PathLike, passes: Sequence[PassPlan]) -> dict:
-    """Load `weights` without executing code and check it can do every pass's scale.
+    """Check `weights` is a Real-ESRGAN generator that can do every pass's scale.
 
-    Returns what was found (architecture, native scale). Fails with ModelFileError naming
-    the file; costs a second or two, so it runs before the source is ingested.
+    Returns what was found (architecture, native scale, parameters). Fails with
+    ModelFileError naming the file. Reads the file's header (no torch, no model) where it
+    suffices, so it runs in a fraction of a second before the source is ingested.
     """
-    from blkassist.sr.models import build_rrdbnet, rrdbnet_params
+    from blkassist.sr.weights import describe_rrdbnet
 
-    model = build_rrdbnet(rrdbnet_params(weights), weights)
-    native = model.native_scale
+    found = describe_rrdbnet(weights)
+    native = found["native_scale"]
     widest = max(step.scale for step in passes)
     if native < widest:
         raise ModelFileError(
@@ -280,8 +281,7 @@ def check_model(weights: str | os.PathLike, passes: Sequence[PassPlan]) -> dict:
             f"(passes: {', '.join(f'x{step.scale}' for step in passes)}). Use a x4 model "
             f"(e.g. realesrgan-x4plus) or a scale the model covers per pass."
         )
-    parameters = sum(p.numel() for p in model.parameters())
-    return {"architecture": "RRDBNet", "native_scale": native, "parameters": parameters}
+    return found
 
 
 def check_mural(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from blkassist.config import section_with_defaults
 from blkassist.flux.recipe import Recipe, schema_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +173,11 @@ def write_comfyui_tree(folder: Path, diffusers_folder: Path, transformer_dtype=N
             dirs_exist_ok=True,
         )
     return folder
+
+
+def refiner_options(**overrides) -> dict:
+    """FluxRefiner's settings as a mural's refine section gives them (schema defaults), with
+    the tiny model's T5 length and no LoRA, then `overrides`."""
+    refine = section_with_defaults({"max_sequence_length": 32}, "murals.test.refine")
+    names = ("lora_scale", "prompt", "steps", "guidance", "max_sequence_length", "quantize")
+    return {"lora": None, **{name: refine[name] for name in names}, **overrides}

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from blkassist.config import definition_with_defaults
+from blkassist.config import definition_with_defaults, section_with_defaults
 from blkassist.corpus.normalise import normalise_collection
 from blkassist.corpus.synthetic import write_corpus
 from blkassist.errors import ConfigError, ModelFileError
@@ -25,7 +25,7 @@ from blkassist.sr.degrade import DegradationSettings, Degrader, bicubic_reduce, 
 from blkassist.sr.models import NeuralUpscaler
 from blkassist.sr.ncnn import convert
 from blkassist.sr.train.patches import PatchSampler, PatchSource
-from blkassist.sr.train.run import train_run
+from blkassist.sr.train.run import train_run, train_settings
 from blkassist.sr.train.trainer import EsrganTrainer, TrainSettings, ema_decay_at
 from tests.conftest import (
     REPO,
@@ -38,9 +38,21 @@ from tests.conftest import (
 from tests.flux_fixtures import plant_code_running_checkpoint
 
 # 64 px patches keep 16 px after the first resize (>= 0.25), wide enough for the 21-tap blur.
-SMALL = {"gt_size": 64, "batch_size": 1, "checkpoint_every": 2, "validate_every": 2,
-         "validation_crops": 2, "perceptual": 0.0, "seed": 4,
+SMALL = {"collections": ["scans"], "gt_size": 64, "batch_size": 1, "checkpoint_every": 2,
+         "validate_every": 2, "validation_crops": 2, "loss": {"perceptual": 0.0}, "seed": 4,
          "degradation": {"resize_range": (0.25, 1.5)}}  # fmt: skip
+LOSS = ("l1", "perceptual", "gan")
+
+
+def small(**overrides) -> TrainSettings:
+    """SMALL with `overrides` (loss weights by name) as an esrgan run, schema defaults filled."""
+    run = {**SMALL, **{k: v for k, v in overrides.items() if k not in LOSS}}
+    run["loss"] = {**SMALL["loss"], **{k: v for k, v in overrides.items() if k in LOSS}}
+    return train_settings(section_with_defaults(run, "esrgan.test"))
+
+
+def degradation(**overrides) -> DegradationSettings:
+    return DegradationSettings.from_config(overrides, "esrgan.test.degradation")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +66,7 @@ def scans(tmp_path_factory):
 
 
 def trainer(tmp_path, scans, weights, **overrides):
-    settings = TrainSettings(**{**SMALL, **overrides})
+    settings = small(**overrides)
     return EsrganTrainer(settings, scans[:2], scans[2:], str(weights), tmp_path / "run")
 
 
@@ -87,9 +99,8 @@ def test_tiny_generator_overfits_one_patch(tmp_path):
              "noise_range2": (0, 0.5), "poisson_scale_range": (0, 0.01),
              "poisson_scale_range2": (0, 0.01), "jpeg_range": (94, 95), "jpeg_range2": (94, 95),
              "blur_sigma": (0.2, 0.3), "blur_sigma2": (0.2, 0.3)}  # fmt: skip
-    settings = TrainSettings(**{**SMALL, "gan": 0.0, "lr": 2e-3, "iterations": 120,
-                                "validate_every": 1000, "checkpoint_every": 1000,
-                                "degradation": quiet})  # fmt: skip
+    settings = small(gan=0.0, lr=2e-3, iterations=120, validate_every=1000,
+                     checkpoint_every=1000, degradation=quiet)  # fmt: skip
     run = EsrganTrainer(settings, source, source, str(weights), tmp_path / "run")
     run.sampler.jitter = 0
     run.run()
@@ -163,7 +174,7 @@ def test_patches_prefer_detail_and_respect_masks(tmp_path):
 def test_perceptual_loss_without_vgg19_is_a_clear_error(tmp_path, scans):
     weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
     with pytest.raises(ModelFileError, match=r"VGG19 weights not found.*loss\.perceptual"):
-        EsrganTrainer(TrainSettings(**{**SMALL, "perceptual": 0.1}), scans, scans, str(weights),
+        EsrganTrainer(small(perceptual=0.1), scans, scans, str(weights),
                       tmp_path / "run", vgg19=str(tmp_path / "vgg19.pth"))  # fmt: skip
 
 
@@ -212,7 +223,7 @@ def test_clean_fraction_reduces_that_share_of_pairs_like_validation(
 
 
 def test_patches_too_small_for_the_degradation_are_refused_by_name(monkeypatch):
-    shrink_most = DegradationSettings(second_blur_prob=1.0)
+    shrink_most = degradation(second_blur_prob=1.0)
     degrader = Degrader(shrink_most, torch.device("cpu"))
     # Every random resize draws its smallest factor: the pipeline's narrowest case.
     monkeypatch.setattr(degrade, "_factor", lambda probs, scale_range: scale_range[0])
@@ -229,8 +240,8 @@ def test_patches_too_small_for_the_degradation_are_refused_by_name(monkeypatch):
             crashed = True
         assert (refused is not None) == crashed, gt_size
     with pytest.raises(ConfigError, match=r"esrgan\.r\.gt_size: 64 px .* use gt_size >= 76"):
-        DegradationSettings().check_patch_size(64, "esrgan.r")
-    DegradationSettings(resize_range=(0.3, 1.5)).check_patch_size(64, "esrgan.r")
+        degradation().check_patch_size(64, "esrgan.r")
+    degradation(resize_range=(0.3, 1.5)).check_patch_size(64, "esrgan.r")
 
 
 @pytest.fixture(scope="module")

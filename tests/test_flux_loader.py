@@ -18,7 +18,7 @@ from blkassist.flux.loader import (
     read_spec,
     save_random_flux,
 )
-from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, TINY_SPEC
+from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, TINY_SPEC, refiner_options
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -189,8 +189,8 @@ def test_the_refiner_loads_in_the_order_that_keeps_the_device_peak_lowest(monkey
                         lambda *a, **k: placements.note("encode") or encode(*a, **k))  # fmt: skip
     monkeypatch.setattr(FluxPipeline, "fuse_lora",
                         lambda *a, **k: placements.note("fuse") or fuse(*a, **k))  # fmt: skip
-    refiner = load_flux_refiner(str(TINY_SPEC), "cpu", quantize=True, lora=str(lora),
-                                steps=2, max_sequence_length=32)  # fmt: skip
+    options = refiner_options(quantize=True, lora=str(lora), steps=2)
+    refiner = load_flux_refiner(str(TINY_SPEC), "cpu", **options)
     monkeypatch.undo()
     events = placements.events
     kinds = [e[1] if e[0] == "to" else e[0] for e in events]

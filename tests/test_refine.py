@@ -34,6 +34,7 @@ from blkassist.refine.windows import pass_noise, refine_windows
 from blkassist.sr.passes import IncompletePassError
 from blkassist.sr.tiler import ProgressLog
 from tests.conftest import REPO, textured
+from tests.flux_fixtures import refiner_options
 
 PAPER_DENOISE = (0.12, 0.13, 0.15, 0.17, 0.20, 0.23, 0.25, 0.30, 0.37)  # A-C and coherence
 FLUX_SCHEDULER = {
@@ -376,7 +377,7 @@ def test_real_flux_texture_is_continuous_across_seams_with_the_shared_noise_fiel
     grid offset, keeps the first pass's seams whole too."""
     from blkassist.refine.refiner import FluxRefiner
 
-    refiner = FluxRefiner(tiny_flux, steps=3, max_sequence_length=32)
+    refiner = FluxRefiner(tiny_flux, **refiner_options(steps=3))
     base = smooth(256, 384)
     first = geometry(384, 256, 128, 32, number=1)
     plan, refined, _ = run_pass(tmp_path / "field", base, first, refiner, levels=5)
@@ -432,7 +433,7 @@ def tiny_flux(one_torch_thread):
 def test_flux_refiner_is_deterministic_per_window_noise(tiny_flux):
     from blkassist.refine.refiner import FluxRefiner
 
-    refiner = FluxRefiner(tiny_flux, steps=4, max_sequence_length=32)
+    refiner = FluxRefiner(tiny_flux, **refiner_options(steps=4))
     windows = np.stack([textured(40, 56, seed=1), textured(40, 56, seed=2)])  # not x16
     noise = [OwnNoise(5), OwnNoise(6)]
     first = refiner.refine(windows, noise, 0.3)
@@ -473,14 +474,14 @@ def test_flux_refiner_applies_the_lora_and_records_its_hash(tiny_flux, tmp_path)
     lora = tmp_path / "pytorch_lora_weights.safetensors"
     windows = textured(32, 32, seed=4)[None]
     noise = [OwnNoise(1)]
-    plain = FluxRefiner(tiny_flux, steps=4, max_sequence_length=32).refine(windows, noise, 0.5)
-    with_lora = FluxRefiner(load_flux(TINY_SPEC), lora=lora, steps=4, max_sequence_length=32)
+    plain = FluxRefiner(tiny_flux, **refiner_options(steps=4)).refine(windows, noise, 0.5)
+    with_lora = FluxRefiner(load_flux(TINY_SPEC), **refiner_options(lora=lora, steps=4))
     assert with_lora.describe(0.5)["lora"]["sha256"] == sha256_file(lora)
     lora_result = with_lora.refine(windows, noise, 0.5)
     assert not np.array_equal(lora_result, plain)
     # 8-bit: the LoRA is fused into the weights first (diffusers cannot load it onto qint8).
     eight_bit = FluxRefiner(
-        load_flux(TINY_SPEC), lora=lora, steps=4, max_sequence_length=32, quantize=True
+        load_flux(TINY_SPEC), **refiner_options(lora=lora, steps=4, quantize=True)
     )
     described = eight_bit.describe(0.5)
     assert described["flux"]["quantized"] == "qint8"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from blkassist.config import schema_settings, section_with_defaults
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux, read_spec
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # alpha in [0, 1] after encode -> 8-way decode. Guessing "all clear" scores the mean alpha
 # (~0.13 on these shapes); an untrained model ~0.3-0.5.
 ALPHA_MAE_LIMIT = 0.07
-TRAINING = VaeTraining(size=64, steps=300, batch_size=4, lr=3e-3, holdout=4, seed=0)
+TRAINING = schema_settings(VaeTraining, {"size": 64, "steps": 300, "batch_size": 4, "seed": 0})
 
 
 def test_published_layout_matches_the_checkpoint():
@@ -273,7 +274,9 @@ def test_transparent_vae_training_logs_progress(flux, tmp_path, caplog):
     write_ink_shapes(tmp_path, count=4, size=32, seed=1)
     images, _ = read_rgba_folder(tmp_path, 32)
     spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
-    short = VaeTraining(size=32, steps=4, batch_size=2, lr=1e-3, holdout=1, seed=0)
+    short = schema_settings(
+        VaeTraining, {"size": 32, "steps": 4, "batch_size": 2, "lr": 1e-3, "holdout": 1}
+    )
     with caplog.at_level("INFO", logger="blkassist.progress"):
         train_transparent_vae(flux.vae, spec, images, short, progress=ProgressSettings(2, 1e9))
     lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
@@ -431,11 +434,21 @@ def test_generated_assets_are_rgba_with_real_alpha_and_provenance(flux, trained,
     prompts = ["ink cloud, thick outline", {"prompt": "cube, thin lines", "role": "MG",
                                             "aspect": "2:1"}]  # fmt: skip
     record = vae_identity(str(TINY_VAE_SPEC), str(vae_path))
-    records = generate_assets(
-        components, model, prompts, tmp_path / "out", vae_record=record, layer_lora=layer,
-        loras=[{"file": str(style), "scale": 0.5}], seeds=(0, 1), megapixels=48 * 48 / 1024**2,
-        steps=2, max_sequence_length=32,
+    settings = section_with_defaults(
+        {"prompts": prompts, "loras": [{"file": str(style), "scale": 0.5}], "seeds": [0, 1],
+         "megapixels": 48 * 48 / 1024**2, "steps": 2, "max_sequence_length": 32},
+        "stencil.assets.test",
     )  # fmt: skip
+    del settings["prompts"]
+    records = generate_assets(
+        components,
+        model,
+        prompts,
+        tmp_path / "out",
+        vae_record=record,
+        layer_lora=layer,
+        **settings,
+    )
     assert len(records) == 4
     for entry in records:
         with Image.open(tmp_path / "out" / entry["image"]) as image:

@@ -59,13 +59,14 @@ class FluxRefiner:
         self,
         components,
         *,
-        lora: str | os.PathLike | None = None,
-        lora_scale: float = 1.0,
-        prompt: str = "",
-        steps: int = 20,
-        guidance: float = 3.5,
-        max_sequence_length: int = 512,
-        quantize: bool = False,
+        # murals.NAME.refine's settings, schema defaults filled: none of their own here
+        lora: str | os.PathLike | None,
+        lora_scale: float,
+        prompt: str,
+        steps: int,
+        guidance: float,
+        max_sequence_length: int,
+        quantize: bool,
         release_text_encoders: bool = False,
     ):
         import torch
@@ -173,8 +174,8 @@ def load_flux_refiner(
     model: str,
     device: str,
     *,
-    quantize: bool = False,
-    lora: str | None = None,
+    quantize: bool,
+    lora: str | None,
     **options,
 ) -> FluxRefiner:
     """Load Flux and the LoRA once per job, in the order that keeps the device's peak

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from blkassist.errors import ConfigError
 from blkassist.refine.plan import RefinePass
@@ -17,6 +18,7 @@ SR_ONLY_LONG_SIDE = 8192  # `path: auto` refines only murals whose long side is 
 
 @dataclass(frozen=True)
 class RefineSettings:
+    SECTION: ClassVar[str] = "murals.NAME.refine"
     mural: str
     path: str  # as configured: sr, diffusion or auto
     model: str
@@ -38,7 +40,7 @@ class RefineSettings:
     tiles_per_job: int
     tiles_per_forward: int
     blocks_per_job: int
-    seconds_per_window: float | None = None  # planning only (the plan's GPU-hours)
+    seconds_per_window: float | None  # planning only (the plan's GPU-hours)
 
     def pixel_settings(self, stage: RefinePass) -> dict:
         """Everything that defines a pass's pixels (rule params; batching left out)."""

@@ -10,59 +10,63 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from blkassist.compat import basicsr_module
+from blkassist.config import section_with_defaults, settings_from
 from blkassist.errors import ConfigError
-
-KERNELS = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
-KERNEL_PROB = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
 
 
 @dataclass
 class DegradationSettings:
-    """Defaults of Real-ESRGAN's x4plus training and fine-tuning options."""
+    """Real-ESRGAN's degradation; every value from config/schema.yaml's $defs/degradation
+    (an esrgan run's `degradation` holds only its overrides)."""
 
-    scale: int = 4
-    kernel_size: int = 21
-    kernel_list: list[str] = field(default_factory=lambda: list(KERNELS))
-    kernel_prob: list[float] = field(default_factory=lambda: list(KERNEL_PROB))
-    sinc_prob: float = 0.1
-    blur_sigma: tuple[float, float] = (0.2, 3.0)
-    betag_range: tuple[float, float] = (0.5, 4.0)
-    betap_range: tuple[float, float] = (1.0, 2.0)
-    resize_prob: tuple[float, float, float] = (0.2, 0.7, 0.1)  # up, down, keep
-    resize_range: tuple[float, float] = (0.15, 1.5)
-    gaussian_noise_prob: float = 0.5
-    noise_range: tuple[float, float] = (1.0, 30.0)
-    poisson_scale_range: tuple[float, float] = (0.05, 3.0)
-    gray_noise_prob: float = 0.4
-    jpeg_range: tuple[float, float] = (30.0, 95.0)
-    second_blur_prob: float = 0.8
-    sinc_prob2: float = 0.1
-    blur_sigma2: tuple[float, float] = (0.2, 1.5)
-    resize_prob2: tuple[float, float, float] = (0.3, 0.4, 0.3)
-    resize_range2: tuple[float, float] = (0.3, 1.2)
-    gaussian_noise_prob2: float = 0.5
-    noise_range2: tuple[float, float] = (1.0, 25.0)
-    poisson_scale_range2: tuple[float, float] = (0.05, 2.5)
-    gray_noise_prob2: float = 0.4
-    jpeg_range2: tuple[float, float] = (30.0, 95.0)
-    final_sinc_prob: float = 0.8
+    SECTION: ClassVar[str] = "degradation"
+    scale: int
+    kernel_size: int
+    kernel_list: list[str]
+    kernel_prob: list[float]
+    sinc_prob: float
+    blur_sigma: tuple[float, float]
+    betag_range: tuple[float, float]
+    betap_range: tuple[float, float]
+    resize_prob: tuple[float, float, float]  # up, down, keep
+    resize_range: tuple[float, float]
+    gaussian_noise_prob: float
+    noise_range: tuple[float, float]
+    poisson_scale_range: tuple[float, float]
+    gray_noise_prob: float
+    jpeg_range: tuple[float, float]
+    second_blur_prob: float
+    sinc_prob2: float
+    blur_sigma2: tuple[float, float]
+    resize_prob2: tuple[float, float, float]
+    resize_range2: tuple[float, float]
+    gaussian_noise_prob2: float
+    noise_range2: tuple[float, float]
+    poisson_scale_range2: tuple[float, float]
+    gray_noise_prob2: float
+    jpeg_range2: tuple[float, float]
+    final_sinc_prob: float
 
     @classmethod
     def from_config(cls, values: dict | None, key: str = "degradation") -> DegradationSettings:
-        known = set(cls.__dataclass_fields__)
+        """The schema's degradation with a run's overrides; an unknown name is an error
+        naming `key`."""
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(values or {}) - known)
         if unknown:
             raise ConfigError(
                 f"{key}: unknown degradation setting(s) {unknown}; known: {sorted(known)}"
             )
-        return cls(**(values or {}))
+        filled = section_with_defaults(values, key, section=cls.SECTION)
+        return settings_from(cls, filled, key)
 
     def narrowest_blurred_side(self, gt_size: int) -> int:
         """The narrowest image a blur kernel meets: after the first resize (when a second

@@ -8,8 +8,6 @@ and floating point happens on the model's device, not on the CPU.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,21 +16,15 @@ import torch.nn.functional as F
 from blkassist.compat import rrdbnet_class
 from blkassist.errors import ModelFileError
 from blkassist.sr.lanczos import LanczosUpscaler
+from blkassist.sr.weights import existing, generator, rrdbnet_arch, unreadable
 
-# RRDBNet folds scale 2 and 1 into the input with pixel_unshuffle: in-channels tell the scale.
-_SCALE_BY_IN_CHANNELS = {3: 4, 12: 2, 48: 1}
 _ALPHA_FLOOR = 1.0 / 512  # below this the colour of a pixel is meaningless
 
 
 def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The generator state dict from a Real-ESRGAN .pth (params_ema preferred) or a
     .safetensors file, loaded without executing any code from the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(
-            f"{path}: model file not found. Put the Real-ESRGAN .pth there or fix "
-            "murals.NAME.model in your config."
-        )
+    path = existing(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -41,38 +33,13 @@ def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(
-            f"{path}: not a weights-only PyTorch or safetensors file ({cause}). Files that "
-            "need code to load are refused; re-export the state dict (torch.save of "
-            "tensors only) or convert it to .safetensors."
-        ) from None
-    for key in ("params_ema", "params"):
-        if isinstance(loaded, dict) and key in loaded:
-            return loaded[key]
-    if isinstance(loaded, dict) and "conv_first.weight" in loaded:
-        return loaded
-    raise ModelFileError(
-        f"{path}: no 'params_ema' or 'params' generator weights inside; expected the "
-        "official Real-ESRGAN layout."
-    )
+        raise unreadable(path, error) from None
+    return generator(loaded, path)
 
 
 def build_rrdbnet(params: dict[str, torch.Tensor], path="<state dict>") -> torch.nn.Module:
     """An RRDBNet whose shape is read off the weights, loaded strictly."""
-    try:
-        first = params["conv_first.weight"]
-        blocks = {int(m.group(1)) for k in params if (m := re.match(r"body\.(\d+)\.", k))}
-        arch = {
-            "num_in_ch": 3,
-            "num_out_ch": params["conv_last.weight"].shape[0],
-            "scale": _SCALE_BY_IN_CHANNELS[first.shape[1]],
-            "num_feat": first.shape[0],
-            "num_block": len(blocks),
-            "num_grow_ch": params["body.0.rdb1.conv1.weight"].shape[0],
-        }
-    except (KeyError, IndexError) as error:
-        raise ModelFileError(f"{path}: not an RRDBNet generator (missing {error}).") from None
+    arch = rrdbnet_arch({key: tuple(tensor.shape) for key, tensor in params.items()}, path)
     model = rrdbnet_class()(**arch)
     try:
         model.load_state_dict(params, strict=True)

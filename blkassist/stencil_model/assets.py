@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 ROLES = ("FG", "MG", "BG-overlay")
 LAYER_ADAPTER = "layer"
-DEFAULT_TEMPLATE = "{role} layer, {prompt}, transparent background"
 
 
 # Key prefixes of a LoRA file's text-encoder parts, in diffusers' and kohya's layouts.
@@ -112,8 +111,8 @@ def asset_size(item: dict, defaults: dict, multiple: int) -> tuple[int, int]:
         if width % multiple or height % multiple:
             raise ConfigError(f"size {width}x{height}: sides must be multiples of {multiple}")
         return width, height
-    aspect = item.get("aspect", defaults.get("aspect", 1.0))
-    return size_near_megapixel(aspect, defaults.get("megapixels", 1.0), multiple)
+    aspect = item.get("aspect", defaults["aspect"])
+    return size_near_megapixel(aspect, defaults["megapixels"], multiple)
 
 
 def decode_rgba(components, vae: TransparentVAE, packed, width, height, augment=True):
@@ -138,22 +137,23 @@ def generate_assets(
     vae_record: dict,
     layer_lora: str | os.PathLike | None = None,
     loras: list[dict] | tuple = (),
-    seeds=(0, 1, 2, 3),
-    aspect: float | str = 1.0,
-    megapixels: float = 1.0,
-    size: tuple[int, int] | None = None,
-    steps: int = 28,
-    guidance: float = 3.5,
-    role: str = "FG",
-    template: str = DEFAULT_TEMPLATE,
-    max_sequence_length: int = 512,
-    augment: bool = True,
+    seeds,
+    aspect: float | str,
+    megapixels: float,
+    steps: int,
+    guidance: float,
+    role: str,
+    template: str,
+    max_sequence_length: int,
+    augment: bool,
+    size: tuple[int, int] | None = None,  # not set: aspect and megapixels decide
     licences: list[dict] | None = None,
 ) -> list[dict]:
     """RGBA PNGs for every prompt and seed in `output_dir`, with sidecars, `assets.json`
     and `contact_sheet.png` (over a checkerboard). A prompt may be a dict with its own
     "role", "aspect" or "size". Style LoRAs are removed again afterwards; the layer LoRA, once
-    fused, stays in `components`."""
+    fused, stays in `components`. The settings are a stencil.assets.NAME section's, schema
+    defaults filled (config.section_with_defaults outside a workflow)."""
     output_dir = Path(output_dir)
     pipe = components.pipeline()
     multiple = math.lcm(components.vae_scale_factor * 2, vae.spec.size_multiple)

@@ -13,11 +13,13 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from blkassist.config import settings_from
 from blkassist.errors import InputImageError
 from blkassist.fsutil import write_json
 from blkassist.progress import ProgressSettings, TrainingProgress
@@ -34,14 +36,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VaeTraining:
-    size: int = 64
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 2e-3
-    offset_weight: float = 1e-3
-    holdout: int = 4
-    target_alpha_error: float = 0.05
-    seed: int = 0
+    """stencil.vae.train; no defaults here: config/schema.yaml fills them."""
+
+    SECTION: ClassVar[str] = "stencil.vae.train"
+    size: int
+    steps: int
+    batch_size: int
+    lr: float
+    offset_weight: float
+    holdout: int
+    target_alpha_error: float
+    seed: int
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:
@@ -201,7 +206,7 @@ def train_run(
 
     torch.set_num_threads(max(1, threads))
     started = time.monotonic()
-    config = VaeTraining(**settings)
+    config = settings_from(VaeTraining, settings, VaeTraining.SECTION)
     spec = TransparentVAESpec.from_yaml(spec_path)
     images, names = read_rgba_folder(assets, config.size)
     if len(images) <= config.holdout:

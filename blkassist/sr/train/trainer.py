@@ -17,8 +17,9 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -42,30 +43,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    gt_size: int = 256
-    batch_size: int = 4
-    iterations: int = 100_000
-    checkpoint_every: int = 5_000
-    validate_every: int = 5_000
-    keep_checkpoints: int = 3
-    validation_crops: int = 16
-    validation_degradation: str = "bicubic"
-    patience: int = 5
-    min_delta: float = 0.01
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    milestones: tuple[int, ...] = (40_000, 80_000)
-    gamma: float = 0.5
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    clean_fraction: float = 0.5
-    l1: float = 1.0
-    perceptual: float = 0.1
-    gan: float = 0.005
-    mask_mode: str = "weight"
-    seed: int = 0
-    amp: str = "auto"
-    degradation: dict = field(default_factory=dict)
+    """An esrgan.NAME run's training settings; no defaults here: config/schema.yaml's
+    $defs/esrgan_run fills them (blkassist.sr.train.run.train_settings reads them)."""
+
+    SECTION: ClassVar[str] = "esrgan_run"
+    gt_size: int
+    batch_size: int
+    iterations: int
+    checkpoint_every: int
+    validate_every: int
+    keep_checkpoints: int
+    validation_crops: int
+    validation_degradation: str
+    patience: int
+    min_delta: float
+    lr: float
+    betas: tuple[float, float]
+    milestones: tuple[int, ...]
+    gamma: float
+    ema_decay: float
+    ema_warmup: bool
+    clean_fraction: float
+    l1: float
+    perceptual: float
+    gan: float
+    mask_mode: str
+    seed: int
+    amp: str
+    degradation: dict  # the run's overrides only: they, not the schema's values, name it
 
     def digest(self) -> str:
         """Identity of the recipe: checkpoints of another recipe are never resumed."""
