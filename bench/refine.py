@@ -1,14 +1,16 @@
 """The diffusion path's figures: the whole cost of a refinement window and its breakdown
 (tiny Flux, CPU: reads, Flux, anchoring, writes, the load amortised over a job), blend and
 seam-QA throughput on a large canvas, peak RSS per job at two mural sizes (the real
-workflow), the dry-run time of the 3 Gpx production diffusion mural, and the seam QA of the
+workflow), the dry-run time of the 3 Gpx production diffusion mural, the seam QA of the
 demo diffusion mural (level steps and texture continuity; it builds the demo's texture
-LoRA first, a few minutes). Prints; asserts nothing.
+LoRA first, a few minutes), and the GPU work of a re-roll against a full pass of the 3 Gpx
+plan. Prints; asserts nothing.
 
     .venv/bin/python bench/refine.py --quick          # small sizes, a few minutes
     .venv/bin/python bench/refine.py                  # defaults (longer)
     .venv/bin/python bench/refine.py --only blend --canvas-mpx 256
     .venv/bin/python bench/refine.py --only demo      # the demo mural's seam texture ratio
+    .venv/bin/python bench/refine.py --only reroll --seconds-per-window 8  # re-roll vs pass
 """
 
 from __future__ import annotations
@@ -267,12 +269,77 @@ def bench_dryrun(args, workdir: Path) -> None:
     )
 
 
+def bench_reroll(args, workdir: Path) -> None:
+    """The GPU work of re-rolls of the 3 Gpx production diffusion mural (config/production.yaml
+    mural_flux: 16000x12000 -> 64000x48000, four passes of 1024-px windows) against a full
+    pass: windows sampled again, GPU jobs (one Flux load each), SR tiles and blocks redone,
+    from the plan the workflow builds (no GPU needed)."""
+    from blkassist.config import validate_config
+    from blkassist.refine.reroll import chunks, plan_rerolls, resolve_entries
+    from blkassist.refine.settings import mural_refine_settings, mural_refine_stages
+    from blkassist.tiling import plan_mural
+
+    config = yaml.safe_load((ROOT / "config/production.yaml").read_text())
+    config = validate_config(config, ROOT / "config" / "schema.yaml")
+    mural = config["murals"]["mural_flux"]
+    settings = mural_refine_settings(config, "mural_flux")
+    plan = plan_mural(16000, 12000, target_long_side=mural["target_long_side"],
+                      tile=mural["tile"], tiles_per_job=mural["tiles_per_job"])  # fmt: skip
+    outputs = [(p.output_width, p.output_height) for p in plan.passes]
+    final = (plan.final_width, plan.final_height)
+    stages = mural_refine_stages(config, "mural_flux", outputs, final)
+    keyed = {s.name: settings.pixel_settings(s) for s in stages}
+    last, first = stages[-1], stages[0]
+    centre = last.window_at(last.width / 2, last.height / 2).index
+    cases = {
+        "2 windows of the last pass": [{"pass": last.name, "windows": [centre, centre + 7]}],
+        "2 windows of the first pass": [{"pass": first.name, "windows": [centre, centre + 7]}],
+        "a 4096 px box of the last pass": [
+            {"pass": last.name, "box": [30000, 22000, 34096, 26096]}
+        ],
+    }
+    per_window = args.seconds_per_window
+    hours = (lambda n: f"{n * per_window / 3600:.2f}") if per_window else (lambda n: "n/a")
+    rows = [["one full pass", first.window_count, first.batch_count, 0, first.block_count,
+             "100%", hours(first.window_count), "-"],
+            [f"all {len(stages)} passes", sum(s.window_count for s in stages),
+             sum(s.batch_count for s in stages), 0, sum(s.block_count for s in stages), "-",
+             hours(sum(s.window_count for s in stages)), "-"]]  # fmt: skip
+    for label, entries in cases.items():
+        started = time.perf_counter()
+        raw = [(f"reroll.{i}", {"seed": 1, **e}) for i, e in enumerate(entries)]
+        resolved = resolve_entries(raw, stages, final)
+        rerolls = plan_rerolls(resolved, stages, list(plan.passes), mural["pad"], keyed, {})
+        planned_ms = (time.perf_counter() - started) * 1000
+        cost = rerolls.cost()
+        jobs = sum(len(chunks(v, settings.tiles_per_job, lambda i, u: False))
+                   for v in rerolls.variants.values())  # fmt: skip
+        rows.append([label, cost["windows"], jobs, sum(cost["sr_tiles"].values()), cost["blocks"],
+                     f"{100 * cost['windows'] / first.window_count:.2f}%", hours(cost["windows"]),
+                     f"{planned_ms:.0f}"])  # fmt: skip
+        said = [f"{name}: {c['chosen']} chosen, {c['propagated']} read a change"
+                for name, c in cost["passes"].items()]  # fmt: skip
+        print(f"{label}: " + "; ".join(said))
+    print_table(
+        ["work", "windows (GPU)", "GPU jobs", "SR tiles", "blocks", "of a pass", "GPU-hours",
+         "plan ms"],
+        rows,
+        f"Re-roll vs full pass, 3 Gpx production plan ({first.window_count} windows a pass; "
+        f"GPU-hours at {per_window or '?'} s/window: --seconds-per-window from "
+        "bench/gpu_refine_check.py; the assembly and pyramids are redone on the CPU)",
+    )  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
-    parser.add_argument("--only", choices=["tiles", "blend", "rss", "dryrun", "demo"], nargs="+")
+    parser.add_argument(
+        "--only", choices=["tiles", "blend", "rss", "dryrun", "demo", "reroll"], nargs="+"
+    )
+    parser.add_argument("--seconds-per-window", type=float, default=None,
+                        help="device seconds per 1024-px window (re-roll GPU-hours)")  # fmt: skip
     parser.add_argument("--tiles", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--count", type=int, default=9, help="windows per tile job measured")
     parser.add_argument("--steps", type=int, default=20, help="model evaluations a window")
@@ -298,8 +365,10 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="refine-", dir=args.workdir))
     try:
-        for part in args.only or ["tiles", "blend", "rss", "dryrun", "demo"]:
-            if part == "tiles":
+        for part in args.only or ["tiles", "blend", "rss", "dryrun", "demo", "reroll"]:
+            if part == "reroll":
+                bench_reroll(args, workdir)
+            elif part == "tiles":
                 bench_tiles(args)
             elif part == "demo":
                 bench_demo(args, workdir)

@@ -207,10 +207,12 @@ def assemble_mural(
     path: dict | None = None,
     refinement: str | None = None,
     licences: list[dict] | None = None,
+    overlays: list[dict] | None = None,
 ) -> None:
     """`path`: the SR/diffusion choice and why; `refinement`: the diffusion path's report
     (per-pass provenance and seam QA); `licences`: the terms of every model the pixels
-    depend on (blkassist.licences.mural); all recorded in the provenance."""
+    depend on (blkassist.licences.mural); all recorded in the provenance. `overlays`: a
+    re-roll's re-blended blocks, read over the canvas (canvas.open_view)."""
     from blkassist.sr.passes import require_complete
 
     require_complete(allocation)
@@ -218,7 +220,9 @@ def assemble_mural(
     if path:
         log.info("mural path: %s (%s)", path["path"], path["reason"])
     source = read_json(report)
-    final = canvas.open_canvas(record["canvas"])
+    final = canvas.open_view({"canvas": record["canvas"], "overlays": overlays})
+    if overlays:
+        log.info("%d re-rolled block(s) laid over %s", len(overlays), record["canvas"])
     factor = final_size[0] / source["width"], final_size[1] / source["height"]
     assemble(
         final,

@@ -68,3 +68,63 @@ def ingest(image: pyvips.Image, path: str | os.PathLike, chunk: int, attrs=None)
             rows = min(chunk, image.height - top)
             strip = np.frombuffer(region.fetch(0, top, image.width, rows), np.uint8)
             canvas[top : top + rows] = strip.reshape(rows, image.width, image.bands)
+
+
+def save_piece(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """A small array (a re-sampled window, a re-blended block) as its own zarr store,
+    written whole under a temporary name, then renamed into place."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    with atomic_path(path) as tmp:
+        zarr.create_array(
+            store=str(tmp), data=np.ascontiguousarray(pixels), compressors=COMPRESSOR,
+            chunks=pixels.shape, write_data=True,
+        )  # fmt: skip
+
+
+class LayeredCanvas:
+    """A canvas read with some boxes replaced by other arrays (a re-roll's blended blocks or
+    SR tiles): it reads like the zarr array (shape, dtype, chunks, slicing) and the base
+    store is never written. `overlays`: ((x0, y0, x1, y1), path), disjoint boxes."""
+
+    def __init__(self, base, overlays):
+        self.base = base
+        self.overlays = [(tuple(box), str(path)) for box, path in overlays]
+        self.shape, self.dtype, self.chunks = base.shape, base.dtype, base.chunks
+        self.store = base.store
+        self._opened: dict[str, object] = {}
+
+    def _piece(self, path: str):
+        if path not in self._opened:
+            self._opened[path] = open_canvas(path)
+        return self._opened[path]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(not isinstance(k, slice) or k.step not in (None, 1) for k in key[:2]):
+            raise TypeError("a layered canvas is read by row and column slices")
+        key = (*key, *[slice(None)] * (2 - len(key)))
+        (y0, y1, _), (x0, x1, _) = (k.indices(n) for k, n in zip(key[:2], self.shape, strict=False))
+        pixels = np.array(self.base[key])
+        for (bx0, by0, bx1, by1), path in self.overlays:
+            ax0, ay0, ax1, ay1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+            if ax0 < ax1 and ay0 < ay1:
+                piece = self._piece(path)[ay0 - by0 : ay1 - by0, ax0 - bx0 : ax1 - bx0]
+                pixels[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = np.asarray(piece)[
+                    (slice(None), slice(None), *key[2:])
+                ]
+        return pixels
+
+
+def open_view(spec: dict | str):
+    """A canvas as its readers see it: `spec` is a canvas path (.zarr), an allocation
+    record (.json), or {"canvas": either, "overlays": [{"box": [x0, y0, x1, y1], "path":
+    piece.zarr}, ...]} for a canvas with re-rolled pieces laid over it."""
+    from blkassist.fsutil import read_json
+
+    spec = {"canvas": spec} if isinstance(spec, str | os.PathLike) else spec
+    path = str(spec["canvas"])
+    base = open_canvas(read_json(path)["canvas"] if path.endswith(".json") else path)
+    overlays = [(o["box"], o["path"]) for o in spec.get("overlays") or ()]
+    return LayeredCanvas(base, overlays) if overlays else base

@@ -199,7 +199,25 @@ def plan_line(mural: str, report: dict) -> str:
         + (" + unknown" if report.get("gpu_hours_unknown_for") else "")
         + f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
         + memory_line(report.get("gpu_memory") or {})
+        + reroll_line(report.get("reroll"))
         + (f"; licences: {summary(report['licences'])}" if "licences" in report else "")
+    )
+
+
+def reroll_line(cost: dict | None) -> str:
+    """ "; re-roll: 6 windows sampled again (1.1: 1 chosen; 1.2: 5 read a change), ..." """
+    if not cost:
+        return ""
+    parts = []
+    for name, counts in cost["passes"].items():
+        said = [f"{counts['chosen']} chosen"] if counts["chosen"] else []
+        said += [f"{counts['propagated']} read a change"] if counts["propagated"] else []
+        parts.append(f"{name}: {', '.join(said)}")
+    tiles = sum(cost["sr_tiles"].values())
+    return (
+        f"; re-roll: {cost['windows']} window(s) sampled again ({'; '.join(parts)})"
+        + (f", {tiles} SR tile(s) upscaled again" if tiles else "")
+        + f", {cost['blocks']} block(s) blended again"
     )
 
 

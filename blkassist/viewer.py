@@ -32,14 +32,15 @@ DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
 @contextmanager
-def _open_image(path: str | os.PathLike) -> Iterator[pyvips.Image]:
-    """An image file, or a pass's canvas named by its allocation record (.json), streamed
-    for as long as the context lasts."""
+def _open_image(path: str | os.PathLike, overlays=None) -> Iterator[pyvips.Image]:
+    """An image file, or a pass's canvas named by its allocation record (.json) with any
+    re-rolled pieces laid over it, streamed for as long as the context lasts."""
     if str(path).endswith(".json"):
         from blkassist import canvas
         from blkassist.assemble import CanvasStream
 
-        with CanvasStream(canvas.open_canvas(read_json(path)["canvas"])) as stream:
+        view = canvas.open_view({"canvas": str(path), "overlays": overlays})
+        with CanvasStream(view) as stream:
             yield stream.image
     else:
         yield pyvips.Image.new_from_file(str(path), access="sequential")
@@ -63,8 +64,10 @@ def deep_zoom(
     tile_size: int,
     overlap: int,
     quality: int,
+    overlays=None,
 ) -> dict:
-    """Write a Deep Zoom pyramid (`dzi` descriptor + `tiles` folder) of `image`, streaming.
+    """Write a Deep Zoom pyramid (`dzi` descriptor + `tiles` folder) of `image`, streaming
+    (`overlays`: a canvas's re-rolled pieces, canvas.open_view).
 
     Both land under their final names only when the whole pyramid is written.
     """
@@ -75,7 +78,7 @@ def deep_zoom(
     dzi.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dzi.stem}.", dir=dzi.parent))
     try:
-        with _open_image(image) as decoded:
+        with _open_image(image, overlays) as decoded:
             _display_image(decoded).dzsave(
                 str(tmp / dzi.stem),
                 tile_size=tile_size,
@@ -125,6 +128,36 @@ def _tile_source(dzi: Path, page_dir: Path) -> dict:
     }
 
 
+def window_grid(geometry: dict) -> dict:
+    """What the page needs to name a refinement pass's windows under the cursor: its
+    canvas size, window origins and size, and the seams that bound the windows' cells."""
+    from blkassist.refine.plan import RefinePass
+
+    plan = RefinePass(**geometry, tiles_per_job=1, blocks_per_job=1)
+    return {
+        "pass": plan.name,
+        "width": plan.width,
+        "height": plan.height,
+        "xs": list(plan.xs),
+        "ys": list(plan.ys),
+        "window": [plan.window_width, plan.window_height],
+        "seamsX": list(plan.seams_x),
+        "seamsY": list(plan.seams_y),
+    }
+
+
+def worst_windows(seams: str | os.PathLike, count: int = 12) -> list[dict]:
+    """The windows with the worst seams over every pass of a seam report, worst first."""
+    found = []
+    for entry in read_json(seams)["passes"]:
+        found += entry.get("worst_windows", [])
+
+    def badness(window):
+        return max(window.get("level", 1) - 1, (1 - window.get("texture", 1)) * 5)
+
+    return sorted(found, key=lambda w: -badness(w))[:count]
+
+
 def write_viewer(
     page: str | os.PathLike,
     template: str | os.PathLike,
@@ -133,9 +166,17 @@ def write_viewer(
     overlays: list[dict],
     openseadragon_build: str | os.PathLike,
     openseadragon_copy: str | os.PathLike,
+    before: dict | None = None,
+    seams: str | os.PathLike | None = None,
+    mural: str = "",
+    grids: list[dict] = (),
 ) -> None:
     """Write the viewer page: one synchronised panel per entry of `panels` ({name, label,
-    dzi}), and `overlays` ({name, label, dzi, on}) drawn over the last panel with a toggle.
+    dzi, grid: a refinement pass's geometry, for picking its windows}), and `overlays`
+    ({name, label, dzi, on}) drawn over the last panel with a toggle. `before` ({dzi,
+    regions}): the last pass before its re-roll, shown in the re-rolled regions by a
+    toggle; `seams`: the mural's seam report, whose worst windows the page links to;
+    `grids`: every refinement pass's geometry (where those windows are).
     """
     page, build = Path(page), Path(openseadragon_build)
     script = build / "openseadragon.min.js"
@@ -154,13 +195,20 @@ def write_viewer(
 
     def entry(layer: dict) -> dict:
         source = _tile_source(Path(layer["dzi"]), page.parent)
-        return {"name": layer["name"], "label": layer["label"], "source": source}
+        shown = {"name": layer["name"], "label": layer["label"], "source": source}
+        if layer.get("grid"):
+            shown["grid"] = window_grid(layer["grid"])
+        return shown
 
     layout = {
         "title": title,
+        "mural": mural,
         "prefixUrl": os.path.relpath(copy / "images", page.parent) + "/",
         "panels": [entry(p) for p in panels],
         "overlays": [{**entry(o), "on": bool(o.get("on", True))} for o in overlays],
+        "before": {**entry(before), "regions": before["regions"]} if before else None,
+        "worst": worst_windows(seams) if seams else [],
+        "grids": {grid["pass"]: grid for grid in map(window_grid, grids)},
     }
     # </ cannot end the script element early: JSON escapes the slash.
     payload = json.dumps(layout, indent=1).replace("</", "<\\/")
@@ -174,8 +222,10 @@ def write_viewer(
     with atomic_path(page) as tmp:
         tmp.write_text(text)
     log.info(
-        "wrote %s: panels %s, overlays %s",
-        page, [p["name"] for p in panels], [o["name"] for o in overlays],
+        "wrote %s: panels %s, overlays %s, %d worst windows linked, %s",
+        page, [p["name"] for p in panels], [o["name"] for o in overlays], len(layout["worst"]),
+        f"before/after over {len(before['regions'])} re-rolled region(s)" if before
+        else "no re-roll",
     )  # fmt: skip
 
 

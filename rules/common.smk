@@ -152,11 +152,15 @@ def final_pass_files(wildcards):
 def pass_settings(wildcards):
     """What defines a pass's pixels besides its geometry (scheduling knobs excluded)."""
     settings = MURALS[wildcards.mural]
-    return {
+    found = {
         "model": settings.model,
         "pad": settings.pad,
         "precision": settings.precision,
     }
+    mural = wildcards.mural
+    if int(wildcards.step) > 1 and is_diffusion(mural) and REFINE[mural].qa_enabled:
+        found["refined_qa"] = REFINE[mural].qa  # it reads a QA-gated canvas
+    return found
 
 
 def mural_report(mural):
@@ -189,6 +193,22 @@ def mural_report(mural):
             tiles_per_forward=refine.tiles_per_forward,
             max_sequence_length=refine.max_sequence_length,
         )
+        # The QA gate and re-rolls sample one window at a time (the gate with its context).
+        alone = {
+            "qa_rerender": (
+                refine.tile + 2 * refine.qa["context"] if refine.qa_enabled else 0
+            ),
+            "reroll_windows": refine.tile if reroll_plan(mural) else 0,
+        }
+        for job, tile in alone.items():
+            if tile:
+                memory[job] = refine_memory_or_reason(
+                    workflow_file(refine.model),
+                    quantize=refine.quantize,
+                    tile=tile,
+                    tiles_per_forward=1,
+                    max_sequence_length=refine.max_sequence_length,
+                )
     totals = estimate(
         (plan.source_width, plan.source_height),
         (plan.final_width, plan.final_height),
@@ -196,6 +216,9 @@ def mural_report(mural):
         costs,
         memory_table(memory, declared_devices(config["gpu"])),
     )
+    rerolls = reroll_plan(mural)  # refuses entries the mural cannot take, before any job
+    if rerolls:
+        totals["reroll"] = rerolls.cost()
     # Which terms govern the result, before any GPU time is spent on it.
     return {**totals, "licences": licences.mural(config, mural, is_diffusion(mural))}
 

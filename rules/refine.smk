@@ -25,7 +25,7 @@ rule allocate_refinement:
         "../envs/torch.yaml"
     params:
         # All pixel settings, not just the geometry: a change must reset the pass's progress.
-        settings=lambda wildcards: refine_pixel_settings(wildcards),
+        settings=refine_allocation_settings,
         geometry=lambda wildcards: refine_stage(wildcards).geometry(),
         folder="work/{mural}/refine{step}.{rpass}",
     script:
@@ -71,12 +71,41 @@ rule blend_refinement:
         "../scripts/blend_refinement.py"
 
 
+# The QA gate (murals.NAME.refine.qa with rounds > 0): the pass's last writer, so the next
+# pass (or SR step, or the assembly) reads its canvas after it.
+rule qa_rerender:
+    input:
+        allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
+        blends=lambda wildcards: stage_blend_markers(
+            wildcards.mural, refine_stage(wildcards)
+        ),
+        model=lambda wildcards: refine_model(wildcards.mural),
+        lora=lambda wildcards: REFINE[wildcards.mural].lora or [],
+    output:
+        gate="work/{mural}/refine{step}.{rpass}/qa.json",
+    log:
+        "logs/{mural}/refine{step}.{rpass}/qa.log",
+    benchmark:
+        "benchmarks/{mural}/refine{step}.{rpass}/qa.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=qa_gpus,
+    params:
+        settings=lambda wildcards: refine_pixel_settings(wildcards),
+        qa=qa_settings,
+    script:
+        "../scripts/qa_rerender.py"
+
+
 rule measure_seams:
     input:
         allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
         blends=lambda wildcards: stage_blend_markers(
             wildcards.mural, refine_stage(wildcards)
         ),
+        gate=seam_gate,
     output:
         report="work/{mural}/refine{step}.{rpass}/seams.json",
         heatmap="work/{mural}/refine{step}.{rpass}/seams.png",
@@ -86,6 +115,8 @@ rule measure_seams:
         "benchmarks/{mural}/refine{step}.{rpass}/seams.tsv"
     conda:
         "../envs/vips.yaml"
+    params:
+        gate=gate_settings,
     script:
         "../scripts/measure_seams.py"
 
@@ -111,5 +142,9 @@ rule refine_report:
     params:
         path=lambda wildcards: path_record(wildcards.mural),
         stages=lambda wildcards: refine_report_stages(wildcards.mural),
+        rerolls=lambda wildcards: reroll_report(wildcards.mural),
     script:
         "../scripts/refine_report.py"
+
+
+include: "reroll.smk"

@@ -107,6 +107,7 @@ rule allocate_canvas:
         plan=lambda wildcards: pass_plan(wildcards).geometry(),
         upscale=pass_settings,
         progress="work/{mural}/canvas{step}.progress",
+        rerolls="work/{mural}/pass{step}/reroll",
     script:
         "../scripts/allocate_canvas.py"
 
@@ -145,6 +146,7 @@ rule assemble_mural:
         report="work/{mural}/probe.json",
         weights=model_weights,
         refinement=lambda wildcards: refinement_provenance(wildcards),
+        rerolls=lambda wildcards: final_reroll(wildcards)["markers"],
     output:
         image="results/{mural}_final.tif",
         provenance="results/{mural}_final.provenance.json",
@@ -161,6 +163,8 @@ rule assemble_mural:
             mural_plan(wildcards.mural).final_height,
         ),
         path=lambda wildcards: path_record(wildcards.mural),
+        # the last pass's re-rolled blocks, laid over its canvas (rules/reroll.smk)
+        overlays=lambda wildcards: final_reroll(wildcards)["overlays"],
     script:
         "../scripts/assemble_mural.py"
 

@@ -25,13 +25,14 @@ rule deep_zoom:
         tile_size=VIEW["tile_size"],
         overlap=VIEW["overlap"],
         quality=VIEW["quality"],
+        overlays=lambda wildcards: layer_overlays(wildcards.mural, wildcards.layer),
     script:
         "../scripts/deep_zoom.py"
 
 
 rule mural_viewer:
     input:
-        pyramids=viewer_pyramids,
+        unpack(viewer_inputs),
         template=workflow_file("resources/viewer/index.html"),
         openseadragon=openseadragon_script,
     output:

@@ -35,16 +35,45 @@ def last_pass_of(mural):
     return len(mural_plan(mural).passes)
 
 
+def layer_stage(mural, layer):
+    """The refinement pass a canvas layer shows (refineKpN; before: the last pass)."""
+    if layer == "before":
+        return refine_stages(mural)[-1]
+    step, number = map(int, layer.removeprefix("refine").split("p"))
+    return find_stage(mural, step, number)
+
+
 def viewer_layer_ready(wildcards):
-    """A canvas panel is drawn once its pass is whole: its batch or blend markers (the
-    layer's name says which: srK, refineKpN)."""
+    """A canvas panel is drawn once its pass is whole and its re-rolled pieces are made
+    (the layer's name says which: srK, refineKpN, before)."""
     mural, layer = wildcards.mural, wildcards.layer
-    if layer.startswith("refine"):
-        step, number = map(int, layer.removeprefix("refine").split("p"))
-        return stage_blend_markers(mural, find_stage(mural, step, number))
+    if layer.startswith("refine") or layer == "before":
+        stage = layer_stage(mural, layer)
+        pieces = [] if layer == "before" else reroll_markers(mural, "blocks", stage)
+        return stage_done(mural, stage) + pieces
     if layer.startswith("sr"):
-        return batch_markers(mural, int(layer.removeprefix("sr")))
+        step = int(layer.removeprefix("sr"))
+        return batch_markers(mural, step) + reroll_markers(mural, "tiles", step)
     return []
+
+
+def layer_overlays(mural, layer):
+    """A canvas layer's re-rolled pieces, laid over it (the before layer has none)."""
+    if layer.startswith("refine"):
+        return stage_view(mural, layer_stage(mural, layer))["overlays"]
+    if layer.startswith("sr") and is_diffusion(mural):
+        return sr_view(mural, int(layer.removeprefix("sr")))["overlays"]
+    return []
+
+
+def rerolled_regions(mural):
+    """Where the re-roll changed the last pass's canvas (its pixels), if it did."""
+    if not is_diffusion(mural):
+        return []
+    return [
+        list(b)
+        for b in reroll_plan(mural).regions.get(refine_stages(mural)[-1].name, [])
+    ]
 
 
 def viewer_overlays(mural):
@@ -55,8 +84,22 @@ def viewer_overlays(mural):
     return {}
 
 
+def viewer_before(mural):
+    """The last pass's own canvas, shown in the re-rolled regions by the page's
+    before/after toggle."""
+    if rerolled_regions(mural):
+        last = refine_stages(mural)[-1]
+        return {
+            "before": (
+                "Before the re-roll",
+                f"{stage_dir(mural, last)}/allocation.json",
+            )
+        }
+    return {}
+
+
 def viewer_images(mural):
-    layers = {**viewer_panels(mural), **viewer_overlays(mural)}
+    layers = {**viewer_panels(mural), **viewer_overlays(mural), **viewer_before(mural)}
     return {name: image for name, (_, image) in layers.items()}
 
 
@@ -74,10 +117,32 @@ def viewer_layout(mural):
             for name, (label, _) in layers.items()
         ]
 
+    panels = entries(viewer_panels(mural))
+    if is_diffusion(mural):  # hovering and picking windows: each pass's grid
+        stages = refine_stages(mural)
+        for panel in panels:
+            if panel["name"].startswith("refine"):
+                panel["grid"] = layer_stage(mural, panel["name"]).geometry()
+            elif panel["name"] == "final":
+                panel["grid"] = stages[-1].geometry()
+    before = entries(viewer_before(mural))
     return {
-        "panels": entries(viewer_panels(mural)),
+        "mural": mural,
+        "grids": (
+            [s.geometry() for s in refine_stages(mural)] if is_diffusion(mural) else []
+        ),
+        "panels": panels,
         "overlays": entries(viewer_overlays(mural)),
+        "before": {**before[0], "regions": rerolled_regions(mural)} if before else None,
     }
+
+
+def viewer_inputs(wildcards):
+    """The pyramids, and a diffusion mural's seam report (its worst windows)."""
+    inputs = {"pyramids": viewer_pyramids(wildcards)}
+    if is_diffusion(wildcards.mural):
+        inputs["seams"] = f"results/{wildcards.mural}_seams.json"
+    return inputs
 
 
 def openseadragon_script(wildcards):

@@ -11,4 +11,5 @@ with rule_logging(snakemake):
         snakemake.params.progress,
         snakemake.output.allocation,
         snakemake.params.upscale,
+        snakemake.params.rerolls,
     )

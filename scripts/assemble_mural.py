@@ -15,6 +15,7 @@ with rule_logging(snakemake):
         provenance=snakemake.output.provenance,
         path=snakemake.params.path,
         refinement=snakemake.input.refinement or None,
+        overlays=snakemake.params.overlays,
         licences=licences.mural(
             snakemake.config,
             snakemake.wildcards.mural,

@@ -11,4 +11,5 @@ with rule_logging(snakemake):
         tile_size=snakemake.params.tile_size,
         overlap=snakemake.params.overlap,
         quality=snakemake.params.quality,
+        overlays=snakemake.params.overlays,
     )

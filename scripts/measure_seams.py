@@ -4,4 +4,9 @@ from blkassist.refine.jobs import run_seam_qa
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
-    run_seam_qa(snakemake.input.allocation, snakemake.output.report, snakemake.output.heatmap)
+    run_seam_qa(
+        snakemake.input.allocation,
+        snakemake.output.report,
+        snakemake.output.heatmap,
+        snakemake.input.gate or None,
+    )

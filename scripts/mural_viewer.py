@@ -12,6 +12,10 @@ with rule_logging(snakemake):
         title=f"Mural {snakemake.wildcards.mural}",
         panels=snakemake.params.layout["panels"],
         overlays=snakemake.params.layout["overlays"],
+        before=snakemake.params.layout["before"],
+        seams=snakemake.input.get("seams"),
+        mural=snakemake.params.layout["mural"],
+        grids=snakemake.params.layout["grids"],
         openseadragon_build=Path(snakemake.input.openseadragon).parent,
         openseadragon_copy=snakemake.output.openseadragon,
     )

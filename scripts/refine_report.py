@@ -13,4 +13,5 @@ with rule_logging(snakemake):
         snakemake.output.provenance,
         snakemake.input.markers,
         snakemake.input.model,
+        snakemake.params.rerolls,
     )

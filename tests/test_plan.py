@@ -272,3 +272,29 @@ def test_a_mural_too_big_for_the_disk_fails_at_its_check_with_the_numbers(tmp_pa
     assert "the mural needs up to" in messages and "are free there" in messages
     assert "canvases.temporary" in messages
     assert not (tmp_path / "work/huge/canvas0.zarr").exists()
+
+
+@pytest.mark.parametrize(("chosen", "most"), [("1.4", 2), ("1.1", 200)])
+def test_a_reroll_of_the_3_gpx_mural_costs_its_windows_not_a_pass(chosen, most):
+    """Two windows of the last pass cost two windows of GPU work; two of the first pass
+    reach the later passes' windows that read their change (each pass's grid is offset, so
+    the region grows by about a window per pass), still a tiny share of one pass; the plan
+    line says so."""
+    from blkassist.refine.reroll import plan_rerolls, resolve_entries
+
+    plan, stages = production_refinement()
+    raw = [("reroll.0", {"pass": chosen, "windows": [1000, 2500], "seed": 1})]
+    entries = resolve_entries(raw, stages, (64000, 48000))
+    keyed = {s.name: {"settings": s.name} for s in stages}
+    rerolls = plan_rerolls(entries, stages, list(plan.passes), 32, keyed, {})
+    cost = rerolls.cost()
+    assert cost["passes"][chosen] == {"chosen": 2, "propagated": 0}
+    assert 2 <= cost["windows"] <= most < stages[0].window_count / 10
+    assert cost["blocks"] <= 9 * cost["windows"] and not cost["sr_tiles"]
+    later = [s.name for s in stages if s.name > chosen]
+    assert [name for name in cost["passes"] if name != chosen] == later
+    sr = sr_pass_costs(plan, 3, "realesrgan-x4plus", 32, seconds_per_tile=1.0)
+    report = {**estimate((16000, 12000), (64000, 48000), 3, sr), "reroll": cost}
+    assert f"; re-roll: {cost['windows']} window(s) sampled again ({chosen}: 2 chosen" in plan_line(
+        "mural_flux", report
+    )

@@ -557,3 +557,478 @@ def test_forward_groups_are_aligned_on_the_pass(tiles_per_job, size):
             assert len({w.index // size for w in group}) == 1 and len(group) <= size
             seen += [w.index for w in group]
     assert seen == list(range(plan.window_count))
+
+
+# -- windows' cells, footprints and interiors ----------------------------------------------
+@pytest.mark.parametrize(("length", "tile", "overlap"), GEOMETRIES)
+def test_cells_tile_the_canvas_and_footprints_bound_each_windows_weight(length, tile, overlap):
+    plan = RefinePass(1, 2, False, length, 70, tile, overlap, 4, 4)
+    for window in plan.windows_between(0, plan.window_count):
+        x0, y0, x1, y1 = plan.cell(window)
+        assert plan.window_at(x0, y0) == window and plan.window_at(x1 - 1, y1 - 1) == window
+        profile = np.asarray(axis_weights(plan.xs, plan.window_width, window.column, overlap))
+        f0, _, f1, _ = plan.footprint(window)
+        i0, _, i1, _ = plan.interior(window)
+        inside = np.arange(window.x, window.x + window.width)
+        kept = inside < length  # the overhang past the far border is never blended
+        assert np.all(profile[kept & ((inside < f0) | (inside >= f1))] == 0)
+        alone = profile[(inside >= i0) & (inside < i1)]
+        assert np.all(alone == 1) if (i0, i1) != (x0, x1) else np.all(alone > 0)  # or its cell
+        assert f0 <= x0 <= i0 < i1 <= x1 <= f1  # interior inside the cell inside the footprint
+    covered = [w.index for w in plan.windows_in(0, 0, length, 70)]
+    assert covered == list(range(plan.window_count))
+
+
+# -- the QA gate -----------------------------------------------------------------------------
+class PlantingRefiner:
+    """Paints grain from each window's noise; with the pass's own noise (generation 0) it
+    paints the window at `step_at` 45 grey levels too bright (a per-window colour shift) and a
+    dark stroke across the window at `stroke_at`. Noise of a later generation paints neither."""
+
+    def __init__(self, step_at=None, stroke_at=None):
+        self.step_at, self.stroke_at, self.calls = step_at, stroke_at, []
+
+    def refine(self, windows, noise, denoise, prompt=None):
+        out = []
+        for window, source in zip(windows, noise, strict=True):
+            height, width = window.shape[:2]
+            pixels = window + 6 * source.latents(3, height, width, 1).transpose(1, 2, 0)
+            first = isinstance(source, FieldNoise)
+            self.calls.append((source.x, source.y, first, denoise))
+            if first and (source.x, source.y) == self.step_at:
+                pixels = pixels + 45
+            if first and (source.x, source.y) == self.stroke_at:
+                pixels[height // 2 - 3 : height // 2 + 3, width // 5 : 4 * width // 5] = 15
+            out.append(np.clip(pixels, 0, 255).round().astype(np.uint8))
+        return np.stack(out)
+
+    def describe(self, denoise):
+        return {"kind": "planting"}
+
+
+GATE = {"rounds": 2, "level": 3.0, "texture": 0.6, "fidelity": 0.04, "edge_margin": 24,
+        "denoise_scale": 0.8, "context": 0}  # fmt: skip
+GATED = geometry(320, 256, 64, 16)  # 7 x 5 windows of 64 px
+
+
+def gate_pass(tmp_path, refiner, qa=GATE):
+    from blkassist.refine import qa as gate
+
+    base = smooth(256, 320)
+    plan, before, _ = run_pass(tmp_path, base, GATED, refiner, strength=0.0)
+    record = read_json(tmp_path / "pass.json")
+    measured = seams.measure(plan, before, base)
+    refiner.calls.clear()
+    final, record_qa = gate.run_rounds(
+        plan, record, measured, lambda: refiner, gate.QaSettings.from_config(qa),
+        field=pass_noise(1, "m", plan)(plan.window(0)).field, denoise=0.3,
+        anchor_strength=0.0, anchor_levels=4,
+    )  # fmt: skip
+    after = np.asarray(canvas.open_canvas(record["canvas"])[:])
+    return plan, before, after, final, record_qa
+
+
+PLANTED = [(8, 18), (0, 34), (6, 24), (30, 10), (17, 16)]  # corners, edges and inside
+
+
+@pytest.mark.parametrize(("step", "stroke"), PLANTED)
+def test_qa_gate_rerenders_exactly_the_window_with_a_step_and_the_one_with_a_stroke(
+    tmp_path, step, stroke
+):
+    plan = RefinePass(**GATED, tiles_per_job=3, blocks_per_job=2)
+    a, b = plan.window(step), plan.window(stroke)
+    refiner = PlantingRefiner((a.x, a.y), (b.x, b.y))
+    plan, before, after, final, record = gate_pass(tmp_path, refiner)
+    (first,) = record["rounds"]  # one round fixes both; the second finds nothing
+    reasons = {entry["window"]: entry["reasons"] for entry in first["windows"]}
+    assert sorted(reasons) == sorted({step, stroke})
+    assert any(r.startswith("level step") for r in reasons[step])
+    assert any(r.startswith("new strokes") for r in reasons[stroke])
+    assert sorted((x, y) for x, y, _, _ in refiner.calls) == sorted([(a.x, a.y), (b.x, b.y)])
+    assert all(not first_noise and denoise == 0.24 for _, _, first_noise, denoise in refiner.calls)
+    assert record["outcome"] == "clean" and not record["still_flagged"]
+    for window in (step, stroke):
+        score = first["after"][str(window)]
+        assert score["level"] < 3 and score["texture"] > 0.6 and score["fidelity"] < 0.04
+        assert record["regenerated"][str(window)]["round"] == 1
+    # Only the two footprints changed; the seam report agrees with a fresh measurement.
+    changed = np.any(after != before, axis=2)
+    allowed = np.zeros_like(changed)
+    for window in (a, b):
+        x0, y0, x1, y1 = plan.footprint(window)
+        allowed[y0:y1, x0:x1] = True
+    assert changed.any() and not (changed & ~allowed).any()
+    fresh = seams.measure(plan, after, smooth(256, 320))
+    assert final["worst_score"] == pytest.approx(fresh["worst_score"], rel=0.02)
+    assert final["worst_score"] < 3
+
+
+def test_qa_gate_leaves_a_clean_pass_alone_and_a_rerun_puts_originals_back(tmp_path):
+    from blkassist.refine.qa import QaStore
+
+    clean = PlantingRefiner()
+    _, before, after, _, record = gate_pass(tmp_path / "clean", clean)
+    assert record["rounds"] == [] and clean.calls == [] and np.array_equal(before, after)
+    assert record["outcome"] == "clean"
+    plan = RefinePass(**GATED, tiles_per_job=3, blocks_per_job=2)
+    a = plan.window(12)
+    planted = PlantingRefiner((a.x, a.y))
+    _, before, after, _, record = gate_pass(tmp_path / "planted", planted)
+    assert [e["window"] for e in record["rounds"][0]["windows"]] == [12]
+    # A rerun of the gate (a crash, changed settings) first puts the pass's own windows back.
+    pass_record = read_json(tmp_path / "planted" / "pass.json")
+    store = zarr.open_array(pass_record["windows"], mode="r+")
+    target = canvas.open_canvas(pass_record["canvas"], mode="r+")
+    assert QaStore(tmp_path / "planted" / "pass").restore(plan, store, target) == [12]
+    assert np.array_equal(np.asarray(target[:]), before)
+    assert QaStore(tmp_path / "planted" / "pass").saved() == []
+
+
+def test_qa_gate_with_lower_denoise_and_more_context_samples_a_larger_box(tmp_path):
+    plan = RefinePass(**GATED, tiles_per_job=3, blocks_per_job=2)
+    a = plan.window(16)
+    refiner = PlantingRefiner((a.x, a.y))
+    qa = {**GATE, "context": 16, "denoise_scale": 0.5}
+    *_, record = gate_pass(tmp_path, refiner, qa)
+    (call,) = refiner.calls
+    assert call[:2] == (a.x - 16, a.y - 16) and call[3] == 0.15
+    assert record["rounds"][0]["windows"][0]["context"] == 16
+
+
+def test_window_scores_blame_the_window_not_its_neighbours():
+    from blkassist.refine.qa import window_scores
+
+    plan = RefinePass(**GATED, tiles_per_job=3, blocks_per_job=2)
+    bad = {4, 11}  # a window inside (11) and one at the top edge (4)
+    segments = []
+    for axis, seams_, other in (("x", plan.seams_x, plan.seams_y),
+                                ("y", plan.seams_y, plan.seams_x)):  # fmt: skip
+        cuts = [0, *other, plan.height if axis == "x" else plan.width]
+        for k, line in enumerate(seams_):
+            for lo, hi in itertools.pairwise(cuts):
+                middle = (lo + hi) // 2
+                if axis == "x":
+                    row = plan.window_at(0, middle).row
+                    sides = {row * plan.columns + k, row * plan.columns + k + 1}
+                else:
+                    column = plan.window_at(middle, 0).column
+                    sides = {k * plan.columns + column, (k + 1) * plan.columns + column}
+                score = 8.0 if sides & bad else 1.0
+                segments.append({"axis": axis, "at": line, "from": lo, "to": hi,
+                                 "grid": "own", "score": score, "texture": 1.0})  # fmt: skip
+    scores = window_scores(plan, segments)
+    assert {i for i, s in scores.items() if s["level"] > 3} == bad
+    assert len(scores) == plan.window_count
+
+
+# -- re-rolls ---------------------------------------------------------------------------------
+def test_reroll_noise_draws_a_new_generation_only_in_the_windows_interior():
+    from blkassist.refine.noise import RerollNoise, generation_seed
+
+    plan = RefinePass(1, 1, False, 400, 300, 128, 32, 4, 4)
+    window = plan.window(5)
+    field = NoiseField(7)
+    new = NoiseField(generation_seed(field.seed, "reroll", 1))
+    assert new.seed != NoiseField(generation_seed(field.seed, "qa", 1)).seed
+    interior = plan.interior(window)
+    got = RerollNoise(field, new, window.x, window.y, interior).latents(4, 16, 16, 8)
+    old = FieldNoise(field, window.x, window.y).latents(4, 16, 16, 8)
+    fresh = FieldNoise(new, window.x, window.y).latents(4, 16, 16, 8)
+    x0, y0, x1, y1 = ((v - o) / 8 for v, o in zip(interior, (window.x, window.y) * 2, strict=True))
+    inside = np.zeros((16, 16), bool)
+    inside[int(np.ceil(y0)) : int(y1), int(np.ceil(x0)) : int(x1)] = True
+    assert inside.any() and (~inside).any()
+    np.testing.assert_array_equal(got[:, inside], fresh[:, inside])
+    np.testing.assert_array_equal(got[:, ~inside], old[:, ~inside])
+
+
+def test_layered_canvas_reads_like_the_canvas_with_its_pieces_laid_over(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (150, 220, 3), np.uint8)
+    canvas.create(tmp_path / "c.zarr", 220, 150, 3, 64)[:] = base
+    expected = base.copy()
+    overlays = []
+    for k, (x0, y0, x1, y1) in enumerate([(0, 0, 64, 64), (64, 128, 128, 150), (200, 10, 220, 40)]):
+        piece = rng.integers(0, 256, (y1 - y0, x1 - x0, 3), np.uint8)
+        canvas.save_piece(tmp_path / f"p{k}.zarr", piece)
+        expected[y0:y1, x0:x1] = piece
+        overlays.append({"box": [x0, y0, x1, y1], "path": str(tmp_path / f"p{k}.zarr")})
+    view = canvas.open_view({"canvas": str(tmp_path / "c.zarr"), "overlays": overlays})
+    assert view.shape == base.shape and view.chunks == (64, 64, 3)
+    rows = [slice(None), slice(0, 70), slice(60, 150), slice(149, 150)]
+    columns = [slice(None), slice(30, 210), slice(0, 1), slice(199, 300)]
+    for ys, xs in itertools.product(rows, columns):
+        np.testing.assert_array_equal(view[ys, xs], expected[ys, xs])
+    np.testing.assert_array_equal(view[10:20], expected[10:20])
+    np.testing.assert_array_equal(view[5:9, 60:70, :1], expected[5:9, 60:70, :1])
+    assert canvas.open_view(str(tmp_path / "c.zarr")).shape == base.shape  # no overlays
+
+
+def reroll_stages():
+    """Two SR steps (x3 then x2) of a 200 x 150 source, two passes after the first step,
+    one pass and a coherence pass after the second."""
+    from blkassist.tiling import plan_mural
+
+    sr = plan_mural(200, 150, scale=6, tile=64, tiles_per_job=4)
+    stages = []
+    for step, sr_pass in enumerate(sr.passes, start=1):
+        for number in (1, 2):
+            size = (sr_pass.output_width, sr_pass.output_height)
+            coherence = step == 2 and number == 2
+            stages.append(RefinePass(step, number, coherence, *size, 128, 32, 4, 2))
+    return sr, stages
+
+
+def plan_for(entries, final=(1200, 900)):
+    from blkassist.refine.reroll import plan_rerolls, resolve_entries
+
+    sr, stages = reroll_stages()
+    resolved = resolve_entries([(f"reroll.{i}", e) for i, e in enumerate(entries)], stages, final)
+    keyed = {s.name: {"denoise": 0.3, "seed": 1} for s in stages}
+    return stages, plan_rerolls(resolved, stages, list(sr.passes), 16, keyed, {"model": "x"})
+
+
+def entry(**fields):
+    return {"pass": "last", "seed": 1, **fields}
+
+
+def test_a_reroll_of_the_last_pass_costs_exactly_its_windows_and_their_blocks():
+    stages, plan = plan_for([entry(windows=[3, 20])])
+    last = stages[-1]
+    assert set(plan.variants) == {s.name for s in stages}
+    assert {n: sorted(v) for n, v in plan.variants.items() if v} == {last.name: [3, 20]}
+    assert plan.tiles == {} or not any(plan.tiles.values())
+    touched = {b for i in (3, 20) for b in last.block_ids(last.footprint(last.window(i)))}
+    assert set(plan.blocks[last.name]) == touched
+    cost = plan.cost()
+    assert cost["windows"] == 2 and cost["passes"] == {last.name: {"chosen": 2, "propagated": 0}}
+    # A second entry elsewhere leaves the first windows' keys alone (their pieces are kept).
+    _, more = plan_for([entry(windows=[3, 20]), entry(windows=[30], seed=2)])
+    assert more.variants[last.name][3].key == plan.variants[last.name][3].key
+    assert more.variants[last.name][30].entry.generation == 2
+    _, other = plan_for([entry(windows=[3, 20], denoise=0.2)])
+    assert other.variants[last.name][3].key != plan.variants[last.name][3].key
+
+
+def test_a_reroll_of_an_early_pass_reaches_only_what_reads_its_change():
+    stages, plan = plan_for([entry(**{"pass": "1.1"}, windows=[4])])
+    first = stages[0]
+    region = first.footprint(first.window(4))
+    # 1.2 samples again exactly the windows that read a changed pixel of 1.1.
+    expected = {w.index for w in stages[1].covering(*region)}
+    assert set(plan.variants["1.2"]) == expected and not plan.variants["1.2"][min(expected)].entry
+    # The next SR step upscales again the tiles whose padded input meets 1.2's changes.
+    changed = [stages[1].footprint(stages[1].window(i)) for i in expected]
+    sr, _ = reroll_stages()
+    step2 = sr.passes[1]
+    tiles = {t.index for t in step2.tiles_between(0, step2.tile_count)
+             if any(rr_meets(t.padded(16, step2.input_width, step2.input_height), box)
+                    for box in changed)}  # fmt: skip
+    assert set(plan.tiles[2]) == tiles and 0 < len(tiles) < step2.tile_count
+    # ... and the last step's passes only what reads those tiles, not the whole canvas.
+    assert 0 < len(plan.variants["2.1"]) < stages[2].window_count
+    assert len(plan.variants["2.2"]) <= stages[3].window_count
+    cost = plan.cost()
+    assert cost["passes"]["1.1"] == {"chosen": 1, "propagated": 0}
+    assert cost["sr_tiles"] == {2: len(tiles)}
+    # The keys read what changed: a different entry upstream changes every key downstream.
+    _, again = plan_for([entry(**{"pass": "1.1"}, windows=[4], seed=2)])
+    assert all(again.variants["2.1"][i].key != v.key for i, v in plan.variants["2.1"].items())
+
+
+def rr_meets(a, b):
+    from blkassist.refine.reroll import meets
+
+    return meets(a, b)
+
+
+def test_a_reroll_box_names_the_windows_whose_cells_it_meets():
+    stages, plan = plan_for(
+        [entry(box=[0, 0, 10, 10]), entry(**{"pass": "1.1"}, box=[1190, 890, 1200, 900])]
+    )
+    assert {i for i, v in plan.variants[stages[-1].name].items() if v.entry} == {0}
+    first = stages[0]
+    assert first.window_count - 1 in plan.variants["1.1"]  # scaled to the 600 x 450 canvas
+    assert plan.variants["1.1"][first.window_count - 1].entry.origin == "reroll.1"
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([entry(**{"pass": "3.1"}, windows=[0])], r"reroll\.0\.pass: '3\.1' is not a refinement"),
+        ([entry(windows=[999])], r"reroll\.0\.windows: \[999\] outside pass 2\.2's \d+ windows"),
+        ([entry(windows=[1]), entry(windows=[1])], r"reroll\.1: window 1 of pass 2\.2 is re-rolled"
+                                                   r" already by reroll\.0"),
+        ([entry(box=[1300, 10, 1350, 20])], r"reroll\.0\.box: \[1300, 10, 1350, 20\] is not a"),
+    ],
+)  # fmt: skip
+def test_bad_reroll_entries_are_refused_naming_the_entry(entries, message):
+    from blkassist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        plan_for(entries)
+
+
+def test_reroll_files_as_the_viewer_saves_them_are_read_and_checked(tmp_path):
+    import json
+
+    from blkassist.config import load_schema
+    from blkassist.errors import ConfigError
+    from blkassist.refine.reroll import gather_entries
+
+    schema = load_schema(REPO / "config" / "schema.yaml")
+    saved = tmp_path / "m.reroll.json"
+    saved.write_text(json.dumps({"mural": "m", "reroll": [{"pass": "2.2", "windows": [3, 4]}]}))
+    raw = gather_entries("m", [{"windows": [1], "seed": 2, "pass": "last"}], str(saved), schema)
+    assert raw == [
+        ("murals.m.refine.reroll.0", {"windows": [1], "seed": 2, "pass": "last"}),
+        (f"{saved}: reroll.0", {"pass": "2.2", "windows": [3, 4], "seed": 1}),
+    ]
+    saved.write_text(json.dumps({"reroll": [{"pass": "2.2", "window": [3]}]}))
+    with pytest.raises(ConfigError, match=r"m\.reroll\.json: .*'window' was unexpected"):
+        gather_entries("m", [], str(saved), schema)
+    with pytest.raises(ConfigError, match=r"missing\.json does not exist: save it from"):
+        gather_entries("m", [], str(tmp_path / "missing.json"), schema)
+
+
+def test_rerolled_windows_change_only_their_footprints_and_leave_the_pass_alone(tmp_path):
+    """The re-roll's jobs in process: two chosen windows sampled again from a new
+    generation, their blocks blended again beside the pass; the canvas as the re-roll sees
+    it differs from the pass's only inside the two footprints, and the pass's own store and
+    canvas are untouched (dropping the overlays is the undo)."""
+    from blkassist.refine.reroll import overlays, plan_rerolls, resolve_entries
+    from blkassist.refine.reroll_jobs import run_reroll_blocks, sample_variants
+
+    base = textured(256, 320)
+    geo = geometry(320, 256, 64, 16, number=1)
+    plan, before, _ = run_pass(tmp_path, base, geo, ShiftRefiner(amplitude=8), strength=0.5,
+                               blocks_per_job=1)  # fmt: skip
+    record = read_json(tmp_path / "pass.json")
+    kept = {p: sha256_tree(record[p]) for p in ("windows", "canvas")}
+    entries = resolve_entries([("reroll.0", entry(**{"pass": "1.1"}, windows=[9, 10], seed=3))],
+                              [plan], (320, 256))  # fmt: skip
+    rerolls = plan_rerolls(entries, [plan], [], 0, {"1.1": {}}, {})
+    folder = str(tmp_path / "pass")
+    members = [{"window": i, "key": v.key, "entry": v.entry.defining(), "reads": [],
+                "path": f"{folder}/reroll/windows/{i}-{v.key}"}
+               for i, v in rerolls.variants["1.1"].items()]  # fmt: skip
+    refiner = ShiftRefiner(amplitude=8)
+    settings = {"denoise": 0.3, "anchor_strength": 0.5, "anchor_levels": 4, "prompt": ""}
+    source = canvas.open_canvas(record["input_canvas"])
+    field = NoiseField(5)
+    assert sample_variants(plan, members, source, source, lambda: refiner, field=field,
+                           settings=settings) == [9, 10]  # fmt: skip
+    assert sample_variants(plan, members, source, source, lambda: 1 / 0, field=field,
+                           settings=settings) == []  # made already: no refiner  # fmt: skip
+    made = read_json(members[0]["path"] + ".json")
+    assert made["noise"]["kind"] == "reroll" and made["noise"]["generation"] == 3
+    assert made["noise"]["field_seed"] != made["noise"]["pass_field_seed"] == field.seed
+    blocks = [{"block": b, "key": blk.key, "path": f"{folder}/reroll/blocks/{b}-{blk.key}",
+               "windows": [[i, f"{folder}/reroll/windows/{i}-{key}"] for i, key in blk.windows]}
+              for b, blk in rerolls.blocks["1.1"].items()]  # fmt: skip
+    run_reroll_blocks(str(tmp_path / "pass.json"), blocks, str(tmp_path / "blocks.done"))
+    spec = {
+        "canvas": str(tmp_path / "pass.json"),
+        "overlays": overlays(folder, rerolls.blocks["1.1"]),
+    }
+    after = np.asarray(canvas.open_view(spec)[:])
+    changed = np.any(after != before, axis=2)
+    allowed = np.zeros_like(changed)
+    for i in (9, 10):
+        x0, y0, x1, y1 = plan.footprint(plan.window(i))
+        allowed[y0:y1, x0:x1] = True
+    assert changed.any() and not (changed & ~allowed).any()
+    assert {p: sha256_tree(record[p]) for p in ("windows", "canvas")} == kept
+    assert np.array_equal(np.asarray(canvas.open_view(str(tmp_path / "pass.json"))[:]), before)
+
+
+def sha256_tree(folder) -> str:
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_the_qa_job_re_renders_with_flux_on_a_leased_device_and_a_rerun_starts_over(
+    tmp_path, one_torch_thread, monkeypatch
+):
+    """run_qa_rerender as the workflow runs it (the tiny Flux loaded from its spec, a device
+    leased only once a window is blamed); a second run puts the first run's windows back
+    first, drops the pass's re-roll pieces, and ends with the same bytes."""
+    from blkassist.refine.jobs import run_qa_rerender
+
+    monkeypatch.setenv("BLKASSIST_DEVICE", "cpu")
+    base = textured(96, 128)
+    _, before, _ = run_pass(tmp_path, base, geometry(128, 96, 48, 8), ShiftRefiner(amplitude=4))
+    settings = {"denoise": 0.3, "seed": 1, "anchor_strength": 1.0, "anchor_levels": 4,
+                "quantize": False, "lora_scale": 1.0, "prompt": "", "steps": 2,
+                "guidance": 3.5, "max_sequence_length": 32, "tile": 48}  # fmt: skip
+    qa = {**GATE, "rounds": 1, "level": 0.01, "texture": None, "fidelity": None}
+    job = dict(allocation=str(tmp_path / "pass.json"), mural="m", settings=settings, qa=qa,
+               model=str(REPO / "resources/flux/tiny.yaml"), lora=None,
+               scheduling={"tiles_per_forward": 1}, gpu={"lock_dir": str(tmp_path / "locks")},
+               threads=1)  # fmt: skip
+    run_qa_rerender(output=str(tmp_path / "qa1.json"), **job)
+    first = read_json(tmp_path / "qa1.json")
+    windows = [e["window"] for e in first["qa"]["rounds"][0]["windows"]]
+    assert windows and first["refiner"]["kind"] == "flux-img2img"
+    record = read_json(tmp_path / "pass.json")
+    gated = np.asarray(canvas.open_canvas(record["canvas"])[:])
+    assert not np.array_equal(gated, before)
+    (tmp_path / "pass" / "reroll" / "windows").mkdir(parents=True)  # a re-roll made earlier
+    run_qa_rerender(output=str(tmp_path / "qa2.json"), **job)
+    assert not (tmp_path / "pass" / "reroll").exists()
+    second = read_json(tmp_path / "qa2.json")
+    assert second["qa"]["rounds"] == first["qa"]["rounds"]
+    assert np.array_equal(np.asarray(canvas.open_canvas(record["canvas"])[:]), gated)
+
+
+def test_sr_tiles_reading_a_rerolled_canvas_are_upscaled_again_as_the_step_would(tmp_path):
+    """The SR step after a re-rolled pass: the tiles whose padded input meets the change are
+    upscaled again from the canvas as the re-roll sees it (pieces beside the step's canvas),
+    equal to the step's own tiles on that changed canvas; the others need nothing."""
+    from blkassist.refine.reroll import meets
+    from blkassist.refine.reroll_jobs import run_reroll_sr_tiles
+    from blkassist.sr.lanczos import LanczosUpscaler
+    from blkassist.sr.passes import allocate_pass
+    from blkassist.sr.tiler import upscale_tiles
+    from blkassist.tiling import PassPlan
+
+    before = textured(100, 140)
+    canvas.create(tmp_path / "c0.zarr", 140, 100, 3, 32)[:] = before
+    plan = PassPlan(1, 2, 140, 100, 32, 4)
+    upscale = {"model": "lanczos", "pad": 8, "precision": "auto"}
+    allocate_pass(plan.geometry(), str(tmp_path / "c0.zarr"), str(tmp_path / "c1.zarr"),
+                  str(tmp_path / "c1.progress"), str(tmp_path / "c1.json"), upscale)  # fmt: skip
+    box = (40, 30, 70, 52)  # what a re-roll changed in the canvas the step reads
+    changed = before.copy()
+    changed[30:52, 40:70] = 255 - changed[30:52, 40:70]
+    canvas.save_piece(tmp_path / "piece.zarr", changed[30:52, 40:70])
+    spec = {"canvas": str(tmp_path / "c0.zarr"),
+            "overlays": [{"box": list(box), "path": str(tmp_path / "piece.zarr")}]}  # fmt: skip
+    tiles = [t for t in plan.tiles_between(0, plan.tile_count)
+             if meets(t.padded(8, 140, 100), box)]  # fmt: skip
+    members = [{"tile": t.index, "key": f"k{t.index}", "reads": ["x"],
+                "path": str(tmp_path / f"pieces/{t.index}")} for t in tiles]  # fmt: skip
+    gpu = {"lock_dir": str(tmp_path / "locks")}
+    run_reroll_sr_tiles(str(tmp_path / "c1.json"), members, spec, None, 1, gpu, 1,
+                        str(tmp_path / "t.done"))  # fmt: skip
+    whole = canvas.create(tmp_path / "whole.zarr", 280, 200, 3, 64)
+    canvas.create(tmp_path / "src.zarr", 140, 100, 3, 32)[:] = changed
+    source = canvas.open_canvas(tmp_path / "src.zarr")
+    every = plan.tiles_between(0, plan.tile_count)
+    upscale_tiles(plan, every, source, whole, LanczosUpscaler(), 8, ProgressLog(tmp_path / "p", 0))
+    expected = np.asarray(whole[:])
+    assert 0 < len(tiles) < plan.tile_count
+    for tile in tiles:
+        piece = np.asarray(canvas.open_canvas(tmp_path / f"pieces/{tile.index}.zarr")[:])
+        y, x = tile.y * 2, tile.x * 2
+        np.testing.assert_array_equal(
+            piece, expected[y : y + piece.shape[0], x : x + piece.shape[1]]
+        )
+        assert read_json(tmp_path / f"pieces/{tile.index}.json")["tile"] == tile.index
+    assert read_json(tmp_path / "t.done")["upscaled"] == [t.index for t in tiles]

@@ -14,8 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pyvips
+import tifffile
 import torch
 import yaml
 from PIL import Image
@@ -174,6 +176,7 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
         assert f"{layer}_files" in page, layer
     refined = read_dzi(killed / "results/view/m/refine2p2.dzi")
     assert (refined["width"], refined["height"]) == (final.width, final.height)
+    check_reroll_and_undo(killed, config, reference)
 
     # A pixel setting of the coherence pass changed: that pass (and what follows) is redone,
     # from scratch; the earlier passes are not.
@@ -185,6 +188,101 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
     coherence = killed / "work/m/refine2.2"
     assert all(json.loads(m.read_text())["skipped"] == 0 for m in coherence.glob("tiles-*.done"))
     assert sha256(killed / "results/m_final.tif") != sha256(reference / "results/m_final.tif")
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def page_layout(page: Path) -> dict:
+    text = page.read_text()
+    return json.loads(
+        re.search(r'id="layout" type="application/json">(.*?)</script>', text, re.S)[1]
+    )
+
+
+def check_reroll_and_undo(workdir: Path, config: Path, reference: Path) -> None:
+    """The artist re-rolls two windows of the last pass with the list the viewer saves:
+    the dry run lists only the re-roll's jobs (one GPU job for the two windows), the result
+    changes only inside their footprints, no canvas of the passes changes, the provenance
+    names their new seeds; undoing restores the original bytes with no GPU job; a re-roll
+    of the first pass reaches the next SR step and the later passes, as the plan line says."""
+    from blkassist.refine.plan import RefinePass
+
+    stores = sorted(workdir.glob("work/m/refine*/*.zarr")) + sorted(
+        workdir.glob("work/m/canvas*.zarr")
+    )
+    kept = {path: tree_digest(path) for path in stores}
+    (workdir / "m.reroll.json").write_text(
+        json.dumps({"mural": "m", "reroll": [{"pass": "2.2", "windows": [5, 9]}]})
+    )
+    settings = yaml.safe_load(config.read_text())
+    settings["murals"]["m"]["refine"]["reroll_file"] = "m.reroll.json"
+    rerolled = write_config(workdir, settings, "reroll.yaml")
+    dry = run_snakemake(workdir, [rerolled], "-n")
+    counts = job_counts(dry.stdout)
+    assert counts.pop("reroll_windows") == 1 and counts.pop("reroll_blocks") == 1
+    assert set(counts) == {"refine_report", "assemble_mural", "deep_zoom", "mural_viewer",
+                           "mural_summary", "all", "total"}, counts  # fmt: skip
+    assert (
+        "re-roll: 2 window(s) sampled again (2.2: 2 chosen), 1 block(s) blended again" in dry.stdout
+    )
+    run_snakemake(workdir, [rerolled])
+    again = run_snakemake(workdir, [rerolled], "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert {path: tree_digest(path) for path in stores} == kept
+    original = tifffile.imread(reference / "results/m_final.tif")
+    changed = np.any(tifffile.imread(workdir / "results/m_final.tif") != original, axis=2)
+    last = RefinePass(2, 2, True, 144, 120, 48, 8, 40, 1)
+    allowed = np.zeros_like(changed)
+    for window in (5, 9):
+        x0, y0, x1, y1 = last.footprint(last.window(window))
+        allowed[y0:y1, x0:x1] = True
+    assert changed.any() and not (changed & ~allowed).any()
+    provenance = json.loads((workdir / "results/m_final.provenance.json").read_text())
+    reroll = provenance["refinement"]["passes"][2]["reroll"]
+    assert [w["window"] for w in reroll["windows"]] == [5, 9]
+    field = provenance["refinement"]["passes"][2]["noise"]["field_seed"]
+    for window in reroll["windows"]:
+        assert window["asked_by"] == "m.reroll.json: reroll.0" and window["denoise"] == 0.12
+        assert window["noise"]["kind"] == "reroll" and window["noise"]["generation"] == 1
+        assert window["noise"]["pass_field_seed"] == field != window["noise"]["field_seed"]
+    layout = page_layout(workdir / "results/view/m/index.html")
+    assert [p["grid"]["pass"] for p in layout["panels"] if "grid" in p] == [
+        "1.1",
+        "2.1",
+        "2.2",
+        "2.2",
+    ]
+    assert layout["before"]["regions"] == [list(last.footprint(last.window(w))) for w in (5, 9)]
+
+    # Undo: the pieces stay on disk, the view drops them; no GPU job, the original bytes.
+    undo = run_snakemake(workdir, [config], "-n")
+    counts = job_counts(undo.stdout)
+    assert not {"reroll_windows", "reroll_blocks", "refine_tile_batch", "qa_rerender"} & set(counts)
+    run_snakemake(workdir, [config])
+    assert sha256(workdir / "results/m_final.tif") == sha256(reference / "results/m_final.tif")
+    assert page_layout(workdir / "results/view/m/index.html")["before"] is None
+
+    # A window of the first pass: the next SR step's tiles and the later passes' windows
+    # that read its change are redone (the plan line says how many), nothing else.
+    settings = yaml.safe_load(config.read_text())
+    settings["murals"]["m"]["refine"]["reroll"] = [{"pass": "1.1", "windows": [1]}]
+    dry = run_snakemake(workdir, [write_config(workdir, settings, "early.yaml")], "-n")
+    counts = job_counts(dry.stdout)
+    # one job or more for each pass's windows and blocks (tiles_per_job 5 here), the SR tiles
+    assert {"reroll_windows", "reroll_blocks", "reroll_sr_tiles"} <= set(counts)
+    assert not {"refine_tile_batch", "upscale_tile_batch", "allocate_refinement"} & set(counts)
+    line = next(t for t in dry.stdout.splitlines() if t.startswith("mural m:"))
+    assert re.search(
+        r"re-roll: \d+ window\(s\) sampled again \(1\.1: 1 chosen; 2\.1: \d+ read "
+        r"a change; 2\.2: \d+ read a change\), \d+ SR tile\(s\) upscaled again",
+        line,
+    )
 
 
 def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
@@ -219,10 +317,35 @@ def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
     assert counts["refine_tile_batch"] == sum(s.batch_count for s in stages)
     assert counts["blend_refinement"] == 4 * 46
     assert counts["measure_seams"] == 4 and counts["refine_report"] == 1
+    assert counts["qa_rerender"] == 4  # the production example's QA gate after each pass
     first, stop = stages[-1].batch_range(stages[-1].batch_count - 1)
     assert f"work/mural_flux/refine1.4/tiles-{first}-{stop - 1}.done" in result.stdout
     # The plan states each GPU job's memory, and which of the paper's cards fit it.
     line = next(t for t in result.stdout.splitlines() if t.startswith("mural mural_flux:"))
     assert re.search(r"refine_tile_batch ~1[4-9]\.\d+ GiB \(fits device\(s\) 0, 1, 2, 3\)", line)
+    assert re.search(r"qa_rerender ~1[4-9]\.\d+ GiB \(fits device\(s\) 0, 1, 2, 3\)", line)
     assert "upscale_tile_batch ~" in line
     print(f"3 Gpx diffusion dry-run: {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize(
+    ("mural", "expected"),
+    [
+        ({"model": "lanczos", "refine": {"reroll": [{"windows": [0]}]}},
+         r"murals\.m\.refine\.reroll: the mural takes the SR path \(path: auto and the long "
+         r"side 384 px is at most 8192 px\)"),
+        ({"model": "lanczos", "path": "diffusion",
+          "refine": {"model": "resources/flux/tiny.yaml", "tile": 48, "overlap": 8,
+                     "reroll": [{"windows": [999]}]}},
+         r"murals\.m\.refine\.reroll\.0\.windows: \[999\] outside pass 1\.\d's \d+ windows"),
+        ({"model": "lanczos", "path": "diffusion",
+          "refine": {"model": "resources/flux/tiny.yaml", "reroll_file": "picks.json"}},
+         r"re-roll file picks\.json does not exist: save it from the mural's viewer"),
+    ],
+)  # fmt: skip
+def test_bad_rerolls_are_refused_before_any_job_naming_the_entry(tmp_path, mural, expected):
+    Image.fromarray(textured(72, 96)).save(tmp_path / "a.png")
+    config = write_config(tmp_path, {"murals": {"m": {"source": "a.png", **mural}}})
+    result = run_snakemake(tmp_path, [config], "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(expected, result.stdout + result.stderr), result.stdout[-3000:]

@@ -86,6 +86,19 @@ WAIT_DRAWN = """() => {
 }"""
 
 
+def screen_point(page, x: float, y: float) -> list[float]:
+    """Where the second panel shows its image's pixel (x, y), in page pixels."""
+    return page.evaluate(
+        """([x, y]) => {
+          const v = blkViewer.viewers[1], item = v.world.getItemAt(0);
+          const p = v.viewport.pixelFromPoint(item.imageToViewportCoordinates(x, y), true);
+          const r = v.element.getBoundingClientRect();
+          return [r.left + p.x, r.top + p.y];
+        }""",
+        [x, y],
+    )
+
+
 def test_viewer_shows_synchronised_deep_zoom_panels_with_the_murals_pixels(mural, server):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed: `make system-deps` as root installs it")
@@ -140,16 +153,7 @@ def test_viewer_shows_synchronised_deep_zoom_panels_with_the_murals_pixels(mural
             assert corner
             page.wait_for_timeout(300)
             page.wait_for_function(WAIT_DRAWN, timeout=30_000)
-            origin = page.evaluate(
-                """([x0, y0]) => {
-                  const v = blkViewer.viewers[1], item = v.world.getItemAt(0);
-                  const at = item.imageToViewportCoordinates(x0, y0);
-                  const p = v.viewport.pixelFromPoint(at, true);
-                  const r = v.element.getBoundingClientRect();
-                  return [r.left + p.x, r.top + p.y];
-                }""",
-                [x0, y0],
-            )
+            origin = screen_point(page, x0, y0)
             assert max(levels_requested(requested, "final")) == 11  # 1536 px: the full level
             clip = {"x": round(origin[0]), "y": round(origin[1]), "width": size, "height": size}
             shot = np.asarray(Image.open(BytesIO(page.screenshot(clip=clip))).convert("RGB"))
@@ -242,3 +246,129 @@ def test_viewer_without_openseadragon_says_how_to_install_it(tmp_path):
     with pytest.raises(BlkAssistError, match="make viewer-deps"):
         write_viewer(tmp_path / "index.html", REPO / "resources/viewer/index.html", "m", [], [],
                      tmp_path / "missing", tmp_path / "copy")  # fmt: skip
+
+
+def test_viewer_picks_windows_into_a_saved_reroll_list_links_worst_seams_and_shows_before(
+    tmp_path,
+):
+    """The result panel of a refined mural knows its last pass's window grid: hovering names
+    the window(s) under the cursor, clicks at known mural positions build the re-roll list
+    (click again removes), and the saved file is what the workflow reads; a worst-seam link
+    pans there; the before/after toggle shows the last pass before its re-roll."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed: `make system-deps` as root installs it")
+    from playwright.sync_api import sync_playwright
+
+    from blkassist.config import load_schema
+    from blkassist.refine.plan import RefinePass
+    from blkassist.refine.reroll import gather_entries, resolve_entries
+
+    build = REPO / "viewer/node_modules/openseadragon/build/openseadragon"
+    if not (build / "openseadragon.min.js").is_file():
+        pytest.skip("OpenSeadragon is not installed: `make viewer-deps`")
+    grid = {"step": 1, "number": 2, "coherence": True, "width": 640, "height": 480,
+            "tile": 128, "overlap": 32}  # fmt: skip
+    plan = RefinePass(**grid, tiles_per_job=1, blocks_per_job=1)
+    result = textured(480, 640, seed=5)
+    Image.fromarray(result).save(tmp_path / "result.png")
+    Image.fromarray(255 - result).save(tmp_path / "before.png")
+    view = tmp_path / "results/view/m"
+    for name, image in (
+        ("source", "result.png"),
+        ("final", "result.png"),
+        ("before", "before.png"),
+    ):
+        deep_zoom(tmp_path / image, view / f"{name}.dzi", view / f"{name}_files", 254, 1, 95)
+    worst = plan.window(9)
+    wx0, wy0, wx1, wy1 = plan.cell(worst)
+    seams = tmp_path / "results/m_seams.json"
+    seams.write_text(json.dumps({"passes": [{"worst_windows": [
+        {"window": 9, "pass": "1.2", "level": 4.5, "texture": 0.8,
+         "x": (wx0 + wx1) // 2, "y": (wy0 + wy1) // 2}]}]}))  # fmt: skip
+    region = list(plan.footprint(plan.window(14)))
+    write_viewer(
+        page=view / "index.html",
+        template=REPO / "resources/viewer/index.html",
+        title="Mural m",
+        panels=[
+            {"name": "source", "label": "Source", "dzi": str(view / "source.dzi")},
+            {"name": "final", "label": "Result", "dzi": str(view / "final.dzi"), "grid": grid},
+        ],
+        overlays=[],
+        openseadragon_build=build,
+        openseadragon_copy=view / "openseadragon",
+        before={
+            "name": "before",
+            "label": "Before the re-roll",
+            "dzi": str(view / "before.dzi"),
+            "regions": [region],
+        },
+        seams=seams,
+        mural="m",
+        grids=[grid],
+    )
+    picks = [plan.window(i) for i in (6, 14, 20, 14)]  # 14 twice: picked, then removed
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PANEL, device_scale_factor=1)
+            problems = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto((view / "index.html").as_uri())
+            page.wait_for_function(WAIT_DRAWN, timeout=30_000)
+
+            hovered = []
+            for window in picks:
+                x0, y0, x1, y1 = plan.cell(window)
+                x, y = screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2)
+                page.mouse.move(x, y)
+                hovered.append(page.locator("#hover").inner_text())
+                page.mouse.click(x, y)
+                page.wait_for_timeout(150)
+            assert all(text.startswith(f"pass 1.2: window {w.index} at ")
+                       for w, text in zip(picks, hovered, strict=True))  # fmt: skip
+            # In an overlap the window whose cell holds the point comes first.
+            page.mouse.move(*screen_point(page, plan.seams_x[0] - 3, 10))
+            assert (
+                page.locator("#hover")
+                .inner_text()
+                .startswith("pass 1.2: window 0 (overlapping 1) at ")
+            )
+            with page.expect_download() as download:
+                page.click("#reroll-save")
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            assert saved.name == "m.reroll.json"
+            assert json.loads(saved.read_text()) == {
+                "mural": "m",
+                "reroll": [{"pass": "1.2", "windows": [6, 20]}],
+            }
+            outlines = page.evaluate("() => document.querySelectorAll('.picked').length")
+            assert outlines == 2
+
+            # A worst-seam link pans every panel to its window.
+            page.click(".worst-window")
+            page.wait_for_timeout(300)
+            centres = page.evaluate(
+                "() => blkViewer.viewers.map(v => [v.viewport.getCenter(true).x,"
+                " v.viewport.getCenter(true).y])"
+            )
+            expected = [(wx0 + wx1) // 2 / 640, (wy0 + wy1) // 2 / 640]
+            assert all(np.allclose(c, expected, atol=2e-3) for c in centres), centres
+
+            # Before/after: the last pass before its re-roll, only inside the re-rolled region.
+            page.wait_for_function("() => blkViewer.before.length === 1", timeout=30_000)
+            assert page.evaluate("() => blkViewer.before.map(i => i.getOpacity())") == [0]
+            page.click("#before-toggle")
+            assert page.evaluate("() => blkViewer.before.map(i => i.getOpacity())") == [1]
+            clip = page.evaluate("() => { const c = blkViewer.before[0].getClip();"
+                                 " return [c.x, c.y, c.width, c.height]; }")  # fmt: skip
+            assert clip == [region[0], region[1], region[2] - region[0], region[3] - region[1]]
+        finally:
+            browser.close()
+    assert problems == []
+    # The saved file is a re-roll file the workflow accepts, naming those windows.
+    schema = load_schema(REPO / "config" / "schema.yaml")
+    raw = gather_entries("m", [], str(saved), schema)
+    chosen = resolve_entries(raw, [plan], (640, 480))
+    assert sorted(chosen) == [("1.2", 6), ("1.2", 20)]

@@ -66,6 +66,15 @@ def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path)
                  "results/captions/demo_review.html", "datasets/conceptor",
                  "work/models/conceptor-demo.kohya.safetensors"):  # fmt: skip
         assert (tmp_path / made).exists(), made
+    # The demo's diffusion mural shows a re-roll: two windows of its last pass sampled
+    # again from a new noise generation, recorded in its provenance, with a before/after
+    # toggle in its viewer.
+    flux = json.loads((tmp_path / "results/mural_flux_final.provenance.json").read_text())
+    last = flux["refinement"]["passes"][-1]
+    assert [w["window"] for w in last["reroll"]["windows"]] == [21, 27]
+    assert all(w["noise"]["generation"] == 1 and w["noise"]["kind"] == "reroll"
+               for w in last["reroll"]["windows"])  # fmt: skip
+    assert "Before the re-roll" in (tmp_path / "results/view/mural_flux/index.html").read_text()
     again = run_snakemake(tmp_path, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
 

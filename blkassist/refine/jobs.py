@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from blkassist.progress import pass_progress
 from blkassist.refine import seams
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.plan import BLOCK, RefinePass
+from blkassist.refine.qa import QaSettings, QaStore, run_rounds, window_scores, worst_windows
 from blkassist.refine.windows import (
     TileReport,
     create_store,
@@ -54,6 +56,9 @@ def allocate_stage(geometry: dict, previous: str, base: str, folder: str, record
     folder = Path(folder)
     progress = folder / "windows.progress"
     shutil.rmtree(progress, ignore_errors=True)
+    # A new pass: the QA's saved originals and every re-roll made on the old one are stale.
+    shutil.rmtree(QaStore(folder).folder, ignore_errors=True)
+    drop_rerolls(folder)
     bands = source.shape[2]
     store_path, canvas_out = folder / "windows.zarr", folder / "canvas.zarr"
     if store_path.exists():
@@ -138,42 +143,16 @@ def run_refine_batch(
     base = canvas.open_canvas(record["base_canvas"])
     store = zarr.open_array(record["windows"], mode="r+")
     need = refine_memory(model, settings, scheduling)
-    advice = (
-        f"Set murals.{mural}.refine.quantize: true (8-bit transformer), lower "
-        "refine.tiles_per_forward or refine.tile, or declare larger GPUs in gpu.devices."
-    )
     if "unknown" in need:
         log.warning("device memory unknown: %s", need["unknown"])
     with lease_device(
         gpu["lock_dir"], need_bytes=need.get("bytes"), memory=declared_devices(gpu),
-        advice=advice,
+        advice=memory_advice(mural),
     ) as lease:  # fmt: skip
         device = lease.device
 
         def make_refiner():
-            import torch
-
-            from blkassist.refine.refiner import load_flux_refiner
-
-            torch.set_num_threads(max(1, threads))
-            started = time.perf_counter()
-            if lease.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            refiner = load_flux_refiner(
-                model,
-                lease.torch_device,
-                quantize=settings["quantize"],
-                lora=lora,
-                lora_scale=settings["lora_scale"],
-                prompt=settings["prompt"],
-                steps=settings["steps"],
-                guidance=settings["guidance"],
-                max_sequence_length=settings["max_sequence_length"],
-            )
-            described.update(refiner.describe(settings["denoise"]))
-            log.info("loaded the refiner in %.1f s%s", time.perf_counter() - started,
-                     _peak_note(lease.device, need.get("bytes")))  # fmt: skip
-            return refiner
+            return load_refiner(model, lease, settings, lora, threads, need, described)
 
         per_forward = scheduling["tiles_per_forward"] if lease.device == "cuda" else 1
         report = refine_windows(
@@ -208,6 +187,81 @@ def run_refine_batch(
         {"first": first, "stop": stop, "device": device, "refiner": described or None,
          **asdict(report)},
     )  # fmt: skip
+
+
+def memory_advice(mural: str) -> str:
+    return (
+        f"Set murals.{mural}.refine.quantize: true (8-bit transformer), lower "
+        "refine.tiles_per_forward or refine.tile, or declare larger GPUs in gpu.devices."
+    )
+
+
+def load_refiner(model: str, lease, settings: dict, lora: str | None, threads: int,
+                 need: dict, described: dict, prompts=()):  # fmt: skip
+    """Load the pass's Flux refiner (and LoRA) on the leased device, once per job; what it
+    is goes into `described` (the provenance)."""
+    import torch
+
+    from blkassist.refine.refiner import load_flux_refiner
+
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    if lease.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    refiner = load_flux_refiner(
+        model,
+        lease.torch_device,
+        quantize=settings["quantize"],
+        lora=lora,
+        lora_scale=settings["lora_scale"],
+        prompt=settings["prompt"],
+        steps=settings["steps"],
+        guidance=settings["guidance"],
+        max_sequence_length=settings["max_sequence_length"],
+        other_prompts=tuple(prompts),
+    )
+    described.update(refiner.describe(settings["denoise"]))
+    log.info("loaded the refiner in %.1f s%s", time.perf_counter() - started,
+             _peak_note(lease.device, need.get("bytes")))  # fmt: skip
+    return refiner
+
+
+class LazyRefiner:
+    """A job's device and refiner, leased and loaded the first time they are needed (a job
+    with nothing to sample leases nothing and loads nothing). Use inside an ExitStack,
+    which releases the lease."""
+
+    def __init__(self, stack, mural: str, model: str, settings: dict, lora: str | None,
+                 scheduling: dict, gpu: dict, threads: int, *, tile: int | None = None,
+                 prompts=()):  # fmt: skip
+        self.stack, self.mural, self.model, self.settings = stack, mural, model, settings
+        self.lora, self.gpu, self.threads, self.prompts = lora, gpu, threads, prompts
+        # Windows are sampled one at a time here, `tile` pixels square at most.
+        sized = {**settings, "tile": tile or settings["tile"]}
+        self.need = refine_memory(model, sized, {**scheduling, "tiles_per_forward": 1})
+        self.lease = None
+        self.described: dict = {}
+        self._refiner = None
+
+    def __call__(self):
+        from blkassist.gpu_memory import declared_devices
+
+        if self._refiner is None:
+            if "unknown" in self.need:
+                log.warning("device memory unknown: %s", self.need["unknown"])
+            self.lease = self.stack.enter_context(lease_device(
+                self.gpu["lock_dir"], need_bytes=self.need.get("bytes"),
+                memory=declared_devices(self.gpu), advice=memory_advice(self.mural),
+            ))  # fmt: skip
+            self._refiner = load_refiner(self.model, self.lease, self.settings, self.lora,
+                                         self.threads, self.need, self.described,
+                                         self.prompts)  # fmt: skip
+        return self._refiner
+
+    @property
+    def device(self) -> str:
+        """The torch device of the lease (call after the refiner was made)."""
+        return self.lease.torch_device if self.lease else "cpu"
 
 
 def _peak_note(device: str, estimate: int | None) -> str:
@@ -291,23 +345,81 @@ def _tile_markers(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def run_seam_qa(allocation: str, report: str, heatmap: str) -> None:
+def drop_rerolls(folder: str | Path) -> None:
+    """Forget the re-rolled windows and blocks of a pass whose own windows changed."""
+    shutil.rmtree(Path(folder) / "reroll", ignore_errors=True)
+
+
+def run_qa_rerender(
+    allocation: str,
+    output: str,
+    mural: str,
+    settings: dict,
+    qa: dict,
+    model: str,
+    lora: str | None,
+    scheduling: dict,
+    gpu: dict,
+    threads: int,
+) -> None:
+    """The QA gate of a blended pass: put back what an earlier run of this job re-rendered,
+    measure, then re-render the windows beyond the thresholds, round by round; the record
+    (rounds, reasons, final seam report) goes to `output`."""
+    record = read_json(allocation)
+    plan = stage_plan(record)
+    folder = Path(record["windows"]).parent  # the pass's folder
+    store = zarr.open_array(record["windows"], mode="r+")
+    target = canvas.open_canvas(record["canvas"], mode="r+")
+    restored = QaStore(folder).restore(plan, store, target)
+    if restored:
+        log.info("pass %s: put back %d window(s) an earlier QA run re-rendered: %s",
+                 plan.name, len(restored), restored)  # fmt: skip
+        drop_rerolls(folder)
+    started = time.perf_counter()
+    measured = seams.measure(plan, target, canvas.open_canvas(record["base_canvas"]))
+    log.info("pass %s: measured %d seam segments in %.1f s", plan.name,
+             measured["seam_count"], time.perf_counter() - started)  # fmt: skip
+    with ExitStack() as stack:
+        refiner = LazyRefiner(stack, mural, model, settings, lora, scheduling, gpu, threads,
+                              tile=settings["tile"] + 2 * qa["context"])  # fmt: skip
+        measured, gate = run_rounds(
+            plan, record, measured, refiner, QaSettings.from_config(qa),
+            field=pass_field(settings["seed"], mural, plan), denoise=settings["denoise"],
+            anchor_strength=settings["anchor_strength"],
+            anchor_levels=settings["anchor_levels"], device=lambda: refiner.device,
+        )  # fmt: skip
+    write_json(output, {"report": measured, "qa": {**gate, "settings": qa},
+                        "refiner": refiner.described or None})  # fmt: skip
+
+
+def run_seam_qa(allocation: str, report: str, heatmap: str, gate: str | None = None) -> None:
+    """A pass's seam report and heatmap; with `gate` (the QA gate's record), its final
+    measurement and rounds."""
     record = read_json(allocation)
     plan = stage_plan(record)
     image = canvas.open_canvas(record["canvas"])
     base = canvas.open_canvas(record["base_canvas"])
     started = time.perf_counter()
-    measured = seams.measure(plan, image, base)
+    if gate:
+        recorded = read_json(gate)
+        measured = {**recorded["report"], "qa": recorded["qa"]}
+        worst = recorded["qa"]["worst_windows"]
+    else:
+        measured = seams.measure(plan, image, base)
+        worst = worst_windows(plan, window_scores(plan, measured["segments"]))
+    measured["worst_windows"] = worst
     thumb, factor = seams.thumbnail(image)
     with atomic_path(heatmap) as tmp:
         seams.heatmap(thumb, factor, measured).save(tmp, format="PNG")
     write_json(report, measured)
     log.info(
         "pass %s: %d seam segments; level step worst %.2f at %s, mean %.2f; texture ratio "
-        "%.2f (lowest %.2f at %s) (%.1f s)",
+        "%.2f (lowest %.2f at %s)%s (%.1f s)",
         plan.name, measured["seam_count"], measured["worst_score"], measured["worst_at"],
         measured["mean_score"], measured["texture_ratio"], measured["worst_texture"],
-        measured["worst_texture_at"], time.perf_counter() - started,
+        measured["worst_texture_at"],
+        f"; QA gate: {measured['qa']['outcome']}" if gate else "",
+        time.perf_counter() - started,
     )  # fmt: skip
 
 
@@ -326,6 +438,34 @@ def _refiner_description(allocation: str, markers: list[str]) -> dict | None:
     return next((r for r in refiners if r), None)
 
 
+def _rerolled_seams(plan: RefinePass, measured: dict, reroll: dict, heatmap) -> tuple:
+    """A re-rolled pass's seam report (its segments near the changed regions measured
+    again on the canvas as the re-roll sees it), with the re-roll's provenance; the changed
+    segments are drawn again over `heatmap`."""
+    started = time.perf_counter()
+    view, base = canvas.open_view(reroll["view"]), canvas.open_view(reroll["base"])
+    regions = [tuple(box) for box in reroll["regions"]]
+    before = {(s["axis"], s["at"], s["from"]): s for s in measured["segments"]}
+    effective = seams.measure(plan, view, base, only=regions, reference=measured)
+    changed = [s for s in effective["segments"] if before[s["axis"], s["at"], s["from"]] != s]
+    effective["worst_windows"] = worst_windows(plan, window_scores(plan, effective["segments"]))
+    if "qa" in measured:
+        effective["qa"] = measured["qa"]
+    factor = seams.thumbnail_factor(view.shape)
+    seams.draw_segments(heatmap, factor, changed)
+    windows = [{**read_json(w["record"]), "asked_by": w["asked_by"]} for w in reroll["windows"]]
+    chosen = [w["window"] for w in windows if w["asked_by"]]
+    log.info("pass %s: re-rolled windows %s (%d more read a changed pixel); %d seam "
+             "segment(s) measured again (%.1f s)", plan.name, chosen, len(windows) - len(chosen),
+             len(changed), time.perf_counter() - started)  # fmt: skip
+    return effective, {
+        "windows": windows,
+        "regions": reroll["regions"],
+        "blocks": len(reroll["view"]["overlays"]),
+        "segments_measured_again": len(changed),
+    }
+
+
 def write_refine_report(
     mural: str,
     path_choice: dict,
@@ -335,21 +475,28 @@ def write_refine_report(
     provenance: str,
     markers: list[str],
     model: str,
+    rerolls: dict | None = None,
 ) -> None:
     """Gather each pass's seam QA and provenance. `stages` lists per pass: its pixel
     settings, allocation, seam report and heatmap; the refiner's description comes from the
     pass's tile `markers` (those of the current batching), the sigmas from `model`'s
-    scheduler."""
+    scheduler. `rerolls` (reroll_report in the workflow): per pass, its re-rolled windows,
+    whose records give the provenance, and the regions whose seams are measured again."""
     from PIL import Image
 
     from blkassist.refine.sigmas import pass_schedule, scheduler_config
 
     scheduler = scheduler_config(model)
+    rerolled = {entry["pass"]: entry for entry in (rerolls or {}).get("passes", [])}
     passes, panels, qa = [], [], []
     for stage in stages:
         record = read_json(stage["allocation"])
         plan = stage_plan(record)
         measured = read_json(stage["seams"])
+        heatmap = Image.open(stage["heatmap"]).convert("RGB")
+        reroll = None
+        if plan.name in rerolled:
+            measured, reroll = _rerolled_seams(plan, measured, rerolled[plan.name], heatmap)
         summary = {k: v for k, v in measured.items() if k != "segments"}
         refiner = _refiner_description(stage["allocation"], markers)
         settings = stage["settings"]
@@ -376,13 +523,14 @@ def write_refine_report(
                     "origin in canvas pixels",
                 },
                 "seams": summary,
+                "reroll": reroll,
             }
         )
         qa.append(measured)
         kind = " (coherence)" if plan.coherence else ""
         label = (f"pass {plan.name}{kind}: step {summary['worst_score']:.2f}, "
                  f"texture {summary['texture_ratio']:.2f}")  # fmt: skip
-        panels.append((label, Image.open(stage["heatmap"]).convert("RGB")))
+        panels.append((label, heatmap))
     with atomic_path(seams_png) as tmp:
         seams.panel_sheet(panels).save(tmp, format="PNG")
     # The last pass is scored on every seam of its SR step's passes in the final canvas.

@@ -13,8 +13,13 @@ window assembles the few chunks it touches (memory: a window's latents, whatever
 size). Every bit of the 63-bit field seed counts. Noise is drawn on the CPU in float32, so
 it is the same on every device.
 
-A window may draw its own noise instead (OwnNoise: a window re-rolled with a new seed, for
-instance); the refiner only asks a window's noise source for latents of a shape.
+A window re-sampled later (an artist's re-roll, or the seam QA's automatic re-render) draws
+new noise where it alone makes the pixels (its interior, where its blend weight is 1) from a
+field of its own generation, and keeps the pass's noise in its overlaps: its neighbours
+started from that noise there, so its texture still agrees with theirs at the seams (each
+latent pixel is an independent draw either way, so the mix is still standard normal noise).
+A window may also draw noise of its own (OwnNoise); the refiner only asks a window's noise
+source for latents of a shape.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class NoiseSource(Protocol):
 def field_seed(seed: int, mural: str, step: int, number: int) -> int:
     """The 63-bit seed of pass `step`.`number`'s noise field."""
     text = f"{seed}:{mural}:{step}:{number}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+def generation_seed(field: int, kind: str, generation: int) -> int:
+    """The 63-bit seed of generation `generation` (1, 2, ...) of a pass's field: `kind` is
+    "reroll" (the artist's) or "qa" (a round of the automatic re-render), so the two never
+    draw the same noise."""
+    text = f"{field}:{kind}:{generation}".encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
 
 
@@ -116,3 +129,31 @@ class OwnNoise:
     @property
     def key(self) -> int:
         return self.seed
+
+
+@dataclass(frozen=True)
+class RerollNoise:
+    """A re-sampled window's noise: the pass's field where it overlaps its neighbours, a new
+    generation's field in its interior. (x, y): the sampled box's origin; `interior`: the
+    window's interior (x0, y0, x1, y1), both in canvas pixels."""
+
+    field: NoiseField
+    new: NoiseField
+    x: int
+    y: int
+    interior: tuple[int, int, int, int]
+
+    def latents(self, channels: int, height: int, width: int, factor: int) -> np.ndarray:
+        old = FieldNoise(self.field, self.x, self.y).latents(channels, height, width, factor)
+        new = FieldNoise(self.new, self.x, self.y).latents(channels, height, width, factor)
+        x0, y0, x1, y1 = self.interior
+        left = self.x + factor * np.arange(width)
+        top = self.y + factor * np.arange(height)
+        inside_x = (left >= x0) & (left + factor <= x1)
+        inside_y = (top >= y0) & (top + factor <= y1)
+        return np.where((inside_y[:, None] & inside_x[None, :])[None], new, old)
+
+    @property
+    def key(self) -> int:
+        text = f"{self.field.seed}:{self.new.seed}:{self.x}:{self.y}:{self.interior}".encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1

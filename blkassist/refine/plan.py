@@ -18,6 +18,7 @@ workflow evaluates these plans when it builds the DAG; the jobs evaluate the sam
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -260,6 +261,63 @@ class RefinePass:
         first = rows[0] * self.columns // self.tiles_per_job
         last = ((rows[-1] + 1) * self.columns - 1) // self.tiles_per_job
         return range(first, last + 1)
+
+    # -- where a window counts (re-rolls, QA) -------------------------------------------
+    def footprint(self, window: Window) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the canvas where the window's blend weight is not zero: the
+        only pixels a change of this window can change."""
+        return self._extent(window, lambda weight: weight > 0)
+
+    def interior(self, window: Window) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the canvas where the window alone makes the pixels (blend
+        weight 1): outside it, its neighbours share every pixel. Along an axis where
+        neighbours overlap it everywhere, its cell there."""
+        return self._extent(window, lambda weight: weight >= 1, fallback=self.cell(window))
+
+    def _extent(self, window: Window, keep, fallback=None) -> tuple[int, int, int, int]:
+        spans = []
+        for axis, (positions, size, index, start, length) in enumerate((
+            (self.xs, self.window_width, window.column, window.x, self.width),
+            (self.ys, self.window_height, window.row, window.y, self.height),
+        )):  # fmt: skip
+            profile = axis_weights(positions, size, index, self.overlap)
+            kept = [k for k, weight in enumerate(profile) if keep(weight)]
+            if kept:
+                spans.append((start + kept[0], min(start + kept[-1] + 1, length)))
+            else:
+                spans.append((fallback[axis], fallback[axis + 2]))
+        (x0, x1), (y0, y1) = spans
+        return x0, y0, x1, y1
+
+    def cell(self, window: Window) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the window's cell: the canvas between the middles of its
+        overlaps with its neighbours, where it weighs most (cells tile the canvas)."""
+        xs = (0, *self.seams_x, self.width)
+        ys = (0, *self.seams_y, self.height)
+        return xs[window.column], ys[window.row], xs[window.column + 1], ys[window.row + 1]
+
+    def window_at(self, x: float, y: float) -> Window:
+        """The window whose cell holds canvas point (x, y)."""
+        column = bisect.bisect_right(self.seams_x, x)
+        row = bisect.bisect_right(self.seams_y, y)
+        return self.window(row * self.columns + column)
+
+    def windows_in(self, x0: float, y0: float, x1: float, y1: float) -> list[Window]:
+        """Windows whose cells meet the box (x0, y0)-(x1, y1)."""
+        first = self.window_at(max(x0, 0), max(y0, 0))
+        last = self.window_at(min(x1, self.width) - 1e-9, min(y1, self.height) - 1e-9)
+        return [
+            self.window(row * self.columns + column)
+            for row in range(first.row, last.row + 1)
+            for column in range(first.column, last.column + 1)
+        ]
+
+    def block_ids(self, box: tuple[int, int, int, int]) -> list[int]:
+        """Output blocks that meet `box` (x0, y0, x1, y1)."""
+        x0, y0, x1, y1 = box
+        columns = range(max(x0, 0) // BLOCK, (min(x1, self.width) - 1) // BLOCK + 1)
+        rows = range(max(y0, 0) // BLOCK, (min(y1, self.height) - 1) // BLOCK + 1)
+        return [row * self.block_columns + column for row in rows for column in columns]
 
     # -- seams (for QA) -------------------------------------------------------------------
     @property

@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 
 class Refiner(Protocol):
     def refine(
-        self, windows: np.ndarray, noise: Sequence[NoiseSource], denoise: float
+        self,
+        windows: np.ndarray,
+        noise: Sequence[NoiseSource],
+        denoise: float,
+        prompt: str | None = None,
     ) -> np.ndarray:
-        """(N, H, W, C) uint8 windows, one noise source each -> refined (N, H, W, C) uint8."""
+        """(N, H, W, C) uint8 windows, one noise source each -> refined (N, H, W, C) uint8;
+        `prompt` (one encoded when the refiner was made) replaces the pass's prompt."""
         ...
 
     def describe(self, denoise: float) -> dict:
@@ -68,6 +73,7 @@ class FluxRefiner:
         max_sequence_length: int,
         quantize: bool,
         release_text_encoders: bool = False,
+        other_prompts: Sequence[str] = (),
     ):
         import torch
 
@@ -89,11 +95,14 @@ class FluxRefiner:
                 self.lora["fused_before_quantizing"] = True
             quantize_transformer(components)
         components.to_device("text_encoder", "text_encoder_2")
+        # Every prompt the job may use is encoded now: the encoders leave the device after.
+        self.encoded = {}
         with torch.no_grad():
-            self.embeds, self.pooled, self.text_ids = pipe.encode_prompt(
-                prompt, prompt_2=None, device=components.device,
-                max_sequence_length=max_sequence_length,
-            )  # fmt: skip
+            for text in dict.fromkeys([prompt, *other_prompts]):
+                self.encoded[text] = pipe.encode_prompt(
+                    text, prompt_2=None, device=components.device,
+                    max_sequence_length=max_sequence_length,
+                )  # fmt: skip
         del pipe  # it holds the text encoders too
         if release_text_encoders:
             components.release_text_encoders()
@@ -117,10 +126,18 @@ class FluxRefiner:
         }
 
     def refine(
-        self, windows: np.ndarray, noise: Sequence[NoiseSource], denoise: float
+        self,
+        windows: np.ndarray,
+        noise: Sequence[NoiseSource],
+        denoise: float,
+        prompt: str | None = None,
     ) -> np.ndarray:
         import torch
         from diffusers import FluxPipeline
+
+        if prompt is not None and prompt not in self.encoded:
+            raise ValueError(f"prompt {prompt!r} was not encoded when the refiner was made")
+        embeds, pooled, text_ids = self.encoded[self.prompt if prompt is None else prompt]
 
         device, dtype = self.components.device, self.components.dtype
         vae, factor = self.components.vae, self.components.vae_scale_factor
@@ -146,8 +163,8 @@ class FluxRefiner:
             guidance = None
             if self.components.transformer.config.guidance_embeds:
                 guidance = torch.full((count,), self.guidance, device=device, dtype=torch.float32)
-            embeds = self.embeds.to(device).expand(count, -1, -1)
-            pooled = self.pooled.to(device).expand(count, -1)
+            embeds = embeds.to(device).expand(count, -1, -1)
+            pooled = pooled.to(device).expand(count, -1)
             for sigma, next_sigma in itertools.pairwise(sigmas):
                 velocity = self.components.transformer(
                     hidden_states=latents.to(dtype),
@@ -155,7 +172,7 @@ class FluxRefiner:
                     guidance=guidance,
                     pooled_projections=pooled,
                     encoder_hidden_states=embeds,
-                    txt_ids=self.text_ids.to(device),
+                    txt_ids=text_ids.to(device),
                     img_ids=image_ids,
                     return_dict=False,
                 )[0]

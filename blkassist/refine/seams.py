@@ -101,39 +101,72 @@ def _axis_lines(plan: RefinePass, axis: str, band: int):
     return seams, controls, points[1:-1]
 
 
-def measure(plan: RefinePass, canvas, base) -> dict:
+def measure(plan: RefinePass, canvas, base, only=None, reference: dict | None = None) -> dict:
     """Seam segments of `canvas` (refined from `base`) with their scores, and the pass's
-    worst and typical scores."""
+    worst and typical scores. With `only` (boxes x0, y0, x1, y1: where the canvas changed
+    since `reference`, an earlier report of the same pass), just the segments whose bands
+    meet those boxes are measured again, against `reference`'s control level."""
     band, tband = band_width(plan), texture_band(plan)
+    reach = max(band, tband + 2**TEXTURE_LEVELS - 1)
     lines = {axis: _axis_lines(plan, axis, band) for axis in ("x", "y")}
     spans = {"x": _cuts(plan.height, tuple(lines["y"][2])),
              "y": _cuts(plan.width, tuple(lines["x"][2]))}  # fmt: skip
-    controls = {}  # (axis, pair index, span start) -> (step, texture)
-    for axis in ("x", "y"):
-        for pair, line in lines[axis][1].items():
-            for lo, hi in spans[axis]:
-                controls[axis, pair, lo] = _measure_line(
-                    canvas, base, axis, line, lo, hi, band, tband
-                )
-    steps = [step for step, _ in controls.values()]
-    reference = float(np.median(steps)) if steps else 0.0
-    control_texture = float(np.median([t for _, t in controls.values()])) if controls else 0.0
-    segments = []
+
+    def touched(axis: str, line: int, lo: int, hi: int) -> bool:
+        if only is None:
+            return True
+        a0, a1 = line - reach, line + reach  # across the line
+        for x0, y0, x1, y1 in only:
+            c0, c1, l0, l1 = (x0, x1, y0, y1) if axis == "x" else (y0, y1, x0, x1)
+            if a0 < c1 and c0 < a1 and lo - reach < l1 and l0 < hi + reach:
+                return True
+        return False
+
+    wanted = []  # (axis, line, grid, stage, pair, lo, hi)
     for axis in ("x", "y"):
         seam_lines, _, ordered = lines[axis]
         for line, grid, stage in seam_lines:
             pair = ordered.index(line)  # the controls left and right are pairs pair, pair + 1
+            wanted += [(axis, line, grid, stage, pair, lo, hi) for lo, hi in spans[axis]
+                       if touched(axis, line, lo, hi)]  # fmt: skip
+    needed = None
+    if only is not None:
+        needed = {(axis, p, lo) for axis, _, _, _, pair, lo, _ in wanted for p in (pair, pair + 1)}
+    controls = {}  # (axis, pair index, span start) -> (step, texture)
+    for axis in ("x", "y"):
+        for pair, line in lines[axis][1].items():
             for lo, hi in spans[axis]:
-                step, texture = _measure_line(canvas, base, axis, line, lo, hi, band, tband)
-                beside = [controls[key][1] for key in ((axis, pair, lo), (axis, pair + 1, lo))
-                          if key in controls]  # fmt: skip
-                inside = float(np.mean(beside)) if beside else control_texture
-                segments.append({
-                    "axis": axis, "at": line, "from": lo, "to": hi, "grid": grid, "of": stage,
-                    "step": round(step, 4),
-                    "score": round(step / max(reference, _EPSILON), 4),
-                    "texture": round((texture + _EPSILON) / (inside + _EPSILON), 4),
-                })  # fmt: skip
+                if needed is None or (axis, pair, lo) in needed:
+                    controls[axis, pair, lo] = _measure_line(
+                        canvas, base, axis, line, lo, hi, band, tband
+                    )
+    if reference is None:
+        steps = [step for step, _ in controls.values()]
+        control_step = float(np.median(steps)) if steps else 0.0
+        texture = float(np.median([t for _, t in controls.values()])) if controls else 0.0
+    else:
+        control_step, texture = reference["control_step"], reference["control_texture"]
+    segments = []
+    for axis, line, grid, stage, pair, lo, hi in wanted:
+        step, texture_rms = _measure_line(canvas, base, axis, line, lo, hi, band, tband)
+        beside = [controls[key][1] for key in ((axis, pair, lo), (axis, pair + 1, lo))
+                  if key in controls]  # fmt: skip
+        inside = float(np.mean(beside)) if beside else texture
+        segments.append({
+            "axis": axis, "at": line, "from": lo, "to": hi, "grid": grid, "of": stage,
+            "step": round(step, 4),
+            "score": round(step / max(control_step, _EPSILON), 4),
+            "texture": round((texture_rms + _EPSILON) / (inside + _EPSILON), 4),
+        })  # fmt: skip
+    if reference is not None:  # the segments measured again replace theirs
+        fresh = {(s["axis"], s["at"], s["from"]): s for s in segments}
+        segments = [fresh.get((s["axis"], s["at"], s["from"]), s) for s in reference["segments"]]
+    return summarise(plan, segments, control_step, texture, band, tband)
+
+
+def summarise(plan: RefinePass, segments: list[dict], control_step: float,
+              control_texture: float, band: int, tband: int) -> dict:  # fmt: skip
+    """A pass's report from its scored segments."""
     worst = max(segments, key=lambda s: s["score"], default=None)
     dip = min(segments, key=lambda s: s["texture"], default=None)
     textures = [s["texture"] for s in segments]
@@ -142,7 +175,7 @@ def measure(plan: RefinePass, canvas, base) -> dict:
         "coherence": plan.coherence,
         "band": band,
         "texture_band": tband,
-        "control_step": round(reference, 4),
+        "control_step": round(control_step, 4),
         "control_texture": round(control_texture, 4),
         "segments": segments,
         "seam_count": len(segments),
@@ -163,11 +196,16 @@ def _location(segment: dict) -> dict:
     return {"x": middle, "y": segment["at"]}
 
 
+def thumbnail_factor(shape, long_side: int = THUMB_LONG_SIDE) -> int:
+    """How many canvas pixels a thumbnail pixel spans (each way)."""
+    return max(1, math.ceil(max(shape[0], shape[1]) / long_side))
+
+
 def thumbnail(canvas, long_side: int = THUMB_LONG_SIDE) -> tuple[np.ndarray, int]:
     """An area-averaged RGB thumbnail (long side <= `long_side`) and its reduction factor,
     built block by block (memory: one block and the thumbnail)."""
     height, width, bands = canvas.shape
-    factor = max(1, math.ceil(max(height, width) / long_side))
+    factor = thumbnail_factor(canvas.shape, long_side)
     th, tw = math.ceil(height / factor), math.ceil(width / factor)
     sums = np.zeros((th, tw, 3), np.float64)
     counts = np.zeros((th, tw, 1), np.float64)
@@ -198,12 +236,17 @@ def _colour(score: float, texture: float = 1.0) -> tuple[int, int, int]:
 def heatmap(thumb: np.ndarray, factor: int, report: dict) -> Image.Image:
     """The thumbnail in grey with each seam segment drawn in its score's colour."""
     grey = Image.fromarray(thumb).convert("L").convert("RGB")
-    draw = ImageDraw.Draw(grey)
-    for seg in report["segments"]:
+    draw_segments(grey, factor, report["segments"])
+    return grey
+
+
+def draw_segments(image: Image.Image, factor: int, segments: list[dict]) -> None:
+    """Draw each segment in its score's colour (over whatever was drawn there)."""
+    draw = ImageDraw.Draw(image)
+    for seg in segments:
         at, lo, hi = seg["at"] // factor, seg["from"] // factor, max(seg["to"] // factor - 1, 0)
         line = [(at, lo), (at, hi)] if seg["axis"] == "x" else [(lo, at), (hi, at)]
         draw.line(line, fill=_colour(seg["score"], seg.get("texture", 1.0)), width=2)
-    return grey
 
 
 def panel_sheet(panels: list[tuple[str, Image.Image]]) -> Image.Image:

@@ -41,6 +41,15 @@ class RefineSettings:
     tiles_per_forward: int
     blocks_per_job: int
     seconds_per_window: float | None  # planning only (the plan's GPU-hours)
+    qa: dict  # the QA gate (refine.qa)
+    reroll: tuple  # the artist's re-roll entries (refine.reroll)
+    reroll_file: str | None
+
+    @property
+    def qa_enabled(self) -> bool:
+        from blkassist.refine.qa import QaSettings
+
+        return bool(self.qa) and QaSettings.from_config(self.qa).enabled
 
     def pixel_settings(self, stage: RefinePass) -> dict:
         """Everything that defines a pass's pixels (rule params; batching left out)."""
@@ -106,6 +115,9 @@ def refine_settings(
         tiles_per_forward=refine["tiles_per_forward"],
         blocks_per_job=refine["blocks_per_job"],
         seconds_per_window=refine["seconds_per_window"],
+        qa=dict(refine["qa"]),
+        reroll=tuple(refine["reroll"]),
+        reroll_file=refine["reroll_file"],
     )
 
 

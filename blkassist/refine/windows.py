@@ -142,6 +142,45 @@ def refine_windows(
     return TileReport(len(windows), skipped, seconds, totals, groups)
 
 
+def context_box(plan: RefinePass, window: Window, context: int) -> Window:
+    """What is sampled to re-render `window` with `context` more pixels of its surroundings
+    on each side (a multiple of 16, so the box stays on the latent grid), inside the canvas
+    (a window overhanging the far border keeps its overhang)."""
+    if not context:
+        return window
+    x0, y0 = max(window.x - context, 0), max(window.y - context, 0)
+    x1 = min(window.x + window.width + context, max(plan.width, window.x + window.width))
+    y1 = min(window.y + window.height + context, max(plan.height, window.y + window.height))
+    return Window(window.index, window.row, window.column, x0, y0, x1 - x0, y1 - y0)
+
+
+def resample_window(
+    plan: RefinePass,
+    window: Window,
+    source,
+    base,
+    refiner: Refiner,
+    noise: Callable[[Window], NoiseSource],
+    *,
+    denoise: float,
+    anchor_strength: float,
+    anchor_levels: int,
+    context: int = 0,
+    prompt: str | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Sample one window again (alone, so its pixels never depend on company): its box
+    grown by `context` is refined from `noise(box)` and anchored to `base`, and the window
+    is cut out of it. `prompt` replaces the pass's prompt when given."""
+    box = context_box(plan, window, context)
+    options = {} if prompt is None else {"prompt": prompt}
+    refined = refiner.refine(read_window(source, box)[None], [noise(box)], denoise, **options)
+    reference = read_window(base, box)[None]
+    anchored = anchor_on_device(refined, reference, anchor_strength, anchor_levels, device)[0]
+    dx, dy = window.x - box.x, window.y - box.y
+    return np.ascontiguousarray(anchored[dy : dy + window.height, dx : dx + window.width])
+
+
 def pass_noise(seed: int, mural: str, plan: RefinePass) -> Callable[[Window], NoiseSource]:
     """Every window's starting noise: its part of the pass's canvas-wide noise field."""
     noise_field = pass_field(seed, mural, plan)

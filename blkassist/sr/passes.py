@@ -41,8 +41,10 @@ def allocate_pass(
     progress: str,
     record: str,
     upscale: dict | None = None,
+    rerolls: str | None = None,
 ):
-    """Create pass `plan`'s empty output canvas and forget any earlier tile progress.
+    """Create pass `plan`'s empty output canvas and forget any earlier tile progress (and
+    the tiles a re-roll upscaled again from the old canvas, in folder `rerolls`).
 
     `plan_fields` is the pass geometry (PassPlan.geometry()); `upscale` says how its pixels
     are made ({"model", "pad", "precision"}); both go into the record the batches read.
@@ -58,6 +60,8 @@ def allocate_pass(
             f"{plan.input_width}x{plan.input_height}; rerun with --forceall for this mural"
         )
     shutil.rmtree(progress, ignore_errors=True)
+    if rerolls:
+        shutil.rmtree(rerolls, ignore_errors=True)
     bands = source.shape[2]
     canvas.create(target, plan.output_width, plan.output_height, bands, plan.output_chunk)
     write_json(
