@@ -54,6 +54,9 @@ class InkStats:
         return _direction_share(np.asarray(self.orientation), 0.0, half_width_degrees)
 
     def direction_share(self, stroke_degrees: float, half_width_degrees: float = 15.0) -> float:
+        """Share of the oriented energy in strokes within +-half_width of `stroke_degrees`
+        (image coordinates as in blkassist.texture.measure: 0 = horizontal, growing
+        clockwise on screen, since rows grow downwards)."""
         return _direction_share(np.asarray(self.orientation), stroke_degrees, half_width_degrees)
 
     def as_dict(self) -> dict:
