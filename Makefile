@@ -18,12 +18,29 @@ $(STAMP): requirements/base.txt requirements/sr.txt requirements/dev.txt pyproje
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The vLLM CPU server lives in its own environment (it pins torch 2.13.0): requirements/vllm.txt
-# is a full lock, installed without dependency resolution.
-$(VLLM_STAMP): requirements/vllm.txt
+# The vLLM server lives in its own environment (it pins its own torch), installed without
+# dependency resolution from a full lock: the CUDA build (requirements/vllm-cuda.txt) where
+# `nvidia-smi` lists a GPU, the CPU build (requirements/vllm.txt) elsewhere; VLLM_BUILD=cpu
+# or VLLM_BUILD=cuda chooses explicitly. A switch of build rebuilds the environment.
+VLLM_BUILD ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+VLLM_LOCK_cpu := requirements/vllm.txt
+VLLM_LOCK_cuda := requirements/vllm-cuda.txt
+VLLM_LOCK := $(VLLM_LOCK_$(VLLM_BUILD))
+ifeq ($(VLLM_LOCK),)
+$(error VLLM_BUILD=$(VLLM_BUILD): use cpu or cuda)
+endif
+ifneq ($(wildcard $(VLLM_VENV)/.build),)
+ifneq ($(shell cat $(VLLM_VENV)/.build),$(VLLM_BUILD))
+$(shell rm -f $(VLLM_STAMP))
+endif
+endif
+
+$(VLLM_STAMP): $(VLLM_LOCK)
+	rm -rf $(VLLM_VENV)
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip wheel
-	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -r $(VLLM_LOCK)
+	echo $(VLLM_BUILD) > $(VLLM_VENV)/.build
 	touch $(VLLM_STAMP)
 
 # Debian packages for the SLURM test cluster and the browser test of the viewer. Installed

@@ -66,3 +66,4 @@ rule all:
             stencil_set=STENCIL_ASSET_SETS,
         ),
         expand("results/compositions/{composition}.png", composition=COMPOSITIONS),
+        kohya_loras(),

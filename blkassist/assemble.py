@@ -206,9 +206,11 @@ def assemble_mural(
     provenance: str,
     path: dict | None = None,
     refinement: str | None = None,
+    licences: list[dict] | None = None,
 ) -> None:
     """`path`: the SR/diffusion choice and why; `refinement`: the diffusion path's report
-    (per-pass provenance and seam QA), recorded in the provenance."""
+    (per-pass provenance and seam QA); `licences`: the terms of every model the pixels
+    depend on (blkassist.licences.mural); all recorded in the provenance."""
     from blkassist.sr.passes import require_complete
 
     require_complete(allocation)
@@ -242,6 +244,7 @@ def assemble_mural(
             "final_pass": record["plan"],
             "path": path,
             "refinement": read_json(refinement) if refinement else None,
+            "licences": licences,
             "versions": versions(),
         },
     )

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blkassist.errors import BlkAssistError, ModelFileError
+from blkassist.licences import summary
 from blkassist.tiling import MuralPlan, PassPlan
 
 # Device seconds per megapixel of padded tile input, from `bench/seconds_per_tile.py
@@ -168,6 +169,7 @@ def plan_line(mural: str, report: dict) -> str:
         f"{human_bytes(report['disk_bytes_total'])}, ~{report['gpu_hours']:.2f} GPU-hours"
         + (" + unknown" if report.get("gpu_hours_unknown_for") else "")
         + f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
+        + (f"; licences: {summary(report['licences'])}" if "licences" in report else "")
     )
 
 

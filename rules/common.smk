@@ -4,6 +4,7 @@ from pathlib import Path
 
 from blkassist.config import mural_settings, validate_config
 from blkassist.corpus.collections import MASK_TAG
+from blkassist import licences
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
@@ -163,12 +164,14 @@ def mural_report(mural):
         costs = with_refinement(
             costs, refine_stages(mural), bands, refine.seconds_per_window
         )
-    return estimate(
+    totals = estimate(
         (plan.source_width, plan.source_height),
         (plan.final_width, plan.final_height),
         bands,
         costs,
     )
+    # Which terms govern the result, before any GPU time is spent on it.
+    return {**totals, "licences": licences.mural(config, mural, is_diffusion(mural))}
 
 
 def mural_source(mural):
@@ -508,3 +511,15 @@ def stencil_lora_params(run):
         "recipe": {k: v for k, v in recipe.items() if k not in housekeeping},
         "curriculum": STENCIL_RUNS[run]["curriculum"],
     }
+
+
+def kohya_loras():
+    """The kohya / ComfyUI copies of the LoRAs trained here (rules/models.smk)."""
+    runs = [("conceptor", name, run) for name, run in CONCEPTOR["runs"].items()]
+    runs += [("texture", name, run) for name, run in TEXTURE_RUNS.items()]
+    runs += [("stencil", name, run) for name, run in STENCIL_RUNS.items()]
+    return [
+        f"{MODELS_DIR}/{kind}-{name}.kohya.safetensors"
+        for kind, name, run in runs
+        if run["recipe"]["adapter"] == "lora"
+    ]

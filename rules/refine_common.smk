@@ -3,6 +3,7 @@
 # and assembly through its refined canvases.
 import functools
 
+from blkassist.flux.single_file import check_flux_model
 from blkassist.refine.settings import choose_path, mural_refine_settings, plan_stages
 
 REFINE = {name: mural_refine_settings(config, name) for name in config["murals"]}
@@ -139,3 +140,23 @@ def refinement_provenance(wildcards):
     if not is_diffusion(wildcards.mural):
         return []
     return f"work/{wildcards.mural}/refine.provenance.json"
+
+
+def used_flux_models():
+    """The Flux models the configured targets use (random specs, diffusers folders,
+    ComfyUI's single files)."""
+    models = set()
+    if CONCEPTOR["runs"] or CONCEPTOR["concepts"]:
+        models.add(FLUX_MODEL)
+    if TEXTURE_RUNS:
+        models.add(TEXTURE_MODEL)
+    if STENCIL_RUNS or STENCIL_ASSET_SETS:
+        models.add(STENCIL_FLUX_MODEL)
+    models |= {refine_model(m) for m in MURALS if REFINE[m].path == "diffusion"}
+    return models
+
+
+if workflow.is_main_process:
+    # Missing or wrong model files are named now, from their headers, before any job runs.
+    for _model in sorted(used_flux_models()):
+        check_flux_model(_model)

@@ -1,5 +1,6 @@
 """Write the final pyramidal BigTIFF and its provenance sidecar."""
 
+from blkassist import licences
 from blkassist.assemble import assemble_mural
 from blkassist.runlog import rule_logging
 
@@ -14,4 +15,9 @@ with rule_logging(snakemake):
         provenance=snakemake.output.provenance,
         path=snakemake.params.path,
         refinement=snakemake.input.refinement or None,
+        licences=licences.mural(
+            snakemake.config,
+            snakemake.wildcards.mural,
+            snakemake.params.path["path"] == "diffusion",
+        ),
     )

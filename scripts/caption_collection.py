@@ -8,4 +8,5 @@ with rule_logging(snakemake):
         snakemake.input.manifest, snakemake.params.folder, snakemake.output.index,
         snakemake.params.settings, snakemake.params.description,
         server_log=snakemake.log[0] + ".vllm-server",
+        lock_dir=snakemake.config["gpu"]["lock_dir"],
     )  # fmt: skip

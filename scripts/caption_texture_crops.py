@@ -8,4 +8,5 @@ with rule_logging(snakemake):
     caption_crops(
         snakemake.input.plan, snakemake.params.folder, snakemake.output.index,
         snakemake.config["captions"], *prompt, server_log=snakemake.log[0] + ".vllm-server",
+        lock_dir=snakemake.config["gpu"]["lock_dir"],
     )  # fmt: skip

@@ -1,5 +1,6 @@
 """RGBA assets for every prompt and seed, with provenance sidecars and a contact sheet."""
 
+from blkassist import licences
 from blkassist.runlog import rule_logging
 from blkassist.stencil_model.assets import generate_run
 
@@ -12,4 +13,5 @@ with rule_logging(snakemake):
         size=s.get("size"), steps=s["steps"], guidance=s["guidance"], role=s["role"],
         template=s["template"], max_sequence_length=s["max_sequence_length"],
         augment=s["augment"],
+        licences=licences.stencil_assets(snakemake.config, snakemake.wildcards.stencil_set),
     )  # fmt: skip

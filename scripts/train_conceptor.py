@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from blkassist import licences
 from blkassist.flux.train import train_run
 from blkassist.runlog import rule_logging
 
@@ -15,4 +16,6 @@ with rule_logging(snakemake):
         validation_dir=str(validation) if (validation / "metadata.jsonl").exists() else None,
         chosen_step=snakemake.params.chosen_step,
         key=f"conceptor.runs.{snakemake.wildcards.run}.recipe",
+        progress=snakemake.config["progress"],
+        licences=[licences.trained_lora(snakemake.config, "conceptor", snakemake.wildcards.run)],
     )  # fmt: skip

@@ -1,6 +1,7 @@
 """Train (or resume) a Stencil style LoRA by curriculum on RGBA assets encoded by the
 transparent VAE; export it with its model card, RGBA contact sheet and loss plot."""
 
+from blkassist import licences
 from blkassist.flux.train import train_run
 from blkassist.runlog import rule_logging
 from blkassist.stencil_model.curriculum import stencil_training
@@ -22,5 +23,6 @@ with rule_logging(snakemake):
         chosen_step=snakemake.params.chosen_step, key=f"{key}.recipe",
         title="Flux.1-dev Stencil style LoRA (RGBA assets, curriculum)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
-        **stencil,
+        progress=snakemake.config["progress"],
+        licences=[licences.trained_lora(snakemake.config, "stencil", run)], **stencil,
     )  # fmt: skip

@@ -3,6 +3,7 @@ plot. The full recipe comes from the config (params hold what defines the output
 
 from pathlib import Path
 
+from blkassist import licences
 from blkassist.flux.train import train_run
 from blkassist.runlog import rule_logging
 
@@ -18,4 +19,6 @@ with rule_logging(snakemake):
         chosen_step=snakemake.params.chosen_step, key=f"texture.runs.{run}.recipe",
         title="Flux.1-dev texture LoRA (BLK-Upscale diffusion refinement)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
+        progress=snakemake.config["progress"],
+        licences=[licences.trained_lora(snakemake.config, "texture", run)],
     )  # fmt: skip

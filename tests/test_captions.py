@@ -125,6 +125,32 @@ def test_unreachable_server_is_a_clear_error(manifest, tmp_path):
         captioner.caption_all(["unused.png"], lambda i, t: None)
 
 
+def test_an_endpoints_key_comes_from_the_environment_variable_named(monkeypatch):
+    from blkassist.captions.run import endpoint_key
+
+    settings = {"api_key_env": "BLKASSIST_TEST_KEY"}
+    monkeypatch.delenv("BLKASSIST_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"api_key_env: the environment variable "
+                       r"BLKASSIST_TEST_KEY is not set"):  # fmt: skip
+        endpoint_key(settings)
+    monkeypatch.setenv("BLKASSIST_TEST_KEY", "s3cret")
+    assert endpoint_key(settings) == "s3cret"
+    assert endpoint_key({"api_key_env": None}) is None
+
+
+def test_the_config_holds_no_key_only_the_variables_name(tmp_path):
+    from blkassist.config import validate_config
+
+    schema = REPO / "config" / "schema.yaml"
+    with pytest.raises(ConfigError, match="api_key"):
+        validate_config({"captions": {"vllm": {"api_key": "s3cret"}}}, schema)
+    with pytest.raises(ConfigError, match="api_key_env"):
+        validate_config({"captions": {"vllm": {"api_key_env": "not a name"}}}, schema)
+    config = {"captions": {"vllm": {"api_key_env": "STUDIO_VLLM_KEY"}}}
+    validate_config(config, schema)
+    assert config["captions"]["vllm"]["api_key_env"] == "STUDIO_VLLM_KEY"
+
+
 def test_review_sheet_shows_thumbnails_captions_and_edits(manifest, tmp_path):
     index = caption_collection(str(manifest), str(tmp_path / "cap"), str(tmp_path / "i.json"),
                                EMBEDDED)  # fmt: skip

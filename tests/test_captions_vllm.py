@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from blkassist.captions.client import CaptionServerError, VllmCaptioner
+from blkassist.captions.prompt import FewShotPrompt
 from blkassist.captions.run import caption_collection
 from blkassist.corpus.normalise import normalise_collection
 from blkassist.corpus.synthetic import write_corpus
@@ -34,26 +38,29 @@ class RecordingProxy:
 
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
-        self.requests: list[tuple[str, dict | None]] = []
+        self.requests: list[tuple[str, dict | None, str | None]] = []  # path, body, auth
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def _forward(self, body: bytes | None):
-                if body:
-                    proxy.requests.append((self.path, json.loads(body)))
-                else:
-                    proxy.requests.append((self.path, None))
+                auth = self.headers.get("Authorization")
+                proxy.requests.append((self.path, json.loads(body) if body else None, auth))
+                headers = {"Content-Type": "application/json"}
+                if self.headers.get("Authorization"):
+                    headers["Authorization"] = self.headers["Authorization"]
                 request = urllib.request.Request(
-                    proxy.upstream + self.path, data=body, method=self.command,
-                    headers={"Content-Type": "application/json"},
+                    proxy.upstream + self.path, data=body, method=self.command, headers=headers,
                 )  # fmt: skip
-                with urllib.request.urlopen(request, timeout=300) as response:
-                    payload = response.read()
-                    self.send_response(response.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                try:
+                    with urllib.request.urlopen(request, timeout=300) as response:
+                        status, payload = response.status, response.read()
+                except urllib.error.HTTPError as refused:  # relayed, e.g. 401 without the key
+                    status, payload = refused.code, refused.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_GET(self):
                 self._forward(None)
@@ -69,14 +76,20 @@ class RecordingProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def chats(self) -> list[dict]:
-        return [body for path, body in self.requests if path.endswith("/chat/completions")]
+        return [body for path, body, _ in self.requests if path.endswith("/chat/completions")]
 
     def close(self):
         self.server.shutdown()
 
 
+KEY_VARIABLE = "BLKASSIST_TEST_VLLM_KEY"
+
+
 @pytest.fixture
-def proxy(vllm_server):  # noqa: F811
+def proxy(vllm_server, monkeypatch):  # noqa: F811
+    """The server as an external endpoint would be: its key in the environment variable
+    that captions.vllm.api_key_env names."""
+    monkeypatch.setenv(KEY_VARIABLE, vllm_server.api_key)
     upstream = vllm_server.base_url.removesuffix("/v1")
     recorder = RecordingProxy(upstream)
     yield recorder
@@ -94,7 +107,7 @@ def settings(tmp_path: Path, base_url: str) -> dict:
         "vllm": {"base_url": base_url + "/v1", "model": SERVED_NAME, "model_dir": None,
                  "python": "unused", "concurrency": 2, "timeout_s": 120, "retries": 2,
                  "max_tokens": 12, "min_tokens": 12, "temperature": 1.0, "startup_timeout_s": 60,
-                 "image_long_side": 96},
+                 "image_long_side": 96, "api_key_env": KEY_VARIABLE},
     }  # fmt: skip
 
 
@@ -147,6 +160,12 @@ def test_captions_through_a_real_server(tmp_path, proxy):
     assert len(proxy.chats()) == 3  # the prompt changed: all but the edited one again
     assert changed[edited]["status"] == "edited"
     assert changed[edited]["caption"] == "the artist's own caption"
+    # Every request carried the key from the environment; a wrong key is refused by name.
+    assert {auth for _, _, auth in proxy.requests} == {f"Bearer {os.environ[KEY_VARIABLE]}"}
+    prompt = FewShotPrompt.load(config["system_prompt"], config["examples"])
+    wrong = VllmCaptioner(proxy.url + "/v1", SERVED_NAME, prompt, api_key="wrong", retries=0)
+    with pytest.raises(CaptionServerError, match="refused the API key"):
+        wrong.caption_all([rows[0].image], lambda i, text: None)
 
 
 def test_caption_job_starts_and_stops_its_own_server(tmp_path):

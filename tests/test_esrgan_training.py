@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from blkassist.errors import ConfigError, ModelFileError
+from blkassist.progress import ProgressSettings
 from blkassist.sr.degrade import DegradationSettings
 from blkassist.sr.models import NeuralUpscaler
 from blkassist.sr.ncnn import convert
@@ -22,6 +24,7 @@ from tests.conftest import (
     textured,
     write_config,
 )
+from tests.flux_fixtures import plant_code_running_checkpoint
 
 SMALL = {"gt_size": 64, "batch_size": 1, "checkpoint_every": 2, "validate_every": 2,
          "validation_crops": 2, "perceptual": 0.0, "seed": 4}  # fmt: skip
@@ -42,12 +45,21 @@ def trainer(tmp_path, scans, weights, **overrides):
     return EsrganTrainer(settings, scans[:2], scans[2:], str(weights), tmp_path / "run")
 
 
-def test_a_few_iterations_from_the_real_x4plus_weights(tmp_path, scans):
+def test_a_few_iterations_from_the_real_x4plus_weights(tmp_path, scans, caplog):
     weights = convert("realesrgan-x4plus", tmp_path / "x4plus.pth")
     run = trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
     before = {k: v.clone() for k, v in run.generator.state_dict().items()}
-    result = run.run()
+    with caplog.at_level("INFO", logger="blkassist.progress"):
+        result = run.run(progress=ProgressSettings(every_steps=100, every_seconds=1e9))
     assert result["iterations"] == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
+    assert [line.split(",")[0] for line in lines] == [
+        "Real-ESRGAN: iteration 1/2 (50.0%)",
+        "Real-ESRGAN: iteration 2/2 (100.0%)",
+    ]
+    assert all(
+        re.search(r"loss [\d.e+-]+, lr 0.0001, [\d.e+-]+ iterations/s, ETA", x) for x in lines
+    )
     changed = [k for k, v in run.generator.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
     rows = (run.run_dir / "losses.csv").read_text().splitlines()
@@ -94,6 +106,17 @@ def test_killed_run_resumes_with_identical_state(tmp_path, scans):
         a = (tmp_path / "a" / "run" / straight.settings.digest() / log_name).read_text()
         b = (tmp_path / "b" / "run" / resumed.settings.digest() / log_name).read_text()
         assert a == b, log_name
+
+
+def test_a_planted_code_running_checkpoint_is_refused_not_run(tmp_path, scans):
+    weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
+    first = trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
+    first.run()
+    marker = tmp_path / "code-ran"
+    plant_code_running_checkpoint(first._checkpoints()[-1], marker)
+    with pytest.raises(ModelFileError, match=r"refused to resume.*delete it"):
+        trainer(tmp_path, scans, weights, iterations=2, validate_every=100)
+    assert not marker.exists()
 
 
 def test_export_loads_strictly_into_the_tiler(tmp_path, scans):
@@ -147,12 +170,19 @@ def test_workflow_trains_then_a_mural_uses_the_run(tmp_path):
                          "validate_every": 2, "validation_crops": 2,
                          "loss": {"perceptual": 0}}},
         "murals": {"m": {"source": "art.png", "model": "esrgan:r", "tile": 32, "pad": 16}},
+        "licences": {"files": {str(weights): "BSD-3-Clause (test weights)"}},
     }  # fmt: skip
     path = write_config(tmp_path, config)
     run_snakemake(tmp_path, [path], "results/m_final.tif", "results/esrgan/r/model_card.json")
     card = json.loads((tmp_path / "results/esrgan/r/model_card.json").read_text())
     assert card["run"]["iterations"] == 4 and len(card["data"]["scans"]) == 4
+    (terms,) = card["licences"]  # a derivative of the init weights and the artist's scans
+    assert terms["derived_from"][0]["licence"] == "BSD-3-Clause (test weights)"
+    assert terms["training_data"][0]["collection"] == "ink"
+    provenance = json.loads((tmp_path / "results/m_final.provenance.json").read_text())
+    assert provenance["licences"] == [terms]
     assert (tmp_path / "results/esrgan/r/validation.png").stat().st_size > 1000
     assert (tmp_path / "results/m_final.tif").exists()
     again = run_snakemake(tmp_path, [path], "results/m_final.tif")
     assert "Nothing to be done" in again.stdout + again.stderr
+    assert "licences: SR model esrgan-r.pth: trained here: derivative of " in again.stdout

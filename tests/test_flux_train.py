@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
 
-from blkassist.errors import ConfigError
+from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.data import BucketOrder, caption_variants
 from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.recipe import recipe_from_config
 from blkassist.flux.trainer import FluxLoraTrainer
-from tests.flux_fixtures import SCHEMA, TINY_SPEC, assert_same_adapter_and_ema, recipe
+from blkassist.progress import ProgressSettings
+from tests.flux_fixtures import (
+    SCHEMA,
+    TINY_SPEC,
+    assert_same_adapter_and_ema,
+    plant_code_running_checkpoint,
+    recipe,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,11 +54,22 @@ def rows(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_steps_write_checkpoints_logs_samples_and_a_model_card(data, tmp_path):
+def test_steps_write_checkpoints_logs_samples_and_a_model_card(data, tmp_path, caplog):
     run = trainer(data, tmp_path / "run", keep=1)
     before = [p.detach().clone() for p in run.params]
-    result = run.run()
+    with caplog.at_level("INFO", logger="blkassist.progress"):
+        result = run.run(progress=ProgressSettings(every_steps=3, every_seconds=1e9), label="c")
     assert result["steps"] == 4
+    lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
+    # the first step, every 3rd, the last: step/total, loss, lr, speed, ETA
+    assert [line.split(",")[0] for line in lines] == [
+        "c: step 1/4 (25.0%)",
+        "c: step 3/4 (75.0%)",
+        "c: step 4/4 (100.0%)",
+    ]
+    pattern = r"loss [\d.e+-]+( \(mean of 2\))?, lr [\d.e+-]+, [\d.e+-]+ steps/s, ETA \d+s$"
+    assert all(re.search(pattern, line) for line in lines), lines
+    assert "(mean of 2)" in lines[1] and lines[-1].endswith("ETA 0s")
     assert any(not torch.equal(a, b) for a, b in zip(before, run.params, strict=True))
     losses = rows(run.run_dir / "losses.csv")
     assert [int(r["step"]) for r in losses] == [1, 2, 3, 4]
@@ -128,6 +147,16 @@ def test_killed_run_resumes_with_identical_state(data, tmp_path):
         return losses, rows(run.run_dir / "validation.csv")
 
     assert logged(straight) == logged(resumed)  # the lost steps' rows were dropped
+
+
+def test_a_planted_code_running_checkpoint_is_refused_not_run(data, tmp_path):
+    run = trainer(data, tmp_path / "run", tmp_path / "cache", steps=2, save_every=2)
+    run.run()
+    marker = tmp_path / "code-ran"
+    plant_code_running_checkpoint(run.checkpoints()[-1] / "state.pt", marker)
+    with pytest.raises(ModelFileError, match=r"refused to resume.*delete it"):
+        trainer(data, tmp_path / "run", tmp_path / "cache", steps=2, save_every=2)
+    assert not marker.exists()
 
 
 def test_cached_latents_and_text_embeddings_are_reused(data, tmp_path):

@@ -118,6 +118,13 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
     run_snakemake(killed, [config])
     marker = json.loads((progress.parent / f"tiles-{interrupted}.done").read_text())
     assert marker["skipped"] > 0  # finished windows were not redone
+    log = (killed / f"logs/m/refine1.1/tiles-{interrupted}.log").read_text()
+    resumed = 9 - marker["skipped"]  # the resumed job's own windows, with the pass's total
+    assert re.search(
+        rf"refinement pass 1\.1: 9/9 windows done \(100\.0%\); this batch {resumed} in "
+        r"[\d.]+ s \([\d.]+ s/window\), ETA 0s",
+        log,
+    ), log
     for name in ("m_final.tif", "m_seams.json", "m_seams.png"):
         assert sha256(killed / "results" / name) == sha256(reference / "results" / name), name
     again = run_snakemake(killed, [config])

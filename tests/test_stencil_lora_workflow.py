@@ -45,7 +45,7 @@ def test_dataset_vae_lora_assets_then_nothing_to_do(tmp_path):
     }  # fmt: skip
     path = write_config(tmp_path, config)
     target = "results/stencil/assets/ink/assets.json"
-    run_snakemake(tmp_path, [path], target)
+    run_snakemake(tmp_path, [path], target, "work/models/stencil-r.kohya.safetensors")
     lora = tmp_path / "work/models/stencil-r.safetensors"
     [asset] = json.loads((tmp_path / target).read_text())
     assert asset["loras"] == [{"file": "work/models/stencil-r.safetensors",
@@ -55,6 +55,10 @@ def test_dataset_vae_lora_assets_then_nothing_to_do(tmp_path):
     assert [s["from_step"] for s in card["curriculum"]["stages"]] == [0, 2, 4]
     vae = tmp_path / "work/models/stencil-transparent-vae.pth"
     assert card["transparent_vae"]["sha256"] == sha256_file(vae)
+    (terms,) = card["licences"]  # the style LoRA: trained on the Stencil model here
+    assert [b["role"] for b in terms["derived_from"]] == ["base model", "transparent VAE"]
+    assert asset["licences"][-1] == terms
+    assert (tmp_path / "work/models/stencil-r.kohya.safetensors").is_file()
     for name in ("contact_sheet.png", "losses.png"):
         assert (tmp_path / "results/stencil/r" / name).stat().st_size > 0
     log = (tmp_path / "logs/stencil/train_r.log").read_text()

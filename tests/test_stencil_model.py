@@ -5,6 +5,7 @@ and RGBA asset generation through the tiny Flux."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux, read_spec
 from blkassist.probe import sha256_file
+from blkassist.progress import ProgressSettings
 from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae_identity
 from blkassist.stencil_model.settings import TransparentVAESpec
 from blkassist.stencil_model.shapes import KINDS, alpha_share, write_ink_shapes
@@ -30,6 +32,7 @@ from blkassist.stencil_model.vae import (
     TransparentVAE,
     _augment,
     _undo,
+    area_downscale,
     load_transparent_vae,
     pad_rgb,
     save_weights,
@@ -156,6 +159,86 @@ def test_padding_keeps_covered_colour_and_fills_clear_pixels_from_it():
     assert float(gap[0, :, 0].mean()) > float(gap[0, :, -1].mean())  # red fades to the right
 
 
+def reference_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The area filter written out pixel by pixel: each output pixel is the mean of the
+    source over its cell, a source pixel counting by how much of it lies in the cell
+    (overlaps under 1e-3 pixel ignored), over the cell's area."""
+
+    def cover(index: int, cell: int, source: int, target: int) -> float:
+        scale = source / target
+        start, end = cell * scale, min((cell + 1) * scale, source)
+        overlap = max(0.0, min(index + 1, end) - max(index, start))
+        return overlap / (end - start) if overlap > 1e-3 else 0.0
+
+    source_h, source_w = image.shape[:2]
+    out = np.zeros((height, width, image.shape[2]))
+    for y in range(height):
+        for x in range(width):
+            for i in range(source_h):
+                wy = cover(i, y, source_h, height)
+                for j in range(source_w) if wy else ():
+                    out[y, x] += wy * cover(j, x, source_w, width) * image[i, j]
+    return out
+
+
+def published_padding(rgba: np.ndarray, shrink: float = 1.2) -> np.ndarray:
+    """The published LayerDiffuse padding as its authors run it, with OpenCV: area-reduced
+    pyramid of premultiplied colour and alpha, bilinear enlargement back up."""
+    import cv2
+
+    colour, alpha = rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]
+    levels = [(colour, alpha)]
+    while min(levels[-1][1].shape[:2]) > 1:
+        height, width = levels[-1][1].shape[:2]
+        size = (int(width / shrink), int(height / shrink))
+        colour = cv2.resize(levels[-1][0], size, interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(levels[-1][1], size, interpolation=cv2.INTER_AREA)[..., None]
+        levels.append((colour.reshape(size[1], size[0], 3), alpha.reshape(size[1], size[0], 1)))
+    top_colour, top_alpha = levels[-1]
+    estimate = top_colour.sum((0, 1), keepdims=True) / max(top_alpha.sum(), 1e-8)
+    for colour, alpha in reversed(levels):
+        height, width = alpha.shape[:2]
+        estimate = cv2.resize(estimate, (width, height), interpolation=cv2.INTER_LINEAR)
+        estimate = colour + estimate.reshape(height, width, 3) * (1 - alpha)
+    return estimate
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((23, 17), (19, 14)), ((12, 9), (10, 7)), ((16, 12), (8, 6)), ((7, 5), (5, 4)),
+     ((9, 30), (7, 25)), ((5, 3), (1, 2)), ((11, 11), (1, 1))],
+)  # fmt: skip
+def test_area_reduction_is_the_fractional_overlap_filter(source, target):
+    import cv2
+
+    image = np.random.default_rng(sum(source)).random((*source, 3), dtype=np.float32)
+    got = area_downscale(torch.from_numpy(image).permute(2, 0, 1)[None], target)
+    got = got[0].permute(1, 2, 0).double().numpy()
+    assert np.abs(got - reference_area(image, *target)).max() < 1e-6
+    opencv = cv2.resize(image, target[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(got - opencv.reshape(got.shape)).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["smooth", "noisy"])
+def test_padding_matches_the_published_opencv_pipeline(kind):
+    rng = np.random.default_rng(0 if kind == "smooth" else 1)
+    height, width = 96, 80
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    if kind == "smooth":
+        alpha = np.clip(1.5 - 4 * np.hypot(yy - 0.45, xx - 0.4), 0, 1)
+        colour = np.stack([yy, xx, 1 - yy], axis=-1)
+    else:
+        alpha = (rng.random((height, width)) < 0.3) * rng.random((height, width))
+        colour = rng.random((height, width, 3))
+    rgba = np.concatenate([colour, alpha[..., None]], axis=-1).astype(np.float32)
+    want = published_padding(rgba)
+    tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]
+    got = pad_rgb(tensor)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    partly_clear = (alpha > 0) & (alpha < 1)
+    assert np.abs(got - want)[partly_clear].max() < 1e-4
+
+
 @pytest.mark.parametrize(("flip", "turns"), _AUGMENTATIONS)
 def test_each_decode_augmentation_is_undone_exactly(flip, turns):
     tensor = torch.arange(2 * 3 * 8 * 16, dtype=torch.float32).reshape(2, 3, 8, 16)
@@ -184,6 +267,20 @@ def trained(flux, tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "stencil-transparent-vae.pth"
     save_weights(model, path)
     return model, path, held, history
+
+
+def test_transparent_vae_training_logs_progress(flux, tmp_path, caplog):
+    write_ink_shapes(tmp_path, count=4, size=32, seed=1)
+    images, _ = read_rgba_folder(tmp_path, 32)
+    spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
+    short = VaeTraining(size=32, steps=4, batch_size=2, lr=1e-3, holdout=1, seed=0)
+    with caplog.at_level("INFO", logger="blkassist.progress"):
+        train_transparent_vae(flux.vae, spec, images, short, progress=ProgressSettings(2, 1e9))
+    lines = [r.getMessage() for r in caplog.records if r.name == "blkassist.progress"]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"transparent VAE: step {n}/4" for n in (1, 2, 4)
+    ]
+    assert all(" steps/s, ETA " in line and "loss " in line and "lr " in line for line in lines)
 
 
 def test_trained_tiny_vae_round_trip_recovers_alpha(flux, trained):
@@ -241,6 +338,31 @@ LATENT = {
 }
 
 
+def test_bundled_flux_vae_is_compared_with_the_one_in_use(flux, trained, tmp_path, caplog):
+    model, _, _, _ = trained
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bundled = {f"sd_vae.{k}": v.half() for k, v in flux.vae.state_dict().items()}
+    matching = tmp_path / "TransparentVAE.pth"
+    torch.save({**state, **bundled}, matching)
+    with caplog.at_level("WARNING"):
+        loaded = load_transparent_vae(TINY_VAE_SPEC, matching, flux_vae=flux.vae)
+    assert loaded.bundled_flux_vae["matches"], loaded.bundled_flux_vae  # fp16 copy: equal
+    assert not caplog.records
+    key = "decoder.conv_out.weight"
+    bundled[f"sd_vae.{key}"] = bundled[f"sd_vae.{key}"] * 1.1
+    del bundled["sd_vae.encoder.conv_in.bias"]
+    other = tmp_path / "other.pth"
+    torch.save({**state, **bundled}, other)
+    with caplog.at_level("WARNING"):
+        loaded = load_transparent_vae(TINY_VAE_SPEC, other, flux_vae=flux.vae)
+    summary = loaded.bundled_flux_vae
+    assert not summary["matches"] and summary["only_in_flux_vae"] == ["encoder.conv_in.bias"]
+    assert [d.split(" ")[0] for d in summary["differing"]] == [key]
+    message = caplog.records[-1].getMessage()
+    assert key in message and "encoder.conv_in.bias" in message and "not the Flux VAE" in message
+    assert load_transparent_vae(TINY_VAE_SPEC, other).bundled_flux_vae is None  # not asked
+
+
 def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -252,7 +374,8 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     pipe = load_flux(TINY_SPEC).pipeline()
     record = fuse_layer_lora(pipe, path)
     fused = render(pipe, **LATENT)
-    assert record == {"file": str(path), "sha256": sha256_file(path), "scale": 1.0, "fused": True}
+    assert record == {"file": str(path), "sha256": sha256_file(path), "scale": 1.0, "fused": True,
+                      "fused_into": ["transformer"]}  # fmt: skip
     assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
     assert torch.allclose(fused, expected, atol=1e-4)
     assert (fused - base).abs().max() > 1e-2
@@ -264,6 +387,40 @@ def test_layer_lora_is_fused_into_the_transformer(tmp_path):
     assert torch.allclose(render(pipe, **LATENT), fused, atol=1e-6)
     with pytest.raises(ModelFileError, match=r"nothing\.safetensors"):
         fuse_layer_lora(pipe, tmp_path / "nothing.safetensors")
+
+
+def test_layer_lora_text_encoder_keys_are_fused_too(tmp_path):
+    path = random_lora_file(tmp_path, "layerlora.safetensors", seed=2, text_encoder=True)
+    prompt = {"prompt": "ink circle", "prompt_2": None, "max_sequence_length": 32}
+    base = load_flux(TINY_SPEC).pipeline().encode_prompt(**prompt)[1]
+    as_adapter = load_flux(TINY_SPEC).pipeline()
+    as_adapter.load_lora_weights(str(path), adapter_name="check")
+    expected_pooled = as_adapter.encode_prompt(**prompt)[1]
+    expected = render(as_adapter, **LATENT)
+    pipe = load_flux(TINY_SPEC).pipeline()
+    record = fuse_layer_lora(pipe, path)
+    assert record["fused_into"] == ["transformer", "text_encoder"]
+    assert not getattr(pipe.text_encoder, "peft_config", None)  # fused, adapter gone
+    pooled = pipe.encode_prompt(**prompt)[1]
+    assert (expected_pooled - base).abs().max() > 1e-3  # the CLIP keys matter
+    assert torch.allclose(pooled, expected_pooled, atol=1e-5)
+    assert torch.allclose(render(pipe, **LATENT), expected, atol=1e-4)
+
+
+def test_layer_lora_with_keys_diffusers_cannot_apply_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = random_lora_file(tmp_path, "layerlora.safetensors", seed=3)
+    state = load_file(path)
+    t5_key = "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"
+    state[t5_key] = torch.zeros(4, 32)
+    save_file(state, path)
+    pipe = load_flux(TINY_SPEC).pipeline()
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(ModelFileError, match=re.escape(t5_key)):
+        fuse_layer_lora(pipe, path)
+    after = pipe.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing fused in part
 
 
 def test_generated_assets_are_rgba_with_real_alpha_and_provenance(flux, trained, tmp_path):

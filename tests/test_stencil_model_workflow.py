@@ -45,6 +45,14 @@ def test_assets_composition_and_mural_then_nothing_to_do(tmp_path):
     assert all(
         a["transparent_vae"]["weights"].endswith("stencil-transparent-vae.pth") for a in assets
     )
+    # The terms of every model behind them: the VAE trained here, the assets, the composition.
+    (vae_terms,) = card["licences"]
+    assert vae_terms["role"] == "transparent VAE" and vae_terms["licence"].startswith(
+        "trained here: derivative of resources/flux/tiny.yaml"
+    )
+    assert all(a["licences"][-1] == vae_terms for a in assets)
+    composition = json.loads((tmp_path / "results/compositions/scene.json").read_text())
+    assert composition["licences"] == assets[0]["licences"]
     with zipfile.ZipFile(tmp_path / "results/compositions/scene.ora") as archive:
         assert b'name="MG"' in archive.read("stack.xml")
     assert (tmp_path / "results/compositions/scene.psd").stat().st_size > 0

@@ -8,11 +8,13 @@ import json
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from blkassist.captions.server import auth_headers
 from tests import tiny_vlm
 from tests.vllm_fixture import vllm_server  # noqa: F401
 
@@ -26,15 +28,14 @@ def png_data_url(size: int = 64, seed: int = 0) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def post(url: str, body: dict, timeout: float = 120) -> dict:
-    req = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+def post(url: str, body: dict, api_key: str | None, timeout: float = 120) -> dict:
+    headers = {"Content-Type": "application/json", **auth_headers(api_key)}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.load(resp)
 
 
-def chat(server, images: list[str], max_tokens: int = 8) -> dict:
+def chat(server, images: list[str], max_tokens: int = 8, api_key: str | None = "server") -> dict:
     content = [{"type": "text", "text": "Write a one-line caption for this picture."}]
     content += [{"type": "image_url", "image_url": {"url": url}} for url in images]
     return post(
@@ -48,13 +49,32 @@ def chat(server, images: list[str], max_tokens: int = 8) -> dict:
             "max_tokens": max_tokens,
             "temperature": 0.8,
         },
+        server.api_key if api_key == "server" else api_key,
     )
 
 
 def test_models_lists_served_name(vllm_server):  # noqa: F811
-    with urllib.request.urlopen(f"{vllm_server.base_url}/models", timeout=10) as resp:
-        payload = json.load(resp)
-    assert [m["id"] for m in payload["data"]] == [vllm_server.served_name]
+    assert vllm_server.models() == [vllm_server.served_name]
+
+
+def test_requests_without_the_runs_api_key_are_refused(vllm_server):  # noqa: F811
+    key = vllm_server.api_key
+    assert key and len(key) >= 32
+    for wrong in (None, "not-needed", key[:-1]):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            chat(vllm_server, [], api_key=wrong)
+        assert refused.value.code == 401, wrong
+        request = urllib.request.Request(
+            f"{vllm_server.base_url}/models", headers=auth_headers(wrong)
+        )
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(request, timeout=10)
+    assert chat(vllm_server, [])["choices"]  # with the key: served
+    # The key reached the server through its environment: not in its command line or log.
+    assert key not in " ".join(vllm_server.command)
+    assert key not in vllm_server.log_path.read_text(errors="replace")
+    cmdline = Path(f"/proc/{vllm_server.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert key not in cmdline
 
 
 def test_chat_with_inline_image_reaches_the_model(vllm_server):  # noqa: F811

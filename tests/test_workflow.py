@@ -60,8 +60,11 @@ def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path)
     )
     assert provenance["source"]["sha256"] == sha256(tmp_path / demo["demo_artwork"]["path"])
     assert {"torch", "libvips", "zarr", "blkassist"} <= set(provenance["versions"])
+    (terms,) = provenance["licences"]  # the demo's fine-tune of Real-ESRGAN x4plus
+    assert terms["derived_from"][0]["licence"].startswith("BSD-3-Clause")
     for made in ("results/esrgan/demo/model_card.json", "results/conceptor/demo/model_card.json",
-                 "results/captions/demo_review.html", "datasets/conceptor"):  # fmt: skip
+                 "results/captions/demo_review.html", "datasets/conceptor",
+                 "work/models/conceptor-demo.kohya.safetensors"):  # fmt: skip
         assert (tmp_path / made).exists(), made
     again = run_snakemake(tmp_path, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -138,6 +141,17 @@ def test_scheduling_knobs_redo_nothing_and_compression_reruns_only_assembly(tmp_
     run_snakemake(tmp_path, [config])
     final = tmp_path / "results/m_final.tif"
     before = sha256(final)
+    # Each batch's log says how much of its pass is done, and at what speed.
+    lines = [
+        line
+        for log in sorted((tmp_path / "logs/m/pass1").glob("tiles-*.log"))
+        for line in log.read_text().splitlines()
+        if "tiles done" in line
+    ]
+    assert len(lines) == 5
+    done = [int(re.search(r"pass 1 \(x4\): (\d)/9 tiles done", line)[1]) for line in lines]
+    assert max(done) == 9 and min(done) >= 1
+    assert all(re.search(r"this batch [12] in [\d.]+ s \([\d.]+ s/tile\), ETA", x) for x in lines)
     for knob, value in [("tiles_per_job", 5), ("tiles_per_forward", 3)]:
         mural[knob] = value
         config = write_config(tmp_path, {"murals": {"m": mural}, "gpu": {"lock_dir": "locks"}})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from blkassist.captions.server import VllmServer, start_server
+from blkassist.captions.server import VllmServer, new_api_key, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("BLKASSIST_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
@@ -67,6 +67,7 @@ def vllm_server(tmp_path_factory) -> Iterator[VllmServer]:
             enforce_eager=True,  # the model is tiny: compiling costs ~40 s and gains nothing
             omp_threads=1,  # more threads on 2 shared cores stall requests by ~1 s
             ready_timeout_s=600,
+            api_key=new_api_key(),  # as the workflow starts it: requests need the key
         )
         atexit.register(server.stop)  # also on an interrupted session
         _shared["server"] = server

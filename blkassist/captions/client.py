@@ -29,6 +29,7 @@ class VllmCaptioner:
         model: str,
         prompt: FewShotPrompt,
         *,
+        api_key: str | None = None,
         concurrency: int = 4,
         timeout_s: float = 120,
         retries: int = 3,
@@ -40,6 +41,7 @@ class VllmCaptioner:
         self.base_url = base_url
         self.model = model
         self.prompt = prompt
+        self.api_key = api_key
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.retries = retries
@@ -51,7 +53,7 @@ class VllmCaptioner:
     def _client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
             base_url=self.base_url,
-            api_key="not-needed",  # vLLM without --api-key accepts any
+            api_key=self.api_key or "not-needed",  # a server without a key accepts any
             timeout=self.timeout_s,
             max_retries=self.retries,
         )
@@ -63,6 +65,11 @@ class VllmCaptioner:
             raise CaptionServerError(
                 f"cannot reach the captioning server at {self.base_url} ({error}); start it, "
                 "or fix captions.vllm.base_url (null lets the workflow start one)"
+            ) from None
+        except openai.AuthenticationError:
+            raise CaptionServerError(
+                f"captioning server at {self.base_url} refused the API key (401); export "
+                "its key in the environment variable that captions.vllm.api_key_env names"
             ) from None
         except openai.APIStatusError as error:
             raise CaptionServerError(

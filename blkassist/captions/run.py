@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,30 +22,56 @@ log = logging.getLogger(__name__)
 EMBEDDED_VERSION = "embedded-1"  # bump when the built-in captioner's output changes
 
 
+def endpoint_key(settings: dict) -> str | None:
+    """The key of a running server, from the environment variable the config names (the
+    key itself never sits in a config file); None when none is named."""
+    name = settings["api_key_env"]
+    if not name:
+        return None
+    key = os.environ.get(name, "")
+    if not key:
+        raise ConfigError(
+            f"captions.vllm.api_key_env: the environment variable {name} is not set (or "
+            f"empty); export the server's API key as {name} before running, or set "
+            "api_key_env to null for a server that takes no key."
+        )
+    return key
+
+
 @contextmanager
-def vllm_endpoint(settings: dict, log_path: Path):
-    """The server's base URL: the configured one, or one started (and stopped) here."""
+def vllm_endpoint(settings: dict, log_path: Path, lock_dir: str | None = None):
+    """(base URL, API key) of the server: the configured one with the key from its
+    environment variable, or one started (and stopped) here with a random key, on a GPU
+    leased from `lock_dir` (the CPU where there is none)."""
     if settings["base_url"]:
-        yield settings["base_url"]
+        yield settings["base_url"], endpoint_key(settings)
         return
     if not settings["model_dir"]:
         raise ConfigError(
             "captions.vllm: give base_url (a running server) or model_dir (a local model "
             "folder for the workflow to serve)"
         )
-    from blkassist.captions.server import start_server
+    from blkassist.captions.server import new_api_key, start_server
+    from blkassist.devices import lease_device
 
-    server = start_server(
-        python=Path(settings["python"]),
-        model_dir=Path(settings["model_dir"]),
-        served_name=settings["model"],
-        log_path=log_path,
-        ready_timeout_s=settings["startup_timeout_s"],
-    )
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
+    api_key = new_api_key()  # this run's only: other local users cannot use the server
+    with lease_device(lock_dir) if lock_dir else nullcontext():  # the server inherits it
+        server = start_server(
+            python=Path(settings["python"]),
+            model_dir=Path(settings["model_dir"]),
+            served_name=settings["model"],
+            log_path=log_path,
+            ready_timeout_s=settings["startup_timeout_s"],
+            dtype=settings["dtype"],
+            max_model_len=settings["max_model_len"],
+            kv_cache_mib=settings["kv_cache_mib"],
+            extra_args=settings["extra_args"],
+            api_key=api_key,
+        )
+        try:
+            yield server.base_url, api_key
+        finally:
+            server.stop()
 
 
 @dataclass(frozen=True)
@@ -66,6 +93,7 @@ def caption_collection(
     settings: dict,
     description: str = "",
     server_log: str | None = None,
+    lock_dir: str | None = None,
 ) -> dict:
     jobs = [
         CaptionJob(row.id, row.image, row.sha256, row.source,
@@ -75,7 +103,7 @@ def caption_collection(
     ]  # fmt: skip
     return caption_images(
         jobs, captions_dir, index, settings, settings["system_prompt"], settings["examples"],
-        EMBEDDED_VERSION, server_log,
+        EMBEDDED_VERSION, server_log, lock_dir,
     )  # fmt: skip
 
 
@@ -88,6 +116,7 @@ def caption_images(
     examples: str | None,
     embedded_version: str,
     server_log: str | None = None,
+    lock_dir: str | None = None,
 ) -> dict:
     """Caption what needs it (new, or its image/prompt/captioner changed), keep the rest.
 
@@ -117,9 +146,10 @@ def caption_images(
         from blkassist.captions.client import VllmCaptioner
 
         vllm = settings["vllm"]
-        with vllm_endpoint(vllm, Path(server_log or Path(captions_dir) / "vllm-server.log")) as url:
+        server_log = Path(server_log or Path(captions_dir) / "vllm-server.log")
+        with vllm_endpoint(vllm, server_log, lock_dir) as (url, api_key):
             captioner_client = VllmCaptioner(
-                url, vllm["model"], prompt, concurrency=vllm["concurrency"],
+                url, vllm["model"], prompt, api_key=api_key, concurrency=vllm["concurrency"],
                 timeout_s=vllm["timeout_s"], retries=vllm["retries"],
                 max_tokens=vllm["max_tokens"], min_tokens=vllm["min_tokens"],
                 temperature=vllm["temperature"],

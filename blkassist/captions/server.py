@@ -9,6 +9,11 @@ virtual environment, while the server itself runs with the vLLM environment's in
         ...  # OpenAI API at server.base_url, model name server.served_name
     finally:
         server.stop()
+
+With ``api_key`` (``new_api_key()`` per run) every request must carry
+``Authorization: Bearer KEY``: other users of a shared node cannot use the server. The key
+reaches the server through its environment (VLLM_API_KEY), never its command line, which
+any local user can read in /proc and which is written to the server's log.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -41,13 +47,23 @@ SERVER_ENV = {
 DEFAULT_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_NUM_SEQS = 16
 DEFAULT_KV_CACHE_MIB = 256  # plenty for the tiny test model; pass more for a real one
-# Set in the caller's environment, this legacy variable would override --kv-cache-memory-bytes.
-DROPPED_ENV = ("VLLM_CPU_KVCACHE_SPACE",)
+# Set in the caller's environment, the first would override --kv-cache-memory-bytes, the
+# second would make the server demand a key this module does not know.
+DROPPED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_API_KEY")
 LOG_TAIL_LINES = 50
 
 
 class VllmServerError(RuntimeError):
     """The vLLM server did not start (the message holds the end of its log)."""
+
+
+def new_api_key() -> str:
+    """A random key for one server run."""
+    return secrets.token_urlsafe(32)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,6 +93,7 @@ class VllmServer:
     log_path: Path
     command: list[str] = field(default_factory=list)
     ready_after_s: float | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def root_url(self) -> str:
@@ -97,7 +114,10 @@ class VllmServer:
 
     def models(self, timeout_s: float = 5.0) -> list[str]:
         """Model ids listed by ``GET /v1/models``."""
-        with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout_s) as resp:
+        request = urllib.request.Request(
+            f"{self.base_url}/models", headers=auth_headers(self.api_key)
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             payload = json.load(resp)
         return [m["id"] for m in payload.get("data", [])]
 
@@ -188,9 +208,10 @@ def server_command(
     ]
 
 
-def _ready(url: str, served_name: str) -> bool:
+def _ready(url: str, served_name: str, api_key: str | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        request = urllib.request.Request(url, headers=auth_headers(api_key))
+        with urllib.request.urlopen(request, timeout=5) as resp:
             payload = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -215,6 +236,7 @@ def start_server(
     enforce_eager: bool = False,
     omp_threads: int | None = None,
     env: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> VllmServer:
     """Launch the server, wait until ``GET /v1/models`` lists ``served_name``, return it.
 
@@ -223,6 +245,7 @@ def start_server(
     ``omp_threads`` sets OMP_NUM_THREADS of the server: 1 suits a tiny model on a shared
     machine (2 OpenMP threads on 2 busy cores stalled requests for ~1 s at a time).
     ``enforce_eager`` skips torch.compile (inductor): faster start, no compile cache needed.
+    ``api_key`` makes the server refuse requests without it (see the module docstring).
     Raises ``VllmServerError`` (with the last log lines) if the process exits or
     ``ready_timeout_s`` passes first; the process group is stopped in both cases.
     """
@@ -237,6 +260,8 @@ def start_server(
     if omp_threads is not None:
         child_env["OMP_NUM_THREADS"] = str(omp_threads)
     child_env.update(env or {})
+    if api_key:
+        child_env["VLLM_API_KEY"] = api_key
     # A port picked here may be taken by someone else before the server binds it: then the
     # server fails within seconds with EADDRINUSE, and another free port is tried.
     attempts = 3 if port is None else 1
@@ -259,8 +284,9 @@ def start_server(
         log_start = log_path.stat().st_size if log_path.exists() else 0
         try:
             return _launch(
-                cmd, child_env, host, this_port, served_name, model_dir, log_path, ready_timeout_s
-            )
+                cmd, child_env, host, this_port, served_name, model_dir, log_path, ready_timeout_s,
+                api_key,
+            )  # fmt: skip
         except VllmServerError:
             new_log = log_path.read_bytes()[log_start:].decode(errors="replace")
             if attempt == attempts or "Address already in use" not in new_log:
@@ -277,6 +303,7 @@ def _launch(
     model_dir: Path,
     log_path: Path,
     ready_timeout_s: float,
+    api_key: str | None,
 ) -> VllmServer:
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
@@ -290,11 +317,13 @@ def _launch(
             env=dict(env),
             start_new_session=True,
         )
-    server = VllmServer(process, host, port, served_name, Path(model_dir), log_path, cmd)
+    server = VllmServer(
+        process, host, port, served_name, Path(model_dir), log_path, cmd, api_key=api_key
+    )
     url = f"{server.base_url}/models"
     while True:
         code = process.poll()
-        if code is None and _ready(url, served_name) and process.poll() is None:
+        if code is None and _ready(url, served_name, api_key) and process.poll() is None:
             server.ready_after_s = time.monotonic() - t0
             return server
         elapsed = time.monotonic() - t0

@@ -13,6 +13,8 @@ from diffusers.training_utils import cast_training_params
 from peft import LoKrConfig, LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from blkassist.flux.kohya import export_kohya
+
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -49,7 +51,8 @@ def adapter_state(transformer) -> dict[str, torch.Tensor]:
 
 def save_adapter(transformer, path: str | os.PathLike, save_dtype: str) -> Path:
     """A .safetensors that FluxPipeline.load_lora_weights (LoKr: load_lora_adapter) loads,
-    with the adapter's config in its metadata."""
+    with the adapter's config in its metadata; a LoRA also gets its kohya / ComfyUI copy
+    beside it (NAME.kohya.safetensors)."""
     path = Path(path)
     dtype = SAVE_DTYPES[save_dtype]
     state = {k: v.to(dtype).contiguous() for k, v in adapter_state(transformer).items()}
@@ -63,4 +66,6 @@ def save_adapter(transformer, path: str | os.PathLike, save_dtype: str) -> Path:
             transformer_lora_adapter_metadata=metadata,
         )
         os.replace(Path(tmp) / path.name, path)
+    if isinstance(transformer.peft_config["default"], LoraConfig):
+        export_kohya(path)
     return path

@@ -171,8 +171,10 @@ def generate_concepts(
     lora: str | os.PathLike | None = None,
     lora_scale: float = 1.0,
     max_sequence_length: int = 512,
+    licences: list[dict] | None = None,
 ) -> list[dict]:
-    """Images for every prompt and seed, with sidecars and a contact sheet.
+    """Images for every prompt and seed, with sidecars (`licences`: the terms of the models
+    used, blkassist.licences) and a contact sheet.
 
     A prompt may be a dict with its own "aspect" or "size" [w, h]. The LoRA is removed
     from the model again afterwards, so `components` can be reused.
@@ -226,6 +228,7 @@ def generate_concepts(
                     "max_sequence_length": max_sequence_length,
                     "lora": lora_record,
                     "model": model,
+                    "licences": licences,
                     "versions": found,
                 }
                 write_json(output_dir / f"{name}.json", record)

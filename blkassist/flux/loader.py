@@ -1,6 +1,7 @@
 """The one loader for all Flux work: training, sampling, concept generation, GPU checks.
 
-Production loads a local Flux.1-dev diffusers folder (never the network). Demos and tests
+Production loads a local Flux.1-dev diffusers folder, or ComfyUI's single files
+(blkassist.flux.single_file), never the network. Demos and tests
 build a random model of the same classes from a spec file (the workflow's
 `resources/flux/tiny.yaml`, whose path comes from config), which can be saved as a
 diffusers folder, so the production path is exercised offline too.
@@ -20,6 +21,7 @@ import torch
 import yaml
 
 from blkassist.errors import ConfigError, ModelFileError
+from blkassist.flux.single_file import is_single_file_model, load_single_file
 from blkassist.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -328,13 +330,17 @@ def load_flux(
     path = Path(spec_or_folder)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
-    if path.suffix in (".yaml", ".yml"):
+    single_file = is_single_file_model(path)  # ComfyUI's files (blkassist.flux.single_file)
+    if path.suffix in (".yaml", ".yml") and not single_file:
         spec = read_spec(path)
         parts, identity = _random_parts(spec, device, dtype), _spec_identity(spec)
         source = f"random model from {path.name}"
     else:
-        parts, identity = _load_folder(path, dtype)
-        source = str(path)
+        if single_file:
+            parts, identity, source = load_single_file(path, dtype)
+        else:
+            parts, identity = _load_folder(path, dtype)
+            source = str(path)
         if device.type == "cpu":
             for part in _WEIGHTS:
                 for tensor in [*parts[part].parameters(), *parts[part].buffers()]:

@@ -19,6 +19,7 @@ import torch
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import recipe_from_config
 from blkassist.fsutil import atomic_path, write_json
+from blkassist.progress import ProgressSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,15 @@ def train_run(
     loss_plot: str | None = None,
     trainer_factory=None,
     loader=None,
+    progress: dict | None = None,
+    licences: list[dict] | None = None,
 ) -> dict:
     """Train (or resume) and export; `config` is the schema-validated recipe mapping.
     `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
     trainer other than the plain FluxLoraTrainer, and `loader(model, device, recipe)` loads
-    the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA)."""
+    the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA).
+    `progress` is the config's progress section (how often a progress line is logged);
+    `licences` (blkassist.licences) goes into the model card."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux
     from blkassist.flux.trainer import FluxLoraTrainer
@@ -86,13 +91,16 @@ def train_run(
             trainer.resumed_from or "nothing",
         )
         started = time.perf_counter()
-        result = {**trainer.run(), "device": lease.torch_device}
+        run = trainer.run(
+            progress=ProgressSettings.from_config(progress), label=key.removesuffix(".recipe")
+        )
+        result = {**run, "device": lease.torch_device}
         chosen = trainer.export(export, chosen_step)
     if contact_sheet:
         _copy(Path(chosen["checkpoint"]) / "contact_sheet.png", contact_sheet)
     if loss_plot:
         _copy(trainer.run_dir / "losses.png", loss_plot)
-    write_json(model_card, trainer.model_card(chosen, result, title))
+    write_json(model_card, {**trainer.model_card(chosen, result, title), "licences": licences})
     log.info(
         "wrote %s and %s in %.1f s: %s", export, model_card, time.perf_counter() - started, result
     )

@@ -25,12 +25,14 @@ from blkassist.flux.adapter import adapter_state, add_adapter, save_adapter
 from blkassist.flux.data import BucketOrder, TensorCache, TrainingData, content_key
 from blkassist.flux.ema import AdapterEMA
 from blkassist.flux.generate import contact_sheet, render, save_png
+from blkassist.flux.kohya import kohya_path
 from blkassist.flux.objective import flow_matching_loss, sample_sigmas
 from blkassist.flux.optim import make_optimizer, make_schedule
 from blkassist.flux.plots import plot_losses
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log
 from blkassist.probe import sha256_file
-from blkassist.rng import rng_state, seed_everything, set_rng_state
+from blkassist.progress import ProgressSettings, TrainingProgress
+from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ class FluxLoraTrainer:
         resumable = [c for c in self.checkpoints() if (c / "state.pt").is_file()]
         if not resumable:
             return None
-        state = torch.load(resumable[-1] / "state.pt", map_location=self.device, weights_only=False)
+        state = load_checkpoint(resumable[-1] / "state.pt", self.device)
         self.load_state_dict(state)
         for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
             truncate_csv_log(self.run_dir / name, "step", self.step)
@@ -318,14 +320,21 @@ class FluxLoraTrainer:
                 {"step": self.step, "weights": weights, "loss": round(loss, 6)},
             )
 
-    def run(self, stop_after: int | None = None) -> dict:
+    def run(
+        self,
+        stop_after: int | None = None,
+        progress: ProgressSettings | None = None,
+        label: str = "Flux LoRA",
+    ) -> dict:
         """Train to `steps`, saving every `save_every`; `stop_after` ends this call early
-        (with a checkpoint), as a time-sliced job would."""
+        (with a checkpoint), as a time-sliced job would. `progress` logs a progress line
+        at its interval."""
         r = self.recipe
         target = r.steps if stop_after is None else min(r.steps, stop_after)
         if self.step == 0 and not (self.run_dir / "validation.csv").exists():
             self._validate()  # the base model: the adapter starts as a no-op
         started, first = time.perf_counter(), self.step
+        reporter = TrainingProgress(label, r.steps, self.step, progress, self.device)
         while self.step < target:
             tick = time.perf_counter()
             row = self.train_step()
@@ -337,6 +346,7 @@ class FluxLoraTrainer:
                     "seconds": round(time.perf_counter() - tick, 4),
                 },
             )
+            reporter.update(self.step, row["loss"], row.get("step_size", row["lr"]))
             if self.step % r.save_every == 0 or self.step == target:
                 self._validate()
                 self.save_checkpoint()
@@ -364,9 +374,11 @@ class FluxLoraTrainer:
         source = checkpoints[-1] / ("lora_ema.safetensors" if ema else "lora.safetensors")
         with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)
+        kohya = kohya_path(source)
         return {
             "step": int(checkpoints[-1].name.split("-")[1]),
             "weights": "ema" if ema else "live",
+            "kohya_copy": str(kohya) if kohya.is_file() else None,
             "checkpoint": str(checkpoints[-1]),
             "file": str(path),
             "sha256": sha256_file(path),

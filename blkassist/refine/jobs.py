@@ -14,6 +14,7 @@ import zarr
 from blkassist import canvas
 from blkassist.devices import lease_device
 from blkassist.fsutil import atomic_path, read_json, write_json
+from blkassist.progress import pass_progress
 from blkassist.refine import seams
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.plan import BLOCK, RefinePass
@@ -144,6 +145,13 @@ def run_refine_batch(
         report.skipped,
         report.seconds,
         lease.torch_device,
+    )
+    done = len(progress_for(record, batch).finished() & set(range(plan.window_count)))
+    processed = report.windows - report.skipped
+    what = f"refinement pass {plan.name}"
+    log.info(
+        "%s",
+        pass_progress(what, "window", done, plan.window_count, processed, report.seconds),
     )
     write_json(
         marker,

@@ -108,8 +108,11 @@ def refine_settings(
 
 
 def is_random_model(model: str) -> bool:
-    """A random-model spec (.yaml: tests, the demo), not Flux weights."""
-    return str(model).endswith((".yaml", ".yml"))
+    """A random-model spec (.yaml: tests, the demo), not Flux weights (a .yaml manifest of
+    ComfyUI's single files names real weights)."""
+    from blkassist.flux.single_file import is_single_file_model
+
+    return str(model).endswith((".yaml", ".yml")) and not is_single_file_model(model)
 
 
 def choose_path(

@@ -16,6 +16,7 @@ from blkassist import canvas
 from blkassist.devices import lease_device
 from blkassist.errors import BlkAssistError
 from blkassist.fsutil import read_json, write_json
+from blkassist.progress import pass_progress
 from blkassist.sr.lanczos import LanczosUpscaler
 from blkassist.sr.tiler import ProgressLog, upscale_tiles
 from blkassist.tiling import PassPlan
@@ -154,6 +155,10 @@ def run_tile_batch(
             lease.torch_device,
             tiles_per_forward,
         )
+    done = len(progress.finished() & set(range(plan.tile_count)))
+    processed, seconds = (report.tiles - report.skipped, report.seconds) if report else (0, 0.0)
+    what = f"pass {plan.number} (x{plan.scale})"
+    log.info("%s", pass_progress(what, "tile", done, plan.tile_count, processed, seconds))
     summary = asdict(report) if report else {"tiles": len(todo), "skipped": len(todo)}
     write_json(
         marker,

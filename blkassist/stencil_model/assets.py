@@ -36,21 +36,73 @@ LAYER_ADAPTER = "layer"
 DEFAULT_TEMPLATE = "{role} layer, {prompt}, transparent background"
 
 
+# Key prefixes of a LoRA file's text-encoder parts, in diffusers' and kohya's layouts.
+CLIP_PREFIXES = ("text_encoder.", "lora_te1_", "lora_te_")
+T5_PREFIXES = ("text_encoder_2.", "lora_te2_", "lora_te3_")
+
+
+def lora_file_parts(path: Path) -> dict[str, list[str]]:
+    """The keys of a LoRA file by the model part they change: "transformer", "text_encoder"
+    (CLIP) or "text_encoder_2" (T5); read from the header, no tensor loaded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as error:  # any unreadable file gets the same advice
+        raise ModelFileError(f"{path}: not a readable .safetensors LoRA ({error}).") from None
+    parts: dict[str, list[str]] = {"transformer": [], "text_encoder": [], "text_encoder_2": []}
+    for key in keys:
+        if key.startswith(T5_PREFIXES):
+            parts["text_encoder_2"].append(key)
+        elif key.startswith(CLIP_PREFIXES):
+            parts["text_encoder"].append(key)
+        else:
+            parts["transformer"].append(key)
+    return parts
+
+
 def fuse_layer_lora(pipe, path: str | os.PathLike, scale: float = 1.0) -> dict:
     """Load the frozen LayerDiffuse layer LoRA through diffusers and fuse it into the
-    transformer's weights (then drop the adapter modules): it is part of the base model
-    from here on, and style LoRAs stack on top as usual."""
+    weights (then drop the adapter modules): it is part of the base model from here on, and
+    style LoRAs stack on top as usual. Keys for the CLIP text encoder are fused into it too;
+    a file with keys diffusers cannot load into Flux (T5) is refused, naming them, rather
+    than fused in part."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
             f"{path}: layer LoRA not found. Fix: put the published layerlora.safetensors "
             "there, or set stencil.layer_lora to null."
         )
+    parts = lora_file_parts(path)
+    if parts["text_encoder_2"]:
+        keys = parts["text_encoder_2"]
+        raise ModelFileError(
+            f"{path}: {len(keys)} key(s) change the T5 text encoder, which diffusers' Flux "
+            f"LoRA loader cannot apply ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+            "; fusing the rest would silently drop them. Fix: use a layer LoRA without T5 "
+            "keys (the published layerlora.safetensors has none)."
+        )
     pipe.load_lora_weights(str(path), adapter_name=LAYER_ADAPTER)
-    pipe.fuse_lora(components=["transformer"], lora_scale=scale, adapter_names=[LAYER_ADAPTER])
+    fused = ["transformer"]
+    if parts["text_encoder"]:
+        if LAYER_ADAPTER not in (getattr(pipe.text_encoder, "peft_config", None) or {}):
+            raise ModelFileError(
+                f"{path}: {len(parts['text_encoder'])} text-encoder key(s) (e.g. "
+                f"{parts['text_encoder'][0]}) did not load into the CLIP text encoder; "
+                "refusing to fuse the transformer part alone."
+            )
+        fused.append("text_encoder")
+    pipe.fuse_lora(components=fused, lora_scale=scale, adapter_names=[LAYER_ADAPTER])
     pipe.unload_lora_weights()
-    log.info("fused layer LoRA %s at scale %s", path, scale)
-    return {"file": str(path), "sha256": sha256_file(path), "scale": scale, "fused": True}
+    log.info("fused layer LoRA %s at scale %s into the %s", path, scale, " and ".join(fused))
+    return {
+        "file": str(path),
+        "sha256": sha256_file(path),
+        "scale": scale,
+        "fused": True,
+        "fused_into": fused,
+    }
 
 
 def asset_size(item: dict, defaults: dict, multiple: int) -> tuple[int, int]:
@@ -96,6 +148,7 @@ def generate_assets(
     template: str = DEFAULT_TEMPLATE,
     max_sequence_length: int = 512,
     augment: bool = True,
+    licences: list[dict] | None = None,
 ) -> list[dict]:
     """RGBA PNGs for every prompt and seed in `output_dir`, with sidecars, `assets.json`
     and `contact_sheet.png` (over a checkerboard). A prompt may be a dict with its own
@@ -158,6 +211,7 @@ def generate_assets(
                     "loras": style_records,
                     "transparent_vae": vae_record,
                     "model": model,
+                    "licences": licences,
                     "versions": found,
                 }  # fmt: skip
                 write_json(output_dir / f"{name}.json", record)
@@ -202,5 +256,8 @@ def generate_run(
     record = vae_identity(vae_spec, vae_weights)  # checks the file before the model loads
     with lease_device(lock_dir) as lease:
         components = load_flux(model, lease.torch_device)
-        vae = load_transparent_vae(vae_spec, vae_weights, lease.torch_device, components.dtype)
+        vae = load_transparent_vae(
+            vae_spec, vae_weights, lease.torch_device, components.dtype, components.vae
+        )
+        record["bundled_flux_vae"] = vae.bundled_flux_vae
         return generate_assets(components, vae, prompts, output_dir, vae_record=record, **options)

@@ -203,6 +203,18 @@ def write_psd(layers: list[Layer], path: str | os.PathLike) -> None:
         document.save(tmp)
 
 
+def layer_licences(layers: list[Layer]) -> list[dict]:
+    """The licences recorded in the provenance sidecars (NAME.json) beside the layers'
+    images (generated assets, concept picks), each model once."""
+    found = {}
+    for layer in layers:
+        sidecar = Path(layer.source).with_suffix(".json")
+        if sidecar.is_file():
+            for entry in read_json(sidecar).get("licences") or []:
+                found.setdefault((entry["model"], entry["licence"]), entry)
+    return list(found.values())
+
+
 def compose(
     name: str,
     background: str,
@@ -233,6 +245,7 @@ def compose(
             for layer in layers
         ],
         "outputs": outputs,
+        "licences": layer_licences(layers),
     }
     write_json(outputs["provenance"], record)
     log.info(

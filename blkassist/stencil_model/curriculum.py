@@ -281,14 +281,18 @@ def stencil_training(
         components = load_flux(model, device, gradient_checkpointing=recipe.gradient_checkpointing)
         if layer_lora:
             fused.update(fuse_layer_lora(components.pipeline(), layer_lora))
-            identity = components.identity["model"]
-            components.identity["model"] = content_key(identity, fused["sha256"])[:16]
+            for part in ("model", *fused["fused_into"]):  # cache keys see the new weights
+                identity = components.identity[part]
+                components.identity[part] = content_key(identity, fused["sha256"])[:16]
         if recipe.quantize:
             quantize_transformer(components)
         return components
 
     def trainer_factory(recipe, components, train_dir, run_dir, validation_dir):
-        vae = load_transparent_vae(vae_spec, vae_weights, components.device, components.dtype)
+        vae = load_transparent_vae(
+            vae_spec, vae_weights, components.device, components.dtype, components.vae
+        )
+        record["bundled_flux_vae"] = vae.bundled_flux_vae
         return StencilTrainer(
             recipe,
             components,

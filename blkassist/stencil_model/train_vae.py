@@ -20,6 +20,7 @@ from PIL import Image
 
 from blkassist.errors import InputImageError
 from blkassist.fsutil import write_json
+from blkassist.progress import ProgressSettings, TrainingProgress
 from blkassist.stencil_model.preview import over_checkerboard
 from blkassist.stencil_model.settings import TransparentVAESpec
 from blkassist.stencil_model.vae import (
@@ -121,10 +122,12 @@ def train_transparent_vae(
     spec: TransparentVAESpec,
     images: torch.Tensor,
     settings: VaeTraining,
-    log_every: int = 50,
+    history_every: int = 50,
+    progress: ProgressSettings | None = None,
 ) -> tuple[TransparentVAE, list[dict]]:
     """Optimise encoder and decoder (the Flux VAE stays frozen); returns the model in eval
-    mode and the logged losses."""
+    mode and the losses every `history_every` steps (for the model card); `progress` logs
+    a progress line at its interval."""
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     model = TransparentVAE(spec).train()
@@ -135,6 +138,7 @@ def train_transparent_vae(
     )
     generator = torch.Generator().manual_seed(settings.seed)
     history = []
+    reporter = TrainingProgress("transparent VAE", settings.steps, 0, progress)
     for step in range(1, settings.steps + 1):
         picks = torch.randint(len(images), (settings.batch_size,), generator=generator)
         batch = _random_view(images[picks], generator)
@@ -153,8 +157,9 @@ def train_transparent_vae(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        reporter.update(step, float(loss.detach()), optimizer.param_groups[0]["lr"])
         schedule.step()
-        if step % log_every == 0 or step == settings.steps:
+        if step % history_every == 0 or step == settings.steps:
             row = {
                 "step": step,
                 "loss": float(loss.detach()),
@@ -163,7 +168,6 @@ def train_transparent_vae(
                 "offset_sq": float(offset_loss.detach()),
             }
             history.append(row)
-            log.info("step %d: %s", step, {k: round(v, 4) for k, v in row.items()})
     return model.eval().requires_grad_(False), history
 
 
@@ -188,6 +192,8 @@ def train_run(
     sheet_out: str,
     settings: dict,
     threads: int = 1,
+    progress: dict | None = None,
+    licences: list[dict] | None = None,
 ) -> dict:
     """A workflow job: train on the assets folder, write weights, model card and sheet."""
     from blkassist.flux.generate import save_png
@@ -208,7 +214,9 @@ def train_run(
     train = images[[i for i in range(len(images)) if i not in held_index]]
     log.info("read %d RGBA assets from %s (%d held out)", len(images), assets, config.holdout)
     flux = load_flux(flux_model, "cpu", torch.float32)
-    model, history = train_transparent_vae(flux.vae, spec, train, config)
+    model, history = train_transparent_vae(
+        flux.vae, spec, train, config, progress=ProgressSettings.from_config(progress)
+    )
     save_weights(model, weights_out)
     held_errors, held_decoded = round_trip_errors(model, flux.vae, held)
     train_errors, _ = round_trip_errors(model, flux.vae, train[: max(4, config.holdout)])
@@ -231,6 +239,7 @@ def train_run(
         "convention": "RGBA in [0, 1], straight colour; encoder input = padded RGB then alpha; "
         "decoder output channels R, G, B, A",
         "seconds": round(time.monotonic() - started, 1),
+        "licences": licences,
     }
     write_json(card_out, card)
     level = logging.INFO if card["alpha_ok"] else logging.WARNING

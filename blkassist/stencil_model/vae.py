@@ -17,7 +17,9 @@ with a strict key check.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -156,20 +158,76 @@ class TransparentDecoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
 
 
+@functools.cache
+def area_weights(source: int, target: int) -> torch.Tensor:
+    """(target, source) weights of OpenCV's INTER_AREA reduction along one axis: output
+    pixel d averages the source interval [d * s, (d + 1) * s), s = source / target, each
+    source pixel weighted by the part of it inside (slivers under 1e-3 pixel dropped, as
+    OpenCV does), over the cell's width. Cached: every level of every image reuses it."""
+    scale = source / target
+    weights = torch.zeros(target, source, dtype=torch.float64)
+    for d in range(target):
+        start = d * scale
+        end = start + scale
+        width = min(scale, source - start)
+        first = min(math.ceil(start), source - 1)
+        last = min(math.floor(end), source - 1)
+        first = min(first, last)
+        if first - start > 1e-3:
+            weights[d, first - 1] = (first - start) / width
+        weights[d, first:last] = 1 / width
+        if end - last > 1e-3:
+            weights[d, last] = min(end - last, 1.0, width) / width
+    return weights
+
+
+@functools.cache
+def area_band(source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """area_weights as (indices, weights), each (target, K): an output pixel draws on at
+    most K = ceil(source / target) + 1 neighbouring source pixels."""
+    weights = area_weights(source, target)
+    width = int((weights > 0).sum(dim=1).max())
+    first = (weights > 0).to(torch.int8).argmax(dim=1)
+    indices = (first[:, None] + torch.arange(width)).clamp(max=source - 1)
+    return indices, weights.gather(1, indices) * (first[:, None] + torch.arange(width) < source)
+
+
+def _reduce(images: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    indices, weights = area_band(images.shape[dim], size)
+    weights = weights.to(images)
+    shape = [1] * images.ndim
+    shape[dim] = size
+    out = 0
+    for k in range(indices.shape[1]):
+        out = out + images.index_select(dim, indices[:, k].to(images.device)) * weights[
+            :, k
+        ].reshape(shape)
+    return out
+
+
+def area_downscale(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) reduced to `size` (height, width) by OpenCV's INTER_AREA filter, also
+    for non-integer factors (fractional overlaps), where F.interpolate's "area" mode is
+    adaptive pooling over whole pixels. Separable and banded: a few shifted multiply-adds
+    per axis."""
+    return _reduce(_reduce(images, size[0], -2), size[1], -1)
+
+
 def pad_rgb(rgba: torch.Tensor, shrink: float = 1.2) -> torch.Tensor:
     """Colour spread from covered pixels into clear ones, so that the Flux VAE and the offset
     encoder never see a hard colour edge at the silhouette.
 
-    Premultiplied colour and alpha are shrunk by `shrink` per level down to one pixel; from
-    the coarsest level (the alpha-weighted mean colour) up, each level's colour is its own
-    premultiplied colour plus the enlarged coarser estimate where it is uncovered.
+    Premultiplied colour and alpha are shrunk by `shrink` per level (OpenCV's area filter,
+    as the published LayerDiffuse code does) down to one pixel; from the coarsest level (the
+    alpha-weighted mean colour) up, each level's colour is its own premultiplied colour plus
+    the bilinearly enlarged coarser estimate where it is uncovered.
     """
     colour, alpha = rgba[:, :3], rgba[:, 3:4]
     levels = [(colour * alpha, alpha)]
     while min(levels[-1][1].shape[-2:]) > 1:
         height, width = levels[-1][1].shape[-2:]
         size = (max(1, int(height / shrink)), max(1, int(width / shrink)))
-        levels.append(tuple(F.interpolate(t, size=size, mode="area") for t in levels[-1]))
+        levels.append(tuple(area_downscale(t, size) for t in levels[-1]))
     premultiplied, coverage = levels[-1]
     estimate = premultiplied.sum((2, 3), keepdim=True) / coverage.sum(
         (2, 3), keepdim=True
@@ -292,7 +350,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def check_keys(model: TransparentVAE, state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse a state dict that does not fit the model exactly, naming every missing and
     unexpected key and every shape mismatch. Keys of the bundled Flux VAE ("sd_vae.*") are
-    allowed and ignored: the Flux VAE comes from the Flux model folder."""
+    allowed here: the Flux VAE comes from the Flux model (compare_bundled_flux_vae checks
+    them against it)."""
     expected = model.state_dict()
     given = {k: v for k, v in state.items() if not k.startswith(FLUX_VAE_PREFIX)}
     missing = sorted(set(expected) - set(given))
@@ -318,21 +377,81 @@ def check_keys(model: TransparentVAE, state: dict[str, torch.Tensor], source: st
         )
 
 
+def compare_bundled_flux_vae(
+    state: dict[str, torch.Tensor], flux_vae, source: str
+) -> dict[str, object] | None:
+    """Compare the Flux VAE a published file carries ("sd_vae.*") with the one in use,
+    warning where they differ: the transparent VAE learnt its offsets against the bundled
+    one. Values count as equal within the coarser dtype's precision (a file in fp16 beside
+    a model in bf16). None when the file bundles no Flux VAE."""
+    bundled = {
+        k.removeprefix(FLUX_VAE_PREFIX): v
+        for k, v in state.items()
+        if k.startswith(FLUX_VAE_PREFIX)
+    }
+    if not bundled:
+        return None
+    loaded = flux_vae.state_dict()
+    differing = []
+    for key in sorted(set(bundled) & set(loaded)):
+        mine, theirs = bundled[key], loaded[key]
+        if mine.shape != theirs.shape:
+            differing.append(f"{key} (shape {tuple(mine.shape)}, in use {tuple(theirs.shape)})")
+            continue
+        precision = max(torch.finfo(t.dtype).eps for t in (mine, theirs))
+        reference = theirs.detach().double().cpu()
+        difference = float((mine.double() - reference).abs().max())
+        size = float(reference.abs().max())
+        if difference > precision * max(size, 1e-12):
+            differing.append(f"{key} (max difference {difference:.3g}, values up to {size:.3g})")
+    only_file = sorted(set(bundled) - set(loaded))
+    only_flux = sorted(set(loaded) - set(bundled))
+    summary = {
+        "bundled_tensors": len(bundled),
+        "differing": differing,
+        "only_in_file": only_file,
+        "only_in_flux_vae": only_flux,
+        "matches": not (differing or only_file or only_flux),
+    }
+    if not summary["matches"]:
+        problems = [
+            f"{len(differing)} tensor(s) differ: {', '.join(differing[:5])}" if differing else "",
+            f"{len(only_file)} only in the file: {', '.join(only_file[:5])}" if only_file else "",
+            f"{len(only_flux)} only in the Flux VAE: {', '.join(only_flux[:5])}"
+            if only_flux
+            else "",
+        ]
+        log.warning(
+            "%s: the Flux VAE bundled in the transparent VAE file (%s*) is not the Flux VAE "
+            "in use: %s. The transparent VAE was made for the bundled one; expect colour and "
+            "alpha errors unless the Flux model is the one it was published with.",
+            source,
+            FLUX_VAE_PREFIX,
+            "; ".join(p for p in problems if p),
+        )
+    return summary
+
+
 def load_transparent_vae(
     spec: str | os.PathLike | TransparentVAESpec,
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    flux_vae=None,
 ) -> TransparentVAE:
     """The transparent VAE of `spec`, with `weights` loaded after a strict key check (or
-    freshly initialised without), frozen, in eval mode."""
+    freshly initialised without), frozen, in eval mode. With `flux_vae` (the one in use), a
+    Flux VAE bundled in the file is compared with it (`bundled_flux_vae` on the model)."""
     if not isinstance(spec, TransparentVAESpec):
         spec = TransparentVAESpec.from_yaml(spec)
     model = TransparentVAE(spec)
+    model.bundled_flux_vae = None
     if weights is not None:
         state = read_weights(weights)
         check_keys(model, state, str(weights))
         model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+        if flux_vae is not None:
+            model.bundled_flux_vae = compare_bundled_flux_vae(state, flux_vae, str(weights))
         log.info("loaded transparent VAE weights %s", weights)
     return model.to(device=device, dtype=dtype).requires_grad_(False).eval()
 

@@ -26,6 +26,7 @@ def caption_crops(
     system_prompt: str | None,
     examples: str | None,
     server_log: str | None = None,
+    lock_dir: str | None = None,
 ) -> dict:
     """Caption every crop of the plan that needs it. `captions` is the workflow's captions
     block (embedded or vllm); the prompt files are the texture prompt (vllm only)."""
@@ -39,4 +40,4 @@ def caption_crops(
         for crop in plan["crops"]
     ]  # fmt: skip
     return caption_images(jobs, captions_dir, index, captions, system_prompt, examples,
-                          EMBEDDED_TEXTURE_VERSION, server_log)  # fmt: skip
+                          EMBEDDED_TEXTURE_VERSION, server_log, lock_dir)  # fmt: skip

@@ -12,6 +12,7 @@ from blkassist.corpus.collections import mask_for
 from blkassist.corpus.datasets import split_of
 from blkassist.corpus.normalise import distinct_rows
 from blkassist.devices import lease_device
+from blkassist.progress import ProgressSettings
 from blkassist.sr.degrade import DegradationSettings
 from blkassist.sr.train.patches import PatchSource
 from blkassist.sr.train.trainer import (
@@ -77,6 +78,8 @@ def train_run(
     validation_plot: str,
     lock_dir: str,
     threads: int,
+    progress: dict | None = None,
+    licences: list[dict] | None = None,
 ) -> dict:
     settings = train_settings(config)
     DegradationSettings.from_config(settings.degradation, f"esrgan.{name}.degradation")
@@ -90,7 +93,9 @@ def train_run(
         )
         if trainer.resumed_from:
             log.info("resuming %s at iteration %d", name, trainer.iteration)
-        result = trainer.run()
+        result = trainer.run(
+            progress=ProgressSettings.from_config(progress), label=f"esrgan.{name}"
+        )
         trainer.export(export)
     shutil.copyfile(trainer.run_dir / "validation.csv", validation_csv)
     plot_validation(validation_csv, validation_plot)
@@ -100,6 +105,7 @@ def train_run(
         {"scans": hashes, "training_images": len(train), "held_out_images": len(held_out)},
         {**result, "device": lease.torch_device},
         init_weights,
+        licences,
     )
     log.info("%s: %s", name, result)
     return result

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from blkassist.compat import basicsr_module
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
-from blkassist.rng import rng_state, seed_everything, set_rng_state
+from blkassist.progress import ProgressSettings, TrainingProgress
+from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
 from blkassist.sr.degrade import DegradationSettings, Degrader, sample_kernels
 from blkassist.sr.models import build_rrdbnet, rrdbnet_params
 from blkassist.sr.train.losses import (
@@ -180,7 +181,7 @@ class EsrganTrainer:
         checkpoints = self._checkpoints()
         if not checkpoints:
             return None
-        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
+        state = load_checkpoint(checkpoints[-1], self.device)
         self.load_state_dict(state)
         for name in ("losses.csv", "validation.csv"):  # drop rows a killed run logged later
             truncate_csv_log(self.run_dir / name, "iteration", self.iteration)
@@ -307,8 +308,14 @@ class EsrganTrainer:
             self.bad_validations += 1
         return self.bad_validations >= self.settings.patience
 
-    def run(self, stop_after: int | None = None) -> dict:
-        """Train to the configured iterations (or stop early); `stop_after` caps this call."""
+    def run(
+        self,
+        stop_after: int | None = None,
+        progress: ProgressSettings | None = None,
+        label: str = "Real-ESRGAN",
+    ) -> dict:
+        """Train to the configured iterations (or stop early); `stop_after` caps this call;
+        `progress` logs a progress line at its interval (generator loss, its lr)."""
         s = self.settings
         if self.iteration == 0 and not (self.run_dir / "validation.csv").exists():
             bicubic = self.evaluate(None)
@@ -324,8 +331,13 @@ class EsrganTrainer:
         target = s.iterations if stop_after is None else min(s.iterations, stop_after)
         started, first = time.perf_counter(), self.iteration
         stopped_early = False
+        reporter = TrainingProgress(
+            label, s.iterations, self.iteration, progress, self.device, unit="iteration"
+        )
         while self.iteration < target and not stopped_early:
             losses = self.train_step()
+            generator_loss = sum(v for k, v in losses.items() if k != "gan_d")
+            reporter.update(self.iteration, generator_loss, self.sched_g.get_last_lr()[0])
             append_csv_row(
                 self.run_dir / "losses.csv",
                 {
@@ -383,7 +395,9 @@ def plot_validation(csv_path: str | Path, png_path: str | Path) -> None:
     plt.close(figure)
 
 
-def write_model_card(path, trainer: EsrganTrainer, sources: dict, result: dict, init: str) -> None:
+def write_model_card(
+    path, trainer: EsrganTrainer, sources: dict, result: dict, init: str, licences=None
+) -> None:
     write_json(
         path,
         {
@@ -394,5 +408,6 @@ def write_model_card(path, trainer: EsrganTrainer, sources: dict, result: dict, 
             "data": sources,
             "chosen": {"weights": "EMA at best validation PSNR", **trainer.best},
             "run": result,
+            "licences": licences,
         },
     )
