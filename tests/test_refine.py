@@ -304,14 +304,14 @@ def mural_config(**mural):
     [(p, side, model,
       p if p != "auto" else ("diffusion" if side > 8192 and model == "flux" else "sr"))
      for p in ("auto", "sr", "diffusion") for side in (4000, 8192, 8193, 64000)
-     for model in ("flux", "resources/flux/tiny.yaml", "spec.yml")],
+     for model in ("flux", "resources/flux/tiny.yaml", "spec.yml", "resources/flux/ink")],
 )  # fmt: skip
 def test_path_choice_and_its_reason(configured, long_side, model, expected):
     path, reason = choose_path(configured, long_side, long_side * 3 // 4, model)
     assert path == expected
     assert str(long_side) in reason if configured == "auto" else configured in reason
     if configured == "auto" and long_side > 8192 and model != "flux":
-        assert f"{model} is a random test model" in reason  # why auto did not refine
+        assert f"{model} is a demo model" in reason  # why auto did not refine
 
 
 def test_refine_settings_defaults_lora_names_and_passes():
