@@ -1,22 +1,27 @@
-"""Seconds per refinement window at full size on one GPU, and what that means for the 3 Gpx
-production mural; prints JSON.
+"""What a refinement tile job costs on one GPU, and what that means for the 3 Gpx production
+mural; prints JSON. Ready to run unchanged on a 24 GB and an 80 GB card.
 
-    python bench/gpu_refine_check.py [--model SPEC_OR_FOLDER] [--tile 1024] [--gpus 4]
+    python bench/gpu_refine_check.py                       # the production settings
+    python bench/gpu_refine_check.py --memory-limit-gib 24 # an 80 GB card acting as a 3090
+    python bench/gpu_refine_check.py --no-quantize         # bf16: needs a 48 GB card
     python bench/gpu_refine_check.py --device cpu --model resources/flux/tiny.yaml \\
-        --tile 64 --windows 1          # a smoke run of the script on the CPU
+        --tile 64 --windows 3                              # a smoke run on the CPU
 
 By default the model is Flux.1-dev's full architecture with random weights (no download:
-resources/flux/flux1-dev-random.yaml) with an 8-bit (qint8) transformer, and a random
-rank-16 LoRA on to_q/to_k/to_v/to_out.0 written to a .safetensors file and loaded the way
-the tile jobs load the texture LoRA. It runs the library's own refiner (FluxRefiner) on
-`tile`-sized windows at each pass's denoise of the production mural, `tiles_per_forward`
-windows per forward, then multiplies by the windows of each pass of
-config/production.yaml's diffusion mural (planned by the workflow's own functions).
+resources/flux/flux1-dev-random.yaml) and a random rank-16 LoRA on to_q/to_k/to_v/to_out.0,
+with config/production.yaml's refinement settings (8-bit transformer, steps, windows per
+forward and per job). It runs what a tile job runs: load_flux_refiner in its load order
+(the load peak is measured from before the first byte reaches the device), then
+refine_windows over a real canvas of `--windows` windows in zarr stores (reads, Flux,
+anchoring on the device, writes), and reports per window: the median cost of each stage
+over the forward groups (the first group, a warm-up, excluded) plus the load amortised
+over a job of tiles_per_job windows; beside the measured peaks, the plan's estimate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+GIB = 2**30
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,30 +43,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default=str(ROOT / "resources" / "flux" / "flux1-dev-random.yaml")
     )
-    parser.add_argument("--tile", type=int, default=1024, help="window side in pixels")
-    parser.add_argument("--windows", type=int, default=2, help="timed windows per denoise")
-    parser.add_argument("--per-forward", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--mural", default="mural_flux", help="the production diffusion mural")
+    parser.add_argument("--tile", type=int, help="window side (default: the mural's)")
+    parser.add_argument("--overlap", type=int, help="default: the mural's (at most tile / 4)")
+    parser.add_argument("--windows", type=int, default=9, help="windows refined (>= 3)")
+    parser.add_argument("--per-forward", type=int, help="windows per forward (default: mural's)")
+    parser.add_argument("--steps", type=int, help="model evaluations (default: the mural's)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--no-quantize", action="store_true", help="bf16 base, not qint8")
     parser.add_argument("--no-lora", action="store_true")
+    parser.add_argument("--memory-limit-gib", type=float, help="act as a card this large")
     parser.add_argument("--gpus", type=int, default=4)
-    parser.add_argument("--mural", default="mural_flux", help="the production diffusion mural")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--output")
     return parser.parse_args(argv)
 
 
-def random_lora(transformer, rank: int, path: Path) -> Path:
-    """A LoRA file in diffusers' key layout for every attention projection."""
+def random_lora(model: str, rank: int, path: Path) -> Path:
+    """A LoRA file in diffusers' key layout for every attention projection, from the
+    transformer's shapes alone (built on the meta device: no memory)."""
     import torch
+    from diffusers import FluxTransformer2DModel
     from safetensors.torch import save_file
 
+    from blkassist.gpu_memory import flux_configs
+
+    with torch.device("meta"):
+        shapes = FluxTransformer2DModel.from_config(flux_configs(model)["transformer"])
     tensors, generator = {}, torch.Generator().manual_seed(0)
-    for name, module in transformer.named_modules():
+    for name, module in shapes.named_modules():
         if not name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
             continue
-        weight = module.weight
-        out_features, in_features = weight.shape[0], weight.shape[1]
+        out_features, in_features = module.weight.shape
         down = torch.randn((rank, in_features), generator=generator) / in_features**0.5
         up = torch.randn((out_features, rank), generator=generator) * 1e-3
         tensors[f"transformer.{name}.lora_A.weight"] = down.to(torch.bfloat16)
@@ -69,8 +83,9 @@ def random_lora(transformer, rank: int, path: Path) -> Path:
     return path
 
 
-def production_passes(mural: str) -> tuple[list[dict], dict]:
-    """Windows and denoise of each refinement pass of the production diffusion mural."""
+def production(mural: str) -> tuple[list[dict], dict]:
+    """Windows and denoise of each refinement pass of the production diffusion mural, and
+    its refinement settings."""
     from blkassist.config import mural_settings, validate_config
     from blkassist.refine.settings import mural_refine_settings, plan_stages
     from blkassist.tiling import plan_mural
@@ -88,88 +103,162 @@ def production_passes(mural: str) -> tuple[list[dict], dict]:
         {"pass": s.name, "denoise": refine.pixel_settings(s)["denoise"], "windows": s.window_count}
         for s in stages
     ]
-    return passes, {"final": [plan.final_width, plan.final_height], "steps": refine.steps}
+    return passes, {"final": [plan.final_width, plan.final_height], "settings": refine}
+
+
+def _canvas(path: Path, width: int, height: int, seed: int):
+    from blkassist import canvas
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    bands = [100 + 60 * np.sin(xx / (9 + 4 * b)) * np.cos(yy / (13 + b)) for b in range(3)]
+    pixels = np.stack(bands, -1) + rng.normal(0, 10, (height, width, 3))
+    store = canvas.create(path, width, height, 3, 512)
+    store[:] = np.clip(pixels, 0, 255).astype(np.uint8)
+    return store
+
+
+class Device:
+    def __init__(self, torch, name: str):
+        self.torch, self.cuda = torch, torch.device(name).type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def reset_peak(self):
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self):
+        return round(self.torch.cuda.max_memory_allocated() / GIB, 2) if self.cuda else None
+
+    def held_gib(self):
+        return round(self.torch.cuda.memory_allocated() / GIB, 2) if self.cuda else None
+
+
+def measure(args, result: dict) -> None:
+    import torch
+
+    from blkassist.gpu_memory import gib, refine_job_memory
+    from blkassist.refine.jobs import allocate_stage, stage_plan
+    from blkassist.refine.plan import SIZE_MULTIPLE, RefinePass
+    from blkassist.refine.refiner import load_flux_refiner
+    from blkassist.refine.windows import pass_noise, progress_for, refine_windows
+
+    passes, mural = production(args.mural)
+    refine = mural["settings"]
+    tile = args.tile or refine.tile
+    overlap = args.overlap or min(refine.overlap, tile // 4)
+    per_forward = args.per_forward or refine.tiles_per_forward
+    steps = args.steps or refine.steps
+    quantize = refine.quantize and not args.no_quantize
+    device = Device(torch, args.device)
+    if device.cuda:
+        total = torch.cuda.get_device_properties(0).total_memory
+        result["gpu"] = {"name": torch.cuda.get_device_name(0), "memory_gib": gib(total)}
+        if args.memory_limit_gib:
+            torch.cuda.set_per_process_memory_fraction(
+                min(1.0, args.memory_limit_gib * GIB / total)
+            )
+            result["gpu"]["limited_to_gib"] = args.memory_limit_gib
+    result["settings"] = {
+        "tile": tile, "overlap": overlap, "tiles_per_forward": per_forward,
+        "steps": steps, "quantized": quantize, "max_sequence_length": refine.max_sequence_length,
+        "tiles_per_job": refine.tiles_per_job, "lora_rank": None if args.no_lora else args.rank,
+    }  # fmt: skip
+    estimate = refine_job_memory(
+        args.model, quantize=quantize, tile=tile, tiles_per_forward=per_forward,
+        max_sequence_length=refine.max_sequence_length,
+    )  # fmt: skip
+    result["estimate_gib"] = {"job": gib(estimate["bytes"]),
+                              **{k: gib(v) for k, v in estimate["stages"].items()}}  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="gpu-refine-check-"))
+    lora = (
+        None if args.no_lora else random_lora(args.model, args.rank, work / "texture.safetensors")
+    )
+
+    device.sync()
+    device.reset_peak()
+    started = time.perf_counter()
+    refiner = load_flux_refiner(
+        args.model, args.device, quantize=quantize, lora=lora and str(lora), steps=steps,
+        guidance=refine.guidance, max_sequence_length=refine.max_sequence_length,
+    )  # fmt: skip
+    device.sync()
+    load_seconds = time.perf_counter() - started
+    result["load"] = {"seconds": round(load_seconds, 1), "peak_gib": device.peak_gib(),
+                      "held_after_gib": device.held_gib()}  # fmt: skip
+
+    # One row of windows on the production grid, in real zarr stores.
+    stride = (tile - overlap) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    width = tile + (max(args.windows, 3) - 1) * stride
+    source = _canvas(work / "base.zarr", width, tile, 0)
+    geometry = RefinePass(1, 1, False, width, tile, tile, overlap, 1, 1).geometry()
+    allocate_stage(geometry, str(work / "base.zarr"), str(work / "base.zarr"),
+                   str(work / "pass"), str(work / "pass.json"))  # fmt: skip
+    record = json.loads((work / "pass.json").read_text())
+    plan = stage_plan(record)
+    import zarr
+
+    store = zarr.open_array(record["windows"], mode="r+")
+    device.reset_peak()
+    report = refine_windows(
+        plan.windows_between(0, plan.window_count), source, source, store, lambda: refiner,
+        progress_for(record, 0), denoise=passes[0]["denoise"],
+        noise=pass_noise(1, "bench", plan), anchor_strength=refine.anchor_strength,
+        anchor_levels=refine.anchor_levels, tiles_per_forward=per_forward,
+        device=str(refiner.components.device),
+    )  # fmt: skip
+    result["sample_peak_gib"] = device.peak_gib()
+    groups = report.groups[1:] or report.groups  # the first group warms up
+    stages = ("read", "refine", "anchor", "write")
+    per_window = {s: statistics.median(g[s] / g["windows"] for g in groups) for s in stages}
+    amortised = load_seconds / refine.tiles_per_job
+    whole = sum(per_window.values()) + amortised
+    result["per_window"] = {
+        "seconds": round(whole, 3),
+        "breakdown": {
+            **{s: round(v, 4) for s, v in per_window.items()},
+            "load_amortised": round(amortised, 3),
+        },
+        "samples": len(groups),
+        "windows": plan.window_count,
+        "seconds_per_group": [round(sum(g[s] for s in stages), 3) for g in report.groups],
+    }
+    rows, total = [], 0.0
+    for entry in passes:
+        hours = entry["windows"] * whole / 3600
+        total += hours
+        rows.append({**entry, "gpu_hours": round(hours, 2)})
+    result["production"] = {
+        "final": mural["final"],
+        "passes": rows,
+        "gpu_hours": round(total, 2),
+        "gpus": args.gpus,
+        "wall_hours": round(total / args.gpus, 2),
+        "seconds_per_window": round(whole, 2),
+        "note": "refinement tile jobs only (SR, blends, seam QA and the assembly are CPU "
+        "or separate); set murals.NAME.refine.seconds_per_window to seconds_per_window",
+    }
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from blkassist.flux.loader import load_flux
-    from blkassist.refine.refiner import FluxRefiner
-
-    result: dict = {"device": args.device, "model": args.model, "tile": args.tile}
-    passes, mural = production_passes(args.mural)
-    result["mural"] = mural
-    cuda = torch.device(args.device).type == "cuda"
-    if cuda:
-        result["gpu"] = torch.cuda.get_device_name(0)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
+    result: dict = {"device": args.device, "model": args.model, "torch": torch.__version__}
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device visible; this check needs a GPU"}))
+        return 2
     try:
-        started = time.perf_counter()
-        components = load_flux(args.model, args.device)
-        lora = None
-        if not args.no_lora:
-            work = Path(tempfile.mkdtemp())
-            lora = random_lora(components.transformer, args.rank, work / "texture.safetensors")
-        refiner = FluxRefiner(
-            components, lora=lora, steps=mural["steps"], max_sequence_length=512,
-            quantize=not args.no_quantize,
-        )  # fmt: skip
-        result["load_seconds"] = round(time.perf_counter() - started, 1)
-        result["quantized"] = not args.no_quantize
-        result["lora"] = None if lora is None else {"rank": args.rank}
-        rng = np.random.default_rng(0)
-        timings = {}
-        for per_forward in args.per_forward:
-            windows = rng.integers(0, 256, (per_forward, args.tile, args.tile, 3), np.uint8)
-            refiner.refine(windows, list(range(per_forward)), 0.3)  # warm-up
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            for denoise in sorted({p["denoise"] for p in passes}):
-                seconds = []
-                for i in range(max(1, args.windows // per_forward)):
-                    sync()
-                    t0 = time.perf_counter()
-                    refiner.refine(
-                        windows, [i * per_forward + k for k in range(per_forward)], denoise
-                    )
-                    sync()
-                    seconds.append((time.perf_counter() - t0) / per_forward)
-                timings.setdefault(per_forward, {})[denoise] = {
-                    "seconds_per_window": round(statistics.median(seconds), 3),
-                    "sampler_steps": refiner.describe(denoise)["sampler_steps"],
-                }
-            if cuda:
-                timings[per_forward]["peak_memory_gib"] = round(
-                    torch.cuda.max_memory_allocated() / 2**30, 2
-                )
-        result["timings"] = {str(k): {str(d): v for d, v in t.items()} for k, t in timings.items()}
-        best = min(
-            timings,
-            key=lambda k: sum(timings[k][p["denoise"]]["seconds_per_window"] for p in passes),
-        )
-        rows, total = [], 0.0
-        for entry in passes:
-            per_window = timings[best][entry["denoise"]]["seconds_per_window"]
-            hours = entry["windows"] * per_window / 3600
-            total += hours
-            rows.append({**entry, "seconds_per_window": per_window, "gpu_hours": round(hours, 2)})
-        result["production"] = {
-            "tiles_per_forward": best,
-            "passes": rows,
-            "gpu_hours": round(total, 2),
-            "gpus": args.gpus,
-            "wall_hours": round(total / args.gpus, 2),
-            "note": "refinement windows only (excludes SR, blend, QA and model loads per job)",
-        }
+        with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is the JSON
+            measure(args, result)
     except Exception as error:  # report what failed; the figures so far still print
         result["error"] = f"{type(error).__name__}: {error}"
-        result["traceback"] = traceback.format_exc()[-2000:]
+        result["traceback"] = traceback.format_exc()[-3000:]
+        if torch.device(args.device).type == "cuda":
+            result["peak_gib_at_error"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

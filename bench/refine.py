@@ -1,11 +1,14 @@
-"""The diffusion path's figures: refinement windows per second (tiny Flux, CPU), blend and
+"""The diffusion path's figures: the whole cost of a refinement window and its breakdown
+(tiny Flux, CPU: reads, Flux, anchoring, writes, the load amortised over a job), blend and
 seam-QA throughput on a large canvas, peak RSS per job at two mural sizes (the real
-workflow), and the dry-run time of the 3 Gpx production diffusion mural. Prints; asserts
-nothing.
+workflow), the dry-run time of the 3 Gpx production diffusion mural, and the seam QA of the
+demo diffusion mural (level steps and texture continuity; it builds the demo's texture
+LoRA first, a few minutes). Prints; asserts nothing.
 
-    .venv/bin/python bench/refine.py --quick          # small sizes, about a minute or two
-    .venv/bin/python bench/refine.py                  # defaults (several minutes)
+    .venv/bin/python bench/refine.py --quick          # small sizes, a few minutes
+    .venv/bin/python bench/refine.py                  # defaults (longer)
     .venv/bin/python bench/refine.py --only blend --canvas-mpx 256
+    .venv/bin/python bench/refine.py --only demo      # the demo mural's seam texture ratio
 """
 
 from __future__ import annotations
@@ -42,30 +45,71 @@ def _textured_block(height: int, width: int, y0: int, x0: int, seed: int) -> np.
 
 
 def bench_tiles(args) -> None:
+    """A real tile job's per-window cost on the CPU, through bench/gpu_refine_check.py (the
+    production refinement settings, the tiny Flux in place of Flux.1-dev)."""
+    import json
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    import gpu_refine_check
     import torch
 
-    from blkassist.flux.loader import load_flux
-    from blkassist.refine.refiner import FluxRefiner
-
     torch.set_num_threads(args.threads)
-    refiner = FluxRefiner(
-        load_flux(ROOT / "resources" / "flux" / "tiny.yaml"), steps=28, max_sequence_length=32
-    )
     rows = []
     for tile in args.tiles:
-        windows = np.stack([_textured_block(tile, tile, 0, 0, i) for i in range(args.count)])
-        refiner.refine(windows[:1], [0], args.denoise)  # warm-up
-        started = time.perf_counter()
-        for i in range(args.count):
-            refiner.refine(windows[i : i + 1], [i], args.denoise)
-        seconds = time.perf_counter() - started
-        steps = refiner.describe(args.denoise)["sampler_steps"]
-        rows.append([tile, args.count, steps, seconds / args.count, args.count / seconds])
+        out = StringIO()
+        with redirect_stdout(out):
+            model = str(ROOT / "resources/flux/tiny.yaml")
+            sizes = ["--tile", str(tile), "--windows", str(args.count), "--steps", str(args.steps)]
+            gpu_refine_check.main(["--device", "cpu", "--model", model, *sizes])
+        report = json.loads(out.getvalue())
+        if "error" in report:
+            print(f"tile {tile}: {report['error']}")
+            continue
+        window = report["per_window"]
+        parts = window["breakdown"]
+        rows.append([tile, window["samples"], args.steps, window["seconds"], parts["read"],
+                     parts["refine"], parts["anchor"], parts["write"], parts["load_amortised"],
+                     report["load"]["seconds"]])  # fmt: skip
     print_table(
-        ["tile px", "windows", "sampler steps", "s/window", "windows/s"],
+        ["tile px", "samples", "evaluations", "s/window", "read", "Flux", "anchor", "write",
+         "load/job", "load s"],
         rows,
-        f"Tiny Flux refinement on CPU ({args.threads} thread(s), denoise {args.denoise})",
-    )
+        f"Per-window cost of a refinement tile job, tiny Flux on CPU ({args.threads} thread(s);"
+        " median over forward groups; load amortised over tiles_per_job)",
+    )  # fmt: skip
+
+
+def bench_demo(args, workdir: Path) -> None:
+    """Build the demo diffusion mural (config/config.yaml's mural_flux) in a scratch folder
+    and print its seam QA: level steps and texture continuity per pass."""
+    import json
+
+    case = workdir / "demo"
+    case.mkdir(parents=True, exist_ok=True)
+    cmd = [str(VENV_BIN / "snakemake"), "results/mural_flux_final.tif", "-s",
+           str(ROOT / "Snakefile"), "--directory", str(case), "--configfile",
+           str(ROOT / "config" / "config.yaml"), "--cores", str(args.cores)]  # fmt: skip
+    with open(case / "snakemake.log", "w") as log:
+        watched = run_watched(
+            cmd, env={**os.environ, "BLKASSIST_DEVICE": "cpu"}, stdout=log, stderr=log
+        )
+    if watched.returncode:
+        print(f"the demo mural failed: see {case / 'snakemake.log'}")
+        return
+    report = json.loads((case / "results/mural_flux_seams.json").read_text())
+    rows = [[p["pass"], "yes" if p["coherence"] else "", p["seam_count"], p["worst_score"],
+             p["mean_score"], p["texture_ratio"], p["worst_texture"]]
+            for p in report["passes"]]  # fmt: skip
+    final = report["final"]
+    print_table(
+        ["pass", "coherence", "segments", "level step worst", "mean", "texture ratio",
+         "texture lowest"],
+        rows,
+        f"Demo diffusion mural seam QA (texture ratio target >= 0.9): final canvas "
+        f"{final['texture_ratio']} (lowest {final['worst_texture']} at "
+        f"{final['worst_texture_at']}); built in {watched.wall_s:.0f} s",
+    )  # fmt: skip
 
 
 def bench_blend(args, workdir: Path) -> None:
@@ -75,6 +119,7 @@ def bench_blend(args, workdir: Path) -> None:
     from blkassist.refine import seams
     from blkassist.refine.blend import blend_blocks
     from blkassist.refine.jobs import allocate_stage, stage_plan
+    from blkassist.refine.windows import read_window
 
     side = int((args.canvas_mpx * 1e6 / 12) ** 0.5)
     width, height = 4 * side, 3 * side
@@ -101,14 +146,12 @@ def bench_blend(args, workdir: Path) -> None:
     record = json.loads((workdir / "pass.json").read_text())
     plan = stage_plan(record, 16, args.blocks_per_job)
     store = zarr.open_array(record["windows"], mode="r+")
-    for window in (plan.window(i) for i in range(plan.window_count)):  # identity windows
-        store[window.index] = base[
-            window.y : window.y + window.height, window.x : window.x + window.width
-        ]
+    for window in plan.windows_between(0, plan.window_count):  # identity windows
+        store[window.index] = read_window(base, window)
     target = canvas.open_canvas(record["canvas"], mode="r+")
     started = time.perf_counter()
     for blend in range(plan.blend_count):
-        blend_blocks(plan, blend, store, target)
+        blend_blocks(plan, plan.blend_blocks(blend), store, target)
     blend_s = time.perf_counter() - started
     started = time.perf_counter()
     measured = seams.measure(plan, target, base)
@@ -140,7 +183,7 @@ def _workflow_config(source: str, args) -> dict:
                     "overlap": args.overlap,
                     "passes": [{"denoise": 0.3}],
                     "coherence": {"denoise": 0.12},
-                    "steps": 12,
+                    "steps": 3,
                     "max_sequence_length": 32,
                     "tiles_per_job": args.tiles_per_job,
                     "blocks_per_job": args.blocks_per_job,
@@ -229,10 +272,10 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
-    parser.add_argument("--only", choices=["tiles", "blend", "rss", "dryrun"], nargs="+")
+    parser.add_argument("--only", choices=["tiles", "blend", "rss", "dryrun", "demo"], nargs="+")
     parser.add_argument("--tiles", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--count", type=int, default=6)
-    parser.add_argument("--denoise", type=float, default=0.3)
+    parser.add_argument("--count", type=int, default=9, help="windows per tile job measured")
+    parser.add_argument("--steps", type=int, default=20, help="model evaluations a window")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--canvas-mpx", type=float, default=64.0)
     parser.add_argument("--refine-tile", type=int, default=256)
@@ -246,7 +289,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tiles, args.count, args.canvas_mpx = [64, 128], 3, 4.0
+        args.tiles, args.count, args.steps, args.canvas_mpx = [64, 128], 5, 4, 4.0
         args.refine_tile, args.overlap = 128, 16
         args.rss_sizes, args.repeat = ["80x60", "160x120"], 1
     global VENV_BIN
@@ -255,9 +298,11 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="refine-", dir=args.workdir))
     try:
-        for part in args.only or ["tiles", "blend", "rss", "dryrun"]:
+        for part in args.only or ["tiles", "blend", "rss", "dryrun", "demo"]:
             if part == "tiles":
                 bench_tiles(args)
+            elif part == "demo":
+                bench_demo(args, workdir)
             elif part == "blend":
                 bench_blend(args, workdir)
             elif part == "rss":

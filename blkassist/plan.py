@@ -127,16 +127,44 @@ def with_refinement(
     return ordered
 
 
+def sr_memory(model: str, tile: int, pad: int, scale: int, tiles_per_forward: int,
+              precision: str) -> dict:  # fmt: skip
+    """Device memory of an SR tile job (RRDBNet; fp32 only when asked for)."""
+    from blkassist.gpu_memory import sr_job_memory
+    from blkassist.sr.ncnn import NCNN_MODELS
+
+    blocks = NCNN_MODELS.get(model, {}).get("num_block", 23)  # else x4plus-shaped
+    width = 4 if precision == "fp32" else 2
+    return sr_job_memory(tile=tile, pad=pad, scale=scale, tiles_per_forward=tiles_per_forward,
+                         width=width, num_block=blocks)  # fmt: skip
+
+
+def memory_table(jobs: dict[str, dict], devices: dict[str, int]) -> dict:
+    """Per GPU job kind: its device memory estimate and which declared devices fit it."""
+    from blkassist.gpu_memory import describe_fit, gib
+
+    table = {}
+    for job, found in jobs.items():
+        if "bytes" in found:
+            table[job] = {"gib": gib(found["bytes"]), "fits": describe_fit(found["bytes"], devices),
+                          **found}  # fmt: skip
+        else:
+            table[job] = found
+    return table
+
+
 def estimate(
     source: tuple[int, int],
     final: tuple[int, int],
     bands: int,
     passes: Sequence[PassCost],
+    gpu_memory: dict[str, dict] | None = None,
 ) -> dict:
     """Totals for a mural made of `passes`: the planning report's numbers.
 
     Disk is an upper bound: canvases are counted uncompressed (noise does not compress)
     and the result as an uncompressed pyramid; all canvases are counted as if kept.
+    `gpu_memory` is the device memory of each GPU job kind (memory_table).
     """
     source_canvas = canvas_bytes(*source, bands)
     result = int(canvas_bytes(*final, bands) * PYRAMID_FACTOR)
@@ -156,6 +184,7 @@ def estimate(
         "disk_bytes_total": sum(canvases.values()) + result,
         "gpu_hours": device_seconds / 3600,
         "gpu_hours_unknown_for": unknown,  # passes with no seconds-per-tile figure
+        "gpu_memory": gpu_memory or {},
     }
 
 
@@ -169,8 +198,20 @@ def plan_line(mural: str, report: dict) -> str:
         f"{human_bytes(report['disk_bytes_total'])}, ~{report['gpu_hours']:.2f} GPU-hours"
         + (" + unknown" if report.get("gpu_hours_unknown_for") else "")
         + f" ({'; '.join(sorted({p['figure'] for p in report['passes']}))})"
+        + memory_line(report.get("gpu_memory") or {})
         + (f"; licences: {summary(report['licences'])}" if "licences" in report else "")
     )
+
+
+def memory_line(table: dict) -> str:
+    """ ", GPU memory per job: refine_tile_batch ~15.6 GiB (fits ...), ..." or nothing."""
+    if not table:
+        return ""
+    parts = [
+        f"{job} ~{entry['gib']} GiB ({entry['fits']})" if "gib" in entry else f"{job} unknown"
+        for job, entry in table.items()
+    ]
+    return ", GPU memory per job: " + "; ".join(parts)
 
 
 def human_bytes(count: float) -> str:

@@ -8,7 +8,15 @@ from blkassist import licences
 from blkassist.errors import ConfigError
 from blkassist.flux.recipe import resolve_concept_sequence_lengths
 from blkassist.fsutil import read_json
-from blkassist.plan import estimate, plan_line, sr_pass_costs, with_refinement
+from blkassist.gpu_memory import declared_devices, refine_memory_or_reason
+from blkassist.plan import (
+    estimate,
+    memory_table,
+    plan_line,
+    sr_memory,
+    sr_pass_costs,
+    with_refinement,
+)
 from blkassist.probe import header_alpha, header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
@@ -159,16 +167,34 @@ def mural_report(mural):
     costs = sr_pass_costs(
         plan, bands, settings.model, settings.pad, settings.seconds_per_tile
     )
+    memory = {}
+    if settings.is_neural:
+        memory["upscale_tile_batch"] = sr_memory(
+            settings.model,
+            settings.tile,
+            settings.pad,
+            max(step.scale for step in plan.passes),
+            settings.tiles_per_forward,
+            settings.precision,
+        )
     if is_diffusion(mural):
         refine = REFINE[mural]
         costs = with_refinement(
             costs, refine_stages(mural), bands, refine.seconds_per_window
+        )
+        memory["refine_tile_batch"] = refine_memory_or_reason(
+            workflow_file(refine.model),
+            quantize=refine.quantize,
+            tile=refine.tile,
+            tiles_per_forward=refine.tiles_per_forward,
+            max_sequence_length=refine.max_sequence_length,
         )
     totals = estimate(
         (plan.source_width, plan.source_height),
         (plan.final_width, plan.final_height),
         bands,
         costs,
+        memory_table(memory, declared_devices(config["gpu"])),
     )
     # Which terms govern the result, before any GPU time is spent on it.
     return {**totals, "licences": licences.mural(config, mural, is_diffusion(mural))}

@@ -1,11 +1,14 @@
 # BLK-Upscale diffusion path: after each SR step, refinement passes of Flux img2img over
 # overlapping windows (tile jobs -> per-pass window store -> blend jobs -> canvas), a seam
-# QA job per pass, a coherence pass on a half-tile-offset grid, and one report per mural.
+# QA job per pass, a coherence pass, every pass on its own grid offset, and one report per
+# mural. Tile and blend jobs are named by the window / block range they cover: a
+# re-batching (tiles_per_job, blocks_per_job) keeps every finished window and block.
 
 
 wildcard_constraints:
     rpass=r"\d+",
-    blend=r"\d+",
+    first=r"\d+",
+    last=r"\d+",
 
 
 rule allocate_refinement:
@@ -36,11 +39,11 @@ rule refine_tile_batch:
         model=lambda wildcards: refine_model(wildcards.mural),
         lora=lambda wildcards: REFINE[wildcards.mural].lora or [],
     output:
-        marker="work/{mural}/refine{step}.{rpass}/tiles-{batch}.done",
+        marker="work/{mural}/refine{step}.{rpass}/tiles-{first}-{last}.done",
     log:
-        "logs/{mural}/refine{step}.{rpass}/tiles-{batch}.log",
+        "logs/{mural}/refine{step}.{rpass}/tiles-{first}-{last}.log",
     benchmark:
-        "benchmarks/{mural}/refine{step}.{rpass}/tiles-{batch}.tsv"
+        "benchmarks/{mural}/refine{step}.{rpass}/tiles-{first}-{last}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -48,7 +51,6 @@ rule refine_tile_batch:
         gpu=1,
     params:
         settings=lambda wildcards: refine_pixel_settings(wildcards),
-        lock_dir=config["gpu"]["lock_dir"],
     script:
         "../scripts/refine_tile_batch.py"
 
@@ -58,11 +60,11 @@ rule blend_refinement:
         allocation="work/{mural}/refine{step}.{rpass}/allocation.json",
         tiles=blend_tile_markers,
     output:
-        marker="work/{mural}/refine{step}.{rpass}/blend-{blend}.done",
+        marker="work/{mural}/refine{step}.{rpass}/blend-{first}-{last}.done",
     log:
-        "logs/{mural}/refine{step}.{rpass}/blend-{blend}.log",
+        "logs/{mural}/refine{step}.{rpass}/blend-{first}-{last}.log",
     benchmark:
-        "benchmarks/{mural}/refine{step}.{rpass}/blend-{blend}.tsv"
+        "benchmarks/{mural}/refine{step}.{rpass}/blend-{first}-{last}.tsv"
     conda:
         "../envs/vips.yaml"
     script:

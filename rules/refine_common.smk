@@ -52,20 +52,33 @@ def stage_dir(mural, stage):
 
 
 def stage_blend_markers(mural, stage):
+    """One marker per blend job, named by its block range (blocks_per_job may change)."""
     folder = stage_dir(mural, stage)
-    return [f"{folder}/blend-{blend}.done" for blend in range(stage.blend_count)]
+    markers = []
+    for blend in range(stage.blend_count):
+        blocks = stage.blend_blocks(blend)
+        markers.append(f"{folder}/blend-{blocks.start}-{blocks.stop - 1}.done")
+    return markers
+
+
+def tile_marker(mural, stage, batch):
+    """A tile job's marker, named by its window range (tiles_per_job may change)."""
+    first, stop = stage.batch_range(batch)
+    return f"{stage_dir(mural, stage)}/tiles-{first}-{stop - 1}.done"
 
 
 def stage_tile_markers(mural, stage):
-    folder = stage_dir(mural, stage)
-    return [f"{folder}/tiles-{batch}.done" for batch in range(stage.batch_count)]
+    return [tile_marker(mural, stage, batch) for batch in range(stage.batch_count)]
 
 
 def blend_tile_markers(wildcards):
+    """The tile jobs whose windows the blocks of a blend job are composed from."""
     stage = refine_stage(wildcards)
-    folder = stage_dir(wildcards.mural, stage)
-    batches = stage.blend_batches(int(wildcards.blend))
-    return [f"{folder}/tiles-{batch}.done" for batch in batches]
+    blocks = range(int(wildcards.first), int(wildcards.last) + 1)
+    return [
+        tile_marker(wildcards.mural, stage, batch)
+        for batch in stage.block_batches(blocks)
+    ]
 
 
 def refined_step_inputs(mural, step):
@@ -111,6 +124,8 @@ def refine_pixel_settings(wildcards):
 
 
 def refine_report_stages(mural):
+    """The report's params: what defines each pass (no marker names: they change with
+    tiles_per_job, and a params change would redo finished work)."""
     stages = []
     for stage in refine_stages(mural):
         folder = stage_dir(mural, stage)
@@ -119,7 +134,6 @@ def refine_report_stages(mural):
                 "allocation": f"{folder}/allocation.json",
                 "seams": f"{folder}/seams.json",
                 "heatmap": f"{folder}/seams.png",
-                "markers": stage_tile_markers(mural, stage),
                 "settings": REFINE[mural].pixel_settings(stage),
             }
         )
@@ -127,11 +141,12 @@ def refine_report_stages(mural):
 
 
 def refine_report_inputs(wildcards):
-    stages = refine_report_stages(wildcards.mural)
+    stages = refine_stages(wildcards.mural)
     return {
-        "seams": [s["seams"] for s in stages],
-        "heatmaps": [s["heatmap"] for s in stages],
-        "markers": [m for s in stages for m in s["markers"]],
+        "seams": [f"{stage_dir(wildcards.mural, s)}/seams.json" for s in stages],
+        "heatmaps": [f"{stage_dir(wildcards.mural, s)}/seams.png" for s in stages],
+        "markers": [m for s in stages for m in stage_tile_markers(wildcards.mural, s)],
+        "model": refine_model(wildcards.mural),  # its scheduler: the passes' sigmas
     }
 
 

@@ -11,4 +11,6 @@ with rule_logging(snakemake):
         snakemake.output.seams_png,
         snakemake.output.seams_json,
         snakemake.output.provenance,
+        snakemake.input.markers,
+        snakemake.input.model,
     )

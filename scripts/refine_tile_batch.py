@@ -1,4 +1,4 @@
-"""Refine one batch of windows on a leased device, skipping windows already finished."""
+"""Refine one range of windows on a leased device, skipping windows already finished."""
 
 from blkassist.refine.jobs import run_refine_batch
 from blkassist.runlog import rule_logging
@@ -8,13 +8,13 @@ refine = snakemake.config["murals"][snakemake.wildcards.mural]["refine"]
 with rule_logging(snakemake):
     run_refine_batch(
         allocation=snakemake.input.allocation,
-        batch=int(snakemake.wildcards.batch),
+        windows=(int(snakemake.wildcards.first), int(snakemake.wildcards.last) + 1),
         mural=snakemake.wildcards.mural,
         settings=snakemake.params.settings,
         model=snakemake.input.model,
         lora=snakemake.input.lora or None,
         scheduling=refine,
-        lock_dir=snakemake.params.lock_dir,
+        gpu=snakemake.config["gpu"],
         threads=snakemake.threads,
         marker=snakemake.output.marker,
     )

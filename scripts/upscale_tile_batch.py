@@ -5,6 +5,7 @@ Snakemake redo finished work.
 """
 
 from blkassist.config import mural_settings
+from blkassist.gpu_memory import declared_devices
 from blkassist.runlog import rule_logging
 from blkassist.sr.passes import run_tile_batch
 
@@ -21,4 +22,5 @@ with rule_logging(snakemake):
         threads=snakemake.threads,
         marker=snakemake.output.marker,
         batch=first,
+        devices=declared_devices(snakemake.config["gpu"]),
     )

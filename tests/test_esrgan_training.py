@@ -1,23 +1,34 @@
-"""Real-ESRGAN fine-tuning on CPU: real weights, overfitting, exact resume, export."""
+"""Real-ESRGAN fine-tuning on CPU: real weights, overfitting, exact resume, export, EMA
+warm-up and clean pairs, and a demo-recipe fine-tune that must beat its starting weights."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from blkassist.config import definition_with_defaults
+from blkassist.corpus.normalise import normalise_collection
+from blkassist.corpus.synthetic import write_corpus
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.progress import ProgressSettings
-from blkassist.sr.degrade import DegradationSettings
+from blkassist.sr import degrade
+from blkassist.sr.degrade import DegradationSettings, Degrader, bicubic_reduce, sample_kernels
 from blkassist.sr.models import NeuralUpscaler
 from blkassist.sr.ncnn import convert
 from blkassist.sr.train.patches import PatchSampler, PatchSource
-from blkassist.sr.train.trainer import EsrganTrainer, TrainSettings
+from blkassist.sr.train.run import train_run
+from blkassist.sr.train.trainer import EsrganTrainer, TrainSettings, ema_decay_at
 from tests.conftest import (
+    REPO,
     run_snakemake,
     save_tiny_rrdbnet,
     synthetic_corpus,
@@ -26,8 +37,10 @@ from tests.conftest import (
 )
 from tests.flux_fixtures import plant_code_running_checkpoint
 
+# 64 px patches keep 16 px after the first resize (>= 0.25), wide enough for the 21-tap blur.
 SMALL = {"gt_size": 64, "batch_size": 1, "checkpoint_every": 2, "validate_every": 2,
-         "validation_crops": 2, "perceptual": 0.0, "seed": 4}  # fmt: skip
+         "validation_crops": 2, "perceptual": 0.0, "seed": 4,
+         "degradation": {"resize_range": (0.25, 1.5)}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +172,146 @@ def test_unknown_degradation_setting_names_the_key():
         DegradationSettings.from_config({"blurr": 1}, "esrgan.r.degradation")
 
 
+def test_ema_warmup_follows_the_diffusers_convention():
+    from diffusers.training_utils import EMAModel
+
+    steps = [*range(1, 300), *np.unique(np.geomspace(300, 300_000, 200).astype(int))]
+    for decay in (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999):
+        ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=decay)
+        for step in map(int, steps):  # through the ramp and past the cap
+            assert math.isclose(ema_decay_at(step, decay, True), ema.get_decay(step)), step
+            assert ema_decay_at(step, decay, False) == decay
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_the_ema_follows_a_short_run_only_with_warmup(
+    tmp_path, scans, tiny_weights, one_torch_thread, warmup
+):
+    run = trainer(tmp_path, scans, tiny_weights, iterations=1, ema_warmup=warmup, gan=0.0)
+    start = {k: v.clone() for k, v in run.ema.state_dict().items()}
+    run.run()
+    live, ema = run.generator.state_dict(), run.ema.state_dict()
+    for key, value in ema.items():
+        expected = live[key] if warmup else start[key].lerp(live[key], 1 - 0.999)
+        assert torch.allclose(value, expected, atol=1e-7), key
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_clean_fraction_reduces_that_share_of_pairs_like_validation(
+    tmp_path, scans, tiny_weights, one_torch_thread, fraction
+):
+    run = trainer(tmp_path, scans, tiny_weights, clean_fraction=fraction, gt_size=96,
+                  batch_size=16)  # fmt: skip
+    lr, hr = run._batch()
+    assert lr.shape == (16, 3, 24, 24)
+    clean = [torch.equal(lr[i], bicubic_reduce(hr[i : i + 1], 4)[0]) for i in range(16)]
+    if fraction in (0.0, 1.0):
+        assert all(clean) == bool(fraction) and any(clean) == bool(fraction)
+    else:
+        assert 4 <= sum(clean) <= 12
+
+
+def test_patches_too_small_for_the_degradation_are_refused_by_name(monkeypatch):
+    shrink_most = DegradationSettings(second_blur_prob=1.0)
+    degrader = Degrader(shrink_most, torch.device("cpu"))
+    # Every random resize draws its smallest factor: the pipeline's narrowest case.
+    monkeypatch.setattr(degrade, "_factor", lambda probs, scale_range: scale_range[0])
+    for gt_size in range(64, 100, 4):  # the real pipeline fails exactly where the check refuses
+        try:
+            shrink_most.check_patch_size(gt_size, "esrgan.r")
+            refused = None
+        except ConfigError as error:
+            refused = error
+        try:
+            degrader(torch.rand(1, 3, gt_size, gt_size), sample_kernels(shrink_most, 1))
+            crashed = False
+        except RuntimeError:
+            crashed = True
+        assert (refused is not None) == crashed, gt_size
+    with pytest.raises(ConfigError, match=r"esrgan\.r\.gt_size: 64 px .* use gt_size >= 76"):
+        DegradationSettings().check_patch_size(64, "esrgan.r")
+    DegradationSettings(resize_range=(0.3, 1.5)).check_patch_size(64, "esrgan.r")
+
+
+@pytest.fixture(scope="module")
+def ink_manifest(tmp_path_factory) -> str:
+    """A small pen-and-ink corpus drawn by the demo's own code, normalised as the workflow does."""
+    folder = tmp_path_factory.mktemp("ink")
+    write_corpus(folder / "corpus", seed=11, compositions=6, details=2, long_side=512,
+                 high_resolution=0)  # fmt: skip
+    normalise_collection("ink", folder / "corpus", folder / "images", folder / "manifest.tsv",
+                         folder / "report.json", 10**8)  # fmt: skip
+    return str(folder / "manifest.tsv")
+
+
+def demo_recipe(**overrides) -> dict:
+    """The demo's fine-tune (config/config.yaml esrgan.demo) with the schema's defaults."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["esrgan"]["demo"]
+    schema = REPO / "config" / "schema.yaml"
+    return definition_with_defaults({**demo, **overrides}, schema, "esrgan_run", "esrgan.demo")
+
+
+def fine_tune(tmp_path: Path, name: str, recipe: dict, manifest: str, init: Path) -> dict:
+    outputs = {k: str(tmp_path / f"{name}-{k}") for k in ("pth", "json", "csv", "png")}
+    paths = [outputs[k] for k in ("pth", "json", "csv", "png")]
+    train_run(name, recipe, [manifest], str(init), str(tmp_path / name), *paths,
+              str(tmp_path / "locks"), 1)  # fmt: skip
+    return json.loads(Path(outputs["json"]).read_text())
+
+
+@pytest.fixture(scope="module")
+def pretrained_tiny(tmp_path_factory, ink_manifest) -> Path:
+    """A tiny stand-in for x4plus: an RRDBNet trained on Real-ESRGAN's degradation only."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    recipe = demo_recipe(iterations=150, lr=2e-3, clean_fraction=0.0, ema_warmup=True,
+                         loss={"perceptual": 0, "gan": 0}, validate_every=150,
+                         checkpoint_every=150, validation_fraction=0)  # fmt: skip
+    tiny = save_tiny_rrdbnet(folder / "random.pth", num_feat=16, num_block=2)
+    fine_tune(folder, "pretrain", recipe, ink_manifest, tiny)
+    return folder / "pretrain-pth"
+
+
+def test_the_demo_recipe_fine_tune_beats_its_start_and_is_chosen(
+    tmp_path, ink_manifest, pretrained_tiny, one_torch_thread, caplog
+):
+    with caplog.at_level(logging.INFO, logger="blkassist"):
+        card = fine_tune(tmp_path, "demo", demo_recipe(), ink_manifest, pretrained_tiny)
+    chosen = card["chosen"]
+    assert card["data"]["held_out_images"] >= 2
+    assert chosen["fine_tuned"] and chosen["iteration"] > 0, chosen["verdict"]
+    assert chosen["psnr"] > chosen["starting_weights"]["psnr"] + chosen["min_delta"]
+    assert "warning" not in card
+    assert any(
+        r.levelno == logging.INFO and "fine-tune chosen" in r.message for r in caplog.records
+    )
+
+
+def test_a_run_that_cannot_beat_its_start_says_so_at_warning(
+    tmp_path, ink_manifest, tiny_weights, one_torch_thread, caplog
+):
+    recipe = demo_recipe(iterations=1, lr=1e-30)  # a step that changes nothing
+    with caplog.at_level(logging.INFO, logger="blkassist"):
+        card = fine_tune(tmp_path, "stuck", recipe, ink_manifest, tiny_weights)
+    assert card["chosen"]["iteration"] == 0 and not card["chosen"]["fine_tuned"]
+    assert (
+        card["warning"].startswith("NOT fine-tuned")
+        and "best trained: iteration 1" in card["warning"]
+    )
+    warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("NOT fine-tuned" in message for message in warned), warned
+    exported = torch.load(tmp_path / "stuck-pth", weights_only=True)["params_ema"]
+    start = torch.load(tiny_weights, weights_only=True)
+    start = start.get("params_ema", start.get("params", start))
+    assert all(torch.equal(exported[k], start[k]) for k in start)
+
+
 @pytest.mark.slow
 def test_workflow_trains_then_a_mural_uses_the_run(tmp_path):
     weights = save_tiny_rrdbnet(tmp_path / "tiny.pth")
     Image.fromarray(textured(48, 64, seed=1)).save(tmp_path / "art.png")
     config = {
         "corpus": synthetic_corpus(3, 1, 256),
-        "esrgan": {"r": {"collections": ["ink"], "init": str(weights), "gt_size": 64,
+        "esrgan": {"r": {"collections": ["ink"], "init": str(weights), "gt_size": 80,
                          "batch_size": 1, "iterations": 4, "checkpoint_every": 2,
                          "validate_every": 2, "validation_crops": 2,
                          "loss": {"perceptual": 0}}},
@@ -181,6 +327,11 @@ def test_workflow_trains_then_a_mural_uses_the_run(tmp_path):
     assert terms["training_data"][0]["collection"] == "ink"
     provenance = json.loads((tmp_path / "results/m_final.provenance.json").read_text())
     assert provenance["licences"] == [terms]
+    level = "INFO" if card["chosen"]["fine_tuned"] else "WARNING"  # the log says the verdict
+    assert (
+        f"{level} blkassist.sr.train.run: r: {card['chosen']['verdict']}"
+        in (tmp_path / "logs/esrgan/r.log").read_text()
+    )
     assert (tmp_path / "results/esrgan/r/validation.png").stat().st_size > 1000
     assert (tmp_path / "results/m_final.tif").exists()
     again = run_snakemake(tmp_path, [path], "results/m_final.tif")

@@ -80,3 +80,32 @@ def test_full_size_spec_has_flux1_dev_shapes():
     assert {p.dtype for p in full.transformer.parameters()} == {torch.bfloat16}
     lora = add_adapter(full.transformer, schema_recipe("conceptor", {}, SCHEMA))
     assert sum(p.numel() for p in lora) == 37_355_520  # rank 32 on to_q/k/v/out.0
+
+
+def test_refinement_gpu_check_runs_a_real_tile_job_on_the_cpu(capsys):
+    """bench/gpu_refine_check.py: the load, then refine_windows over real stores, a median
+    per-window cost with its breakdown, the plan's estimate beside it, the production
+    projection (the CUDA run needs a GPU and is never started here)."""
+    spec = importlib.util.spec_from_file_location(
+        "refine_check", REPO / "bench/gpu_refine_check.py"
+    )
+    refine_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refine_check)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        smoke = ["--device", "cpu", "--model", str(TINY_SPEC), "--tile", "64", "--windows", "5"]
+        code = refine_check.main([*smoke, "--steps", "2", "--per-forward", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and "error" not in report, report.get("traceback")
+    per_window = report["per_window"]
+    assert per_window["samples"] == 4 and per_window["windows"] == 5
+    parts = per_window["breakdown"]
+    assert set(parts) == {"read", "refine", "anchor", "write", "load_amortised"}
+    assert per_window["seconds"] == pytest.approx(sum(parts.values()), abs=0.01)
+    assert report["settings"]["quantized"] and report["settings"]["lora_rank"] == 16
+    production = report["production"]
+    assert [p["pass"] for p in production["passes"]] == ["1.1", "1.2", "1.3", "1.4"]
+    assert production["gpu_hours"] > 0 and report["estimate_gib"]["job"] > 0

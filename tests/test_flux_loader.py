@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -118,3 +120,113 @@ def test_the_flux_library_works_without_the_checkout(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("1")
+
+
+class PlacementLog:
+    """Every Module.to() call in order, what was on the (simulated) device after it, and
+    other events: a text encoder freed, a prompt encoded, a LoRA fused."""
+
+    def __init__(self):
+        self.events, self.peak, self.resident = [], 0, []
+
+    def moved(self, module):
+        """Record a move, with whether every transformer block already on the device is
+        8-bit at that moment."""
+        from optimum.quanto.nn import QLinear
+
+        blocks = [ref() for ref in self.resident if ref() is not None]
+        blocks = [b for b in blocks if type(b).__name__.endswith("TransformerBlock")]
+        eight_bit = all(
+            not isinstance(m, torch.nn.Linear) or isinstance(m, QLinear)
+            for block in blocks for m in block.modules()
+        )  # fmt: skip
+        self.events.append(("to", type(module).__name__, eight_bit))
+        self.resident.append(weakref.ref(module))
+        self.peak = max(self.peak, self.device_bytes())
+
+    def device_bytes(self):
+        tensors = {}
+        for ref in self.resident:
+            module = ref()
+            if module is not None:
+                for tensor in module.state_dict().values():
+                    tensors[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return sum(tensors.values())
+
+    def note(self, what):
+        self.events.append((what,))
+
+
+def test_the_refiner_loads_in_the_order_that_keeps_the_device_peak_lowest(monkeypatch, tmp_path):
+    """Text encoders visit the device, the prompt is encoded, the encoders are freed; the
+    LoRA is fused on the host; then the transformer moves block by block, each quantised
+    before the next moves; then the VAE, which takes one window at a time."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    from blkassist.flux.loader import module_bytes
+    from blkassist.refine.refiner import load_flux_refiner
+    from tests.flux_fixtures import random_lora_file
+
+    lora = random_lora_file(tmp_path, "texture.safetensors", seed=1)
+    placements = PlacementLog()
+    to = torch.nn.Module.to
+
+    def recording_to(module, *args, **kwargs):
+        result = to(module, *args, **kwargs)
+        caller = sys._getframe(1)
+        while caller.f_code.co_name == "to":  # transformers' own to() wraps torch's
+            caller = caller.f_back
+        if caller.f_globals["__name__"] == "blkassist.flux.loader":
+            placements.moved(module)  # a placement (libraries' own .to() stay on the host)
+            if isinstance(module, CLIPTextModel | T5EncoderModel):
+                weakref.finalize(module, placements.note, f"freed {type(module).__name__}")
+        return result
+
+    encode, fuse = FluxPipeline.encode_prompt, FluxPipeline.fuse_lora
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    monkeypatch.setattr(FluxPipeline, "encode_prompt",
+                        lambda *a, **k: placements.note("encode") or encode(*a, **k))  # fmt: skip
+    monkeypatch.setattr(FluxPipeline, "fuse_lora",
+                        lambda *a, **k: placements.note("fuse") or fuse(*a, **k))  # fmt: skip
+    refiner = load_flux_refiner(str(TINY_SPEC), "cpu", quantize=True, lora=str(lora),
+                                steps=2, max_sequence_length=32)  # fmt: skip
+    monkeypatch.undo()
+    events = placements.events
+    kinds = [e[1] if e[0] == "to" else e[0] for e in events]
+    block_names = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+    blocks = [i for i, e in enumerate(events) if e[0] == "to" and e[1] in block_names]
+    assert kinds.index("fuse") < kinds.index("CLIPTextModel") < kinds.index("encode")
+    assert kinds.index("T5EncoderModel") < kinds.index("encode")
+    freed = [kinds.index("freed CLIPTextModel"), kinds.index("freed T5EncoderModel")]
+    assert kinds.index("encode") < min(freed) and max(freed) < blocks[0]
+    # Each transformer block is quantised before the next one moves.
+    assert len(blocks) == 2 and all(events[i][2] for i in blocks)
+    assert kinds.index("AutoencoderKL") > blocks[-1] and refiner.components.vae.use_slicing
+    components = refiner.components
+    assert components.text_encoder is None and components.quantized
+    # The device's peak: never the text encoders beside the transformer.
+    encoders = module_bytes(load_flux(TINY_SPEC).text_encoder) + module_bytes(
+        load_flux(TINY_SPEC).text_encoder_2
+    )
+    eight_bit = module_bytes(components.transformer)
+    largest_block = max(
+        module_bytes(block)
+        for block in load_flux(TINY_SPEC).transformer.modules()
+        if type(block).__name__.endswith("TransformerBlock")
+    )
+    vae = module_bytes(components.vae)
+    full = module_bytes(load_flux(TINY_SPEC).transformer)
+    assert placements.peak <= max(encoders, eight_bit + largest_block, eight_bit + vae)
+    assert placements.peak < encoders + full  # the old order's peak, at the least
+
+
+def test_block_by_block_quantisation_equals_quantising_the_whole_model():
+    from optimum.quanto import freeze, qint8, quantize
+
+    whole = load_flux(TINY_SPEC)
+    quantize(whole.transformer, weights=qint8)
+    freeze(whole.transformer)
+    blocks = load_flux(TINY_SPEC, quantize=True)
+    a, b = whole.transformer.state_dict(), blocks.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

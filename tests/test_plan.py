@@ -23,8 +23,10 @@ from blkassist.plan import (
     check_model,
     check_mural,
     estimate,
+    memory_table,
     peak_disk_bytes,
     plan_line,
+    sr_memory,
     sr_pass_costs,
     with_refinement,
 )
@@ -86,13 +88,15 @@ def test_the_diffusion_path_is_in_the_plan(seconds_per_window):
     sr = sr_pass_costs(plan, 3, "realesrgan-x4plus", 32, seconds_per_tile=1.0)
     costs = with_refinement(sr, stages, 3, stages and seconds_per_window)
     report = estimate((16000, 12000), (64000, 48000), 3, costs)
-    windows = 3 * 69 * 52 + 70 * 53
+    windows = sum(s.window_count for s in stages)  # ~69 x 52 a pass, each on its own grid
+    assert 4 * 68 * 51 <= windows <= 4 * 70 * 53
     assert report["tiles"] == 768 + windows
-    assert report["jobs"] == 48 + (3 * 225 + 232) + 4 * 46  # what the dry run lists
+    tile_jobs = sum(s.batch_count for s in stages)
+    assert report["jobs"] == 48 + tile_jobs + 4 * 46  # what the dry run lists
     canvases = report["disk_bytes"]["canvases"]
     assert list(canvases) == ["canvas0", "canvas1", "refine1.1", "refine1.2", "refine1.3",
                               "refine1.4"]  # fmt: skip
-    assert canvases["refine1.1"] == 64000 * 48000 * 3 + 69 * 52 * 1024 * 1024 * 3
+    assert canvases["refine1.1"] == 64000 * 48000 * 3 + stages[0].window_count * 1024**2 * 3
     line = plan_line("mural_flux", report)
     if seconds_per_window is None:
         assert report["gpu_hours"] == pytest.approx(768 / 3600)
@@ -101,6 +105,32 @@ def test_the_diffusion_path_is_in_the_plan(seconds_per_window):
     else:
         assert report["gpu_hours"] == pytest.approx((768 + windows * 2.5) / 3600)
         assert not report["gpu_hours_unknown_for"] and "unknown" not in line
+
+
+def test_the_plan_states_each_gpu_jobs_memory_and_the_cards_that_fit_it():
+    from blkassist.gpu_memory import GIB, refine_job_memory
+    from tests.flux_fixtures import FULL_RANDOM_SPEC
+
+    plan, _ = production_refinement()
+    box = {"0": 48 * GIB, "1": 48 * GIB, "2": 24 * GIB, "3": 24 * GIB}
+    settings = {"tile": 1024, "tiles_per_forward": 2, "max_sequence_length": 512}
+    jobs = {
+        "upscale_tile_batch": sr_memory("realesrgan-x4plus", 512, 32, 4, 4, "auto"),
+        "refine_tile_batch": refine_job_memory(FULL_RANDOM_SPEC, quantize=True, **settings),
+        "bf16": refine_job_memory(FULL_RANDOM_SPEC, quantize=False, **settings),
+        "missing": {"unknown": "models/FLUX.1-dev: cannot read the model's configs"},
+    }
+    table = memory_table(jobs, box)
+    assert table["refine_tile_batch"]["fits"] == "fits device(s) 0, 1, 2, 3"
+    assert table["bf16"]["fits"] == "fits device(s) 0, 1"
+    assert memory_table(jobs, {})["bf16"]["fits"] == "device sizes not declared (gpu.devices)"
+    sr = sr_pass_costs(plan, 3, "realesrgan-x4plus", 32, seconds_per_tile=1.0)
+    report = estimate((16000, 12000), (64000, 48000), 3, sr, table)
+    assert report["gpu_memory"] == table
+    line = plan_line("mural_flux", report)
+    gib = table["refine_tile_batch"]["gib"]
+    assert f"refine_tile_batch ~{gib} GiB (fits device(s) 0, 1, 2, 3)" in line
+    assert "missing unknown" in line
 
 
 def test_a_random_refinement_model_keeps_the_plan_to_sr():

@@ -1,6 +1,7 @@
 """The diffusion path through the real Snakemake engine with the tiny random Flux and a LoRA
-made here: two SR steps each refined, a coherence pass, SIGKILL mid-pass then a rerun that
-finishes byte-identically, a rerun that does nothing; the 3 Gpx production plan."""
+made here: two SR steps each refined, a coherence pass, SIGKILL mid-pass then a re-batched
+rerun that keeps every finished window and finishes byte-identically, reruns (and another
+re-batching) that do nothing; the 3 Gpx production plan with its GPU memory."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ import yaml
 from PIL import Image
 
 from blkassist.flux.loader import load_flux
+from blkassist.refine.sigmas import reference_shift, scheduler_config, shifted
 from blkassist.viewer import read_dzi
 from tests.conftest import REPO, run_snakemake, snakemake_cmd, textured, write_config
 from tests.flux_fixtures import TINY_SPEC
 
 pytestmark = pytest.mark.slow
+SHIFT = reference_shift(scheduler_config(TINY_SPEC))["factor"]
 
 
 def sha256(path: Path) -> str:
@@ -69,13 +72,13 @@ def diffusion_config(workdir: Path, lora: Path) -> Path:
                 "tile": 32,
                 "path": "diffusion",
                 "refine": {
-                    "model": str(TINY_SPEC),
+                    "model": "resources/flux/tiny.yaml",  # the workflow's own file
                     "lora": str(lora),
-                    "tile": 32,
+                    "tile": 48,  # a 32-px step: two 16-px grid offsets
                     "overlap": 8,
                     "passes": [{"denoise": 0.3}],
                     "coherence": {"denoise": 0.12},
-                    "steps": 12,
+                    "steps": 3,
                     "max_sequence_length": 32,
                     "tiles_per_job": 40,
                     "blocks_per_job": 1,
@@ -101,34 +104,43 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
         start_new_session=True,
         env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
     )
-    progress = killed / "work/m/refine1.1/windows.progress"  # 9 windows, one job
+    progress = killed / "work/m/refine2.1/windows.progress"  # 16 windows, one job
     deadline, interrupted = time.monotonic() + 600, None
     while time.monotonic() < deadline and interrupted is None and process.poll() is None:
         for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
-            batch = record.stem.split("-")[1]
+            first = record.stem.split("-")[1]
             done = record.read_text().split()
-            if 0 < len(done) < 9 and not (progress.parent / f"tiles-{batch}.done").exists():
-                interrupted = batch
+            if 0 < len(done) < 16 and not list(progress.parent.glob(f"tiles-{first}-*.done")):
+                interrupted = {int(window) for window in done}
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert interrupted is not None, "never caught a tile job halfway"
     assert not (killed / "results/m_final.tif").exists()
 
+    # Re-batched after the crash: the new jobs keep every window the killed one finished.
+    rebatched = yaml.safe_load(config.read_text())
+    rebatched["murals"]["m"]["refine"]["tiles_per_job"] = 5
+    config = write_config(killed, rebatched)
     run_snakemake(killed, [config])
-    marker = json.loads((progress.parent / f"tiles-{interrupted}.done").read_text())
-    assert marker["skipped"] > 0  # finished windows were not redone
-    log = (killed / f"logs/m/refine1.1/tiles-{interrupted}.log").read_text()
-    resumed = 9 - marker["skipped"]  # the resumed job's own windows, with the pass's total
-    assert re.search(
-        rf"refinement pass 1\.1: 9/9 windows done \(100\.0%\); this batch {resumed} in "
-        r"[\d.]+ s \([\d.]+ s/window\), ETA 0s",
-        log,
-    ), log
+    markers = [json.loads(m.read_text()) for m in progress.parent.glob("tiles-*-*.done")]
+    assert {(m["first"], m["stop"]) for m in markers} == {(0, 5), (5, 10), (10, 15), (15, 16)}
+    assert sum(m["skipped"] for m in markers) >= len(interrupted)
+    logs = [p.read_text() for p in (killed / "logs/m/refine2.1").glob("tiles-*.log")]
+    # The last job to finish says the whole pass is done; one that refined says its speed.
+    assert any("refinement pass 2.1: 16/16 windows done (100.0%)" in log for log in logs), logs
+    assert any(
+        re.search(r"refinement pass 2\.1: \d+/16 windows done \([\d.]+%\); this batch \d+ "
+                  r"in [\d.]+ s \([\d.]+ s/window\)", log)
+        for log in logs
+    ), logs  # fmt: skip
     for name in ("m_final.tif", "m_seams.json", "m_seams.png"):
         assert sha256(killed / "results" / name) == sha256(reference / "results" / name), name
     again = run_snakemake(killed, [config])
     assert "Nothing to be done" in again.stdout + again.stderr
+    rebatched["murals"]["m"]["refine"].update(tiles_per_job=7, blocks_per_job=3)
+    dry = run_snakemake(killed, [write_config(killed, rebatched, "again.yaml")], "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr  # a finished run stays finished
 
     provenance = json.loads((killed / "results/m_final.provenance.json").read_text())
     assert provenance["path"]["path"] == "diffusion"
@@ -136,14 +148,21 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
     assert [p["pass"] for p in passes] == ["1.1", "2.1", "2.2"]
     assert [p["coherence"] for p in passes] == [False, False, True]
     for entry, denoise in zip(passes, (0.3, 0.3, 0.12), strict=True):
-        assert entry["denoise"] == entry["start_sigma"] == denoise
+        # The paper's denoise: a share of Flux's schedule shifted as at 1024 px.
+        assert entry["denoise"] == denoise and entry["model_evaluations"] == 3
+        assert entry["start_sigma"] == entry["sigmas"][0] == round(shifted(denoise, SHIFT), 6)
+        assert len(entry["sigmas"]) == 4 and entry["sigmas"][-1] == 0
         assert entry["refiner"]["lora"]["sha256"] == sha256(tiny_lora)
         assert entry["refiner"]["flux"]["identity"]
-        assert len(entry["seeds"]["per_window"]) == entry["windows"]
-        assert entry["settings"]["tile"] == 32 and entry["settings"]["overlap"] == 8
+        assert 0 < entry["noise"]["field_seed"] < 2**63 and entry["noise"]["generator"]
+        assert entry["settings"]["tile"] == 48 and entry["settings"]["overlap"] == 8
+    assert len({entry["noise"]["field_seed"] for entry in passes}) == 3
+    assert passes[1]["grid"]["xs"] != passes[2]["grid"]["xs"]  # grids offset per pass
     seams = json.loads((killed / "results/m_seams.json").read_text())
     assert [p["pass"] for p in seams["passes"]] == ["1.1", "2.1", "2.2"]
     assert all(p["worst_at"] and p["worst_score"] >= p["mean_score"] for p in seams["passes"])
+    assert all(0 < p["worst_texture"] <= p["texture_ratio"] for p in seams["passes"])
+    assert seams["final"]["pass"] == "2.2" and seams["final"]["texture_ratio"] > 0
     final = pyvips.Image.new_from_file(str(killed / "results/m_final.tif"))
     assert (final.width, final.height) == (144, 120)
     # The viewer shows every SR step and refinement pass beside the source and the result,
@@ -169,12 +188,19 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
 
 
 def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
+    from blkassist.gpu_memory import flux_configs
+    from blkassist.refine.plan import RefinePass
+    from tests.flux_fixtures import FULL_RANDOM_SPEC
+
     source = tmp_path / "scans" / "mural_master.tif"
     source.parent.mkdir()
     pyvips.Image.black(16000, 12000, bands=3).write_to_file(
         str(source), tile=True, compression="deflate"
     )
-    (tmp_path / "models/FLUX.1-dev").mkdir(parents=True)
+    flux = tmp_path / "models/FLUX.1-dev"
+    for part, settings in flux_configs(FULL_RANDOM_SPEC).items():  # configs, no weights
+        (flux / part).mkdir(parents=True)
+        (flux / part / "config.json").write_text(json.dumps(settings))
     (tmp_path / "work/models").mkdir(parents=True)
     (tmp_path / "work/models/texture-studio.safetensors").touch()  # made by train_texture
     production = yaml.safe_load((REPO / "config" / "production.yaml").read_text())
@@ -187,9 +213,16 @@ def test_three_gigapixel_diffusion_plan_lists_every_job(tmp_path):
     )
     elapsed = time.monotonic() - started
     counts = job_counts(result.stdout)
-    # 64000 x 48000: 69 x 52 windows per pass, 70 x 53 in the coherence pass, 16 per job.
-    assert counts["refine_tile_batch"] == 3 * 225 + 232
+    # 64000 x 48000: ~69 x 52 windows a pass, each pass on its own grid, 16 per job.
+    stages = [RefinePass(1, n, n == 4, 64000, 48000, 1024, 96, 16, 256) for n in range(1, 5)]
+    assert all(68 <= s.columns <= 70 and 51 <= s.rows <= 53 for s in stages)
+    assert counts["refine_tile_batch"] == sum(s.batch_count for s in stages)
     assert counts["blend_refinement"] == 4 * 46
     assert counts["measure_seams"] == 4 and counts["refine_report"] == 1
-    assert "work/mural_flux/refine1.4/tiles-231.done" in result.stdout
+    first, stop = stages[-1].batch_range(stages[-1].batch_count - 1)
+    assert f"work/mural_flux/refine1.4/tiles-{first}-{stop - 1}.done" in result.stdout
+    # The plan states each GPU job's memory, and which of the paper's cards fit it.
+    line = next(t for t in result.stdout.splitlines() if t.startswith("mural mural_flux:"))
+    assert re.search(r"refine_tile_batch ~1[4-9]\.\d+ GiB \(fits device\(s\) 0, 1, 2, 3\)", line)
+    assert "upscale_tile_batch ~" in line
     print(f"3 Gpx diffusion dry-run: {elapsed:.1f} s")

@@ -33,7 +33,7 @@ def demo_like_config(workdir: Path) -> Path:
         "corpus": synthetic_corpus(3, 1, 256),
         "datasets": {"small": {"collections": ["ink"], "resolutions": [128],
                                "validation_fraction": 0.25}},
-        "esrgan": {"r": {"collections": ["ink"], "init": str(weights), "gt_size": 64,
+        "esrgan": {"r": {"collections": ["ink"], "init": str(weights), "gt_size": 80,
                          "batch_size": 1, "iterations": 2, "checkpoint_every": 2,
                          "validate_every": 1, "validation_crops": 1, "loss": {"perceptual": 0}}},
         "conceptor": {

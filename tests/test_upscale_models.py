@@ -246,3 +246,28 @@ def test_lanczos_regions_equal_cropping_the_whole_window(scale, bands):
             box = (left * scale, top * scale, right * scale, bottom * scale)
             (region,) = upscaler.regions(windows, scale, [box])
             assert np.array_equal(region, whole[box[1] : box[3], box[0] : box[2]]), box
+
+
+def test_a_torn_last_progress_line_is_not_a_finished_tile(tmp_path):
+    """`130\\n13` (a crash mid-write) must not mark tile 13 finished: the tile is redone,
+    and the next record starts on a clean line."""
+    pixels = textured(64, 96)
+    plan = plan_mural(96, 64, scale=2, tile=32, tiles_per_job=6).passes[0]
+    source = canvas.create(tmp_path / "in.zarr", 96, 64, 3, 32)
+    source[:] = pixels
+    target = canvas.create(tmp_path / "out.zarr", 192, 128, 3, plan.output_chunk)
+    progress = ProgressLog(tmp_path / "progress", 0)
+    upscale_batch(plan, 0, source, target, LanczosUpscaler(), 8, progress)
+    reference = np.asarray(target[:])
+    tile = plan.tiles_between(0, plan.tile_count)[1]
+    box = (
+        slice(tile.y * 2, (tile.y + tile.height) * 2),
+        slice(tile.x * 2, (tile.x + tile.width) * 2),
+    )
+    target[box] = 0  # its pixels were never written...
+    progress.path.write_text("0\n1")  # ...but the crash left "1" without its newline
+    assert progress.finished() == {0}
+    report = upscale_batch(plan, 0, source, target, LanczosUpscaler(), 8, progress)
+    assert report.skipped == 1 and np.array_equal(np.asarray(target[:]), reference)
+    assert progress.path.read_text().split("\n")[:2] == ["0", "1"]
+    assert progress.finished() == set(range(plan.tile_count))

@@ -187,9 +187,20 @@ def generate_concepts(
         lora_record = {"file": str(lora), "sha256": digest, "scale": lora_scale}
     model, found = components.describe(), versions()
     records, rows, labels = [], [], []
+    items = [{"prompt": item} if isinstance(item, str) else dict(item) for item in prompts]
+    # Every prompt is encoded first; then the text encoders leave the device before the
+    # transformer comes: the device never holds T5 and the transformer at once.
+    components.to_device("text_encoder", "text_encoder_2")
+    with torch.no_grad():
+        encoded = [
+            pipe.encode_prompt(item["prompt"], prompt_2=None, device=components.device,
+                               max_sequence_length=max_sequence_length)[:2]
+            for item in items
+        ]  # fmt: skip
+    components.park_text_encoders()
+    components.to_device("transformer", "vae")
     try:
-        for index, item in enumerate(prompts):
-            item = {"prompt": item} if isinstance(item, str) else dict(item)
+        for index, (item, (embeds, pooled)) in enumerate(zip(items, encoded, strict=True)):
             prompt = item["prompt"]
             width, height = (
                 item.get("size")
@@ -198,10 +209,6 @@ def generate_concepts(
                     item.get("aspect", aspect), megapixels, components.vae_scale_factor * 2
                 )
             )
-            with torch.no_grad():
-                embeds, pooled, _ = pipe.encode_prompt(
-                    prompt, prompt_2=None, max_sequence_length=max_sequence_length
-                )
             row = []
             for seed in seeds:
                 image = render(
@@ -260,5 +267,6 @@ def generate_run(
 
     torch.set_num_threads(max(1, threads))
     with lease_device(lock_dir) as lease:
-        components = load_flux(model, lease.torch_device, quantize=quantize)
+        # Deferred: generate_concepts places the parts in the order that needs least memory.
+        components = load_flux(model, lease.torch_device, quantize=quantize, defer=True)
         return generate_concepts(components, prompts, output_dir, **options)

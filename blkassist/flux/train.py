@@ -76,6 +76,7 @@ def train_run(
                 lease.torch_device,
                 quantize=recipe.quantize,
                 gradient_checkpointing=recipe.gradient_checkpointing,
+                defer=True,  # the trainer places the parts in the order it needs them
             )
         factory = trainer_factory or FluxLoraTrainer
         trainer = factory(recipe, components, train_dir, run_dir, validation_dir)

@@ -80,8 +80,12 @@ class FluxLoraTrainer:
         self.run_dir = Path(run_dir) / self.digest
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(r.seed)
+        # Encode captions and images first, then the transformer takes the device (8-bit
+        # on the way): the device never holds T5 and the transformer at once.
+        components.to_device("text_encoder", "text_encoder_2", "vae")
         self.data.prepare()
         components.park_text_encoders()
+        components.to_device("transformer")
         self.params = add_adapter(self.transformer, r)
         self.names = [n for n, p in self.transformer.named_parameters() if p.requires_grad]
         self.optimizer, self.optimizer_record = make_optimizer(self.params, r, self.device)

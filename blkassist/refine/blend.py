@@ -1,9 +1,10 @@
 """Blend jobs: compose output blocks of a pass's canvas from the windows covering them.
 
-Each window's weight is the outer product of its two axis profiles (plan.axis_weights),
-divided per axis by the sum of the covering windows' profiles, so the weights at every
-pixel sum to exactly one: identical windows reproduce their input exactly. Each blend job
-writes whole, disjoint blocks of the output canvas.
+Each window's weight is the outer product of its two axis profiles (plan.axis_weights: a
+raised-cosine band `overlap` pixels wide centred in each overlap), divided per axis by the
+sum of the covering windows' profiles, so the weights at every pixel sum to exactly one:
+identical windows reproduce their input exactly. Each blend job writes whole, disjoint
+blocks of the output canvas.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=64)
-def _profile(positions: tuple[int, ...], size: int, index: int) -> np.ndarray:
-    return np.asarray(axis_weights(positions, size, index), np.float64)
+def _profile(positions: tuple[int, ...], size: int, index: int, band: int) -> np.ndarray:
+    return np.asarray(axis_weights(positions, size, index, band), np.float64)
 
 
-def _axis_share(positions, size, index, lo, hi) -> tuple[np.ndarray, int, int]:
+def _axis_share(positions, size, index, lo, hi, band) -> tuple[np.ndarray, int, int]:
     """Normalised weights of window `index` over [lo, hi) ∩ the window, with that range."""
     start = positions[index]
     a, b = max(lo, start), min(hi, start + size)
@@ -32,10 +33,10 @@ def _axis_share(positions, size, index, lo, hi) -> tuple[np.ndarray, int, int]:
     for other, other_start in enumerate(positions):
         o_a, o_b = max(lo, other_start), min(hi, other_start + size)
         if o_a < o_b:
-            total[o_a - lo : o_b - lo] += _profile(positions, size, other)[
+            total[o_a - lo : o_b - lo] += _profile(positions, size, other, band)[
                 o_a - other_start : o_b - other_start
             ]
-    own = _profile(positions, size, index)[a - start : b - start]
+    own = _profile(positions, size, index, band)[a - start : b - start]
     return own / total[a - lo : b - lo], a, b
 
 
@@ -44,8 +45,10 @@ def compose_block(plan: RefinePass, store, box: tuple[int, int, int, int]) -> np
     x0, y0, x1, y1 = box
     accumulated = None
     for window in plan.covering(*box):
-        wx, ax, bx = _axis_share(plan.xs, plan.window_width, window.column, x0, x1)
-        wy, ay, by = _axis_share(plan.ys, plan.window_height, window.row, y0, y1)
+        wx, ax, bx = _axis_share(plan.xs, plan.window_width, window.column, x0, x1, plan.overlap)
+        wy, ay, by = _axis_share(plan.ys, plan.window_height, window.row, y0, y1, plan.overlap)
+        if not (wx.any() and wy.any()):
+            continue  # its blend weight is zero over this block
         pixels = np.asarray(
             store[window.index, ay - window.y : by - window.y, ax - window.x : bx - window.x]
         )
@@ -56,13 +59,12 @@ def compose_block(plan: RefinePass, store, box: tuple[int, int, int, int]) -> np
     return np.clip(np.rint(accumulated), 0, 255).astype(np.uint8)
 
 
-def blend_blocks(plan: RefinePass, blend: int, store, target) -> dict:
-    """Write the blocks of blend job `blend` into `target`."""
+def blend_blocks(plan: RefinePass, blocks: range, store, target) -> dict:
+    """Write output `blocks` into `target`."""
     started = time.perf_counter()
-    blocks = plan.blend_blocks(blend)
     for index in blocks:
         x0, y0, x1, y1 = box = plan.block_box(index)
         target[y0:y1, x0:x1] = compose_block(plan, store, box)
     seconds = time.perf_counter() - started
-    log.info("blend %d: %d blocks in %.1f s", blend, len(blocks), seconds)
-    return {"blend": blend, "blocks": len(blocks), "seconds": seconds}
+    log.info("blocks %d-%d: blended in %.1f s", blocks.start, blocks.stop - 1, seconds)
+    return {"first": blocks.start, "stop": blocks.stop, "blocks": len(blocks), "seconds": seconds}

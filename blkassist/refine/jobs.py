@@ -18,7 +18,14 @@ from blkassist.progress import pass_progress
 from blkassist.refine import seams
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.plan import BLOCK, RefinePass
-from blkassist.refine.windows import create_store, pass_seeds, progress_for, refine_windows
+from blkassist.refine.windows import (
+    TileReport,
+    create_store,
+    pass_field,
+    pass_noise,
+    progress_for,
+    refine_windows,
+)
 from blkassist.sr.passes import IncompletePassError
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ def canvas_path(reference: str) -> str:
 
 
 def stage_plan(record: dict, tiles_per_job: int = 1, blocks_per_job: int = 1) -> RefinePass:
+    """The pass's plan from its allocation record (batching only matters to the DAG)."""
     return RefinePass(**record["plan"], tiles_per_job=tiles_per_job, blocks_per_job=blocks_per_job)
 
 
@@ -65,9 +73,11 @@ def allocate_stage(geometry: dict, previous: str, base: str, folder: str, record
         },
     )
     log.info(
-        "refinement pass %s (%s) on %dx%d: %d windows of %dx%d (%d x %d grid), overlap >= %d",
+        "refinement pass %s (%s, grid offset %.3g of a step) on %dx%d: %d windows of %dx%d "
+        "(%d x %d grid), overlap >= %d",
         plan.name,
-        "coherence, half-tile offset grid" if plan.coherence else "regular grid",
+        "coherence" if plan.coherence else "regular",
+        plan.phase,
         plan.width,
         plan.height,
         plan.window_count,
@@ -79,26 +89,66 @@ def allocate_stage(geometry: dict, previous: str, base: str, folder: str, record
     )
 
 
+def refine_memory(model: str, settings: dict, scheduling: dict) -> dict:
+    """Device memory of this mural's refinement tile jobs, as the plan states it."""
+    from blkassist.gpu_memory import refine_memory_or_reason
+
+    return refine_memory_or_reason(
+        model,
+        quantize=settings["quantize"],
+        tile=settings["tile"],
+        tiles_per_forward=scheduling["tiles_per_forward"],
+        max_sequence_length=settings["max_sequence_length"],
+    )
+
+
 def run_refine_batch(
     allocation: str,
-    batch: int,
+    windows: tuple[int, int],
     mural: str,
     settings: dict,
     model: str,
     lora: str | None,
     scheduling: dict,
-    lock_dir: str,
+    gpu: dict,
     threads: int,
     marker: str,
 ) -> None:
-    """Refine one tile batch on a leased device, skipping windows already recorded."""
+    """Refine windows [first, stop) of a pass on a leased device, skipping windows already
+    finished (then no device is leased and no model loaded)."""
+    from blkassist.gpu_memory import declared_devices
+
     record = read_json(allocation)
-    plan = stage_plan(record, scheduling["tiles_per_job"])
+    plan = stage_plan(record)
+    first, stop = windows
+    todo = plan.windows_between(first, stop)
+    progress = progress_for(record, first)
+    described: dict = {}
+    device = "none"
+    if {w.index for w in todo} <= progress.finished():
+        log.info("pass %s windows %d-%d: all finished already", plan.name, first, stop - 1)
+        done = len(progress.finished() & set(range(plan.window_count)))
+        what = f"refinement pass {plan.name}"
+        log.info("%s", pass_progress(what, "window", done, plan.window_count, 0, 0.0))
+        report = TileReport(len(todo), len(todo), 0.0)
+        write_json(marker, {"first": first, "stop": stop, "device": device, "refiner": None,
+                            **asdict(report)})  # fmt: skip
+        return
     source = canvas.open_canvas(record["input_canvas"])
     base = canvas.open_canvas(record["base_canvas"])
     store = zarr.open_array(record["windows"], mode="r+")
-    described = {}
-    with lease_device(lock_dir) as lease:
+    need = refine_memory(model, settings, scheduling)
+    advice = (
+        f"Set murals.{mural}.refine.quantize: true (8-bit transformer), lower "
+        "refine.tiles_per_forward or refine.tile, or declare larger GPUs in gpu.devices."
+    )
+    if "unknown" in need:
+        log.warning("device memory unknown: %s", need["unknown"])
+    with lease_device(
+        gpu["lock_dir"], need_bytes=need.get("bytes"), memory=declared_devices(gpu),
+        advice=advice,
+    ) as lease:  # fmt: skip
+        device = lease.device
 
         def make_refiner():
             import torch
@@ -107,6 +157,8 @@ def run_refine_batch(
 
             torch.set_num_threads(max(1, threads))
             started = time.perf_counter()
+            if lease.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             refiner = load_flux_refiner(
                 model,
                 lease.torch_device,
@@ -119,34 +171,32 @@ def run_refine_batch(
                 max_sequence_length=settings["max_sequence_length"],
             )
             described.update(refiner.describe(settings["denoise"]))
-            log.info("loaded the refiner in %.1f s", time.perf_counter() - started)
+            log.info("loaded the refiner in %.1f s%s", time.perf_counter() - started,
+                     _peak_note(lease.device, need.get("bytes")))  # fmt: skip
             return refiner
 
         per_forward = scheduling["tiles_per_forward"] if lease.device == "cuda" else 1
         report = refine_windows(
-            plan,
-            batch,
+            todo,
             source,
             base,
             store,
             make_refiner,
-            progress_for(record, batch),
+            progress,
             denoise=settings["denoise"],
-            seeds=pass_seeds(settings["seed"], mural, plan),
+            noise=pass_noise(settings["seed"], mural, plan),
             anchor_strength=settings["anchor_strength"],
             anchor_levels=settings["anchor_levels"],
             tiles_per_forward=per_forward,
+            device=lease.torch_device,
         )
+        peak = _peak_note(lease.device, need.get("bytes"))
     log.info(
-        "pass %s batch %d: %d windows (%d already done) in %.1f s on %s",
-        plan.name,
-        batch,
-        report.windows,
-        report.skipped,
-        report.seconds,
-        lease.torch_device,
-    )
-    done = len(progress_for(record, batch).finished() & set(range(plan.window_count)))
+        "pass %s windows %d-%d: %d (%d already done) in %.1f s on %s (%s)%s",
+        plan.name, first, stop - 1, report.windows, report.skipped, report.seconds,
+        lease.torch_device, ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()), peak,
+    )  # fmt: skip
+    done = len(progress.finished() & set(range(plan.window_count)))
     processed = report.windows - report.skipped
     what = f"refinement pass {plan.name}"
     log.info(
@@ -155,36 +205,90 @@ def run_refine_batch(
     )
     write_json(
         marker,
-        {"batch": batch, "device": lease.device, "refiner": described or None, **asdict(report)},
+        {"first": first, "stop": stop, "device": device, "refiner": described or None,
+         **asdict(report)},
+    )  # fmt: skip
+
+
+def _peak_note(device: str, estimate: int | None) -> str:
+    """The device's peak so far beside the plan's estimate (CUDA only)."""
+    if device != "cuda":
+        return ""
+    import torch
+
+    from blkassist.gpu_memory import gib
+
+    peak = torch.cuda.max_memory_allocated()
+    planned = f" (estimate {gib(estimate)} GiB)" if estimate else ""
+    return f"; device peak {gib(peak)} GiB{planned}"
+
+
+def run_blend(allocation: str, blocks: tuple[int, int], marker: str) -> None:
+    """Compose output blocks [first, stop) of a pass from its refined windows."""
+    record = read_json(allocation)
+    plan = stage_plan(record)
+    span = range(*blocks)
+    require_refined(allocation, record, plan, span)
+    store = zarr.open_array(record["windows"], mode="r")
+    target = canvas.open_canvas(record["canvas"], mode="r+")
+    write_json(marker, blend_blocks(plan, span, store, target))
+
+
+def require_refined(allocation: str, record: dict, plan: RefinePass, blocks: range) -> None:
+    """Refuse to blend windows that were never refined, naming them and why."""
+    progress = progress_for(record, 0)
+    missing = sorted(plan.window_ids(blocks) - progress.finished())
+    if not missing:
+        return
+    folder = Path(record["windows"]).parent  # where the pass's tile markers are
+    markers = _tile_markers(folder)
+    torn = progress.torn()
+    reasons: dict[str, list[int]] = {}
+    stale: set[str] = set()
+    for index in missing:
+        claimed = [name for name, (first, stop) in markers.items() if first <= index < stop]
+        if index in torn:
+            why = "their progress line was torn by a crash while it was being written"
+        elif claimed:
+            why = (
+                f"{claimed[0]} says their job finished, but the progress log "
+                f"{record['progress']} has no record of them (removed or edited since)"
+            )
+            stale.update(claimed)
+        else:
+            why = "no tile job has refined them yet (run the workflow's target, not this job)"
+        reasons.setdefault(why, []).append(index)
+    explained = "; ".join(f"windows {_ranges(indices)}: {why}" for why, indices in reasons.items())
+    fix = (
+        f" Delete {', '.join(str(folder / name) for name in sorted(stale))} and rerun the same "
+        "command: refined windows are kept."
+        if stale else " Rerun the workflow: finished windows are kept."
+    )  # fmt: skip
+    raise IncompletePassError(
+        f"{allocation}: blocks {blocks.start}-{blocks.stop - 1} need {len(missing)} windows "
+        f"that are not refined: {explained}.{fix}"
     )
 
 
-def run_blend(allocation: str, blend: int, scheduling: dict, marker: str) -> None:
-    record = read_json(allocation)
-    plan = stage_plan(record, scheduling["tiles_per_job"], scheduling["blocks_per_job"])
-    require_refined(allocation, record, plan, blend)
-    store = zarr.open_array(record["windows"], mode="r")
-    target = canvas.open_canvas(record["canvas"], mode="r+")
-    write_json(marker, blend_blocks(plan, blend, store, target))
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def require_refined(allocation: str, record: dict, plan: RefinePass, blend: int) -> None:
-    """Refuse to blend windows that were never refined: tile markers written under another
-    refine.tiles_per_job vouch for other windows (never blend a half-refined block)."""
-    needed = {
-        window.index
-        for block in plan.blend_blocks(blend)
-        for window in plan.covering(*plan.block_box(block))
-    }
-    missing = sorted(needed - progress_for(record, 0).finished())
-    if missing:
-        folder = Path(allocation).parent
-        raise IncompletePassError(
-            f"{allocation}: {len(missing)} windows that blend job {blend} needs are not "
-            f"refined (first: {missing[:5]}); their tile markers were written under another "
-            f"refine.tiles_per_job. Delete {folder}/tiles-*.done and rerun the same command: "
-            "refined windows are kept."
-        )
+def _tile_markers(folder: Path) -> dict[str, tuple[int, int]]:
+    """Tile-job markers in `folder` (any batching) with their [first, stop) ranges."""
+    found = {}
+    for path in folder.glob("tiles-*-*.done"):
+        first, _, last = path.stem.removeprefix("tiles-").partition("-")
+        if first.isdigit() and last.isdigit():
+            found[path.name] = (int(first), int(last) + 1)
+    return found
 
 
 def run_seam_qa(allocation: str, report: str, heatmap: str) -> None:
@@ -199,14 +303,27 @@ def run_seam_qa(allocation: str, report: str, heatmap: str) -> None:
         seams.heatmap(thumb, factor, measured).save(tmp, format="PNG")
     write_json(report, measured)
     log.info(
-        "pass %s: %d seam segments, worst score %.2f at %s, mean %.2f (%.1f s)",
-        plan.name,
-        measured["seam_count"],
-        measured["worst_score"],
-        measured["worst_at"],
-        measured["mean_score"],
-        time.perf_counter() - started,
-    )
+        "pass %s: %d seam segments; level step worst %.2f at %s, mean %.2f; texture ratio "
+        "%.2f (lowest %.2f at %s) (%.1f s)",
+        plan.name, measured["seam_count"], measured["worst_score"], measured["worst_at"],
+        measured["mean_score"], measured["texture_ratio"], measured["worst_texture"],
+        measured["worst_texture_at"], time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _refiner_description(allocation: str, markers: list[str]) -> dict | None:
+    """What a tile job of the pass recorded about its refiner: from the current batching's
+    markers, else (their windows were all finished by an earlier batching, so they loaded
+    no model) from other markers written since the pass was allocated."""
+    folder = Path(allocation).parent
+    current = [m for m in markers if Path(m).parent == folder]
+    allocated = Path(allocation).stat().st_mtime
+    earlier = sorted(
+        str(m) for m in folder.glob("tiles-*-*.done")
+        if str(m) not in current and m.stat().st_mtime >= allocated
+    )  # fmt: skip
+    refiners = (read_json(m).get("refiner") for m in [*current, *earlier])
+    return next((r for r in refiners if r), None)
 
 
 def write_refine_report(
@@ -216,54 +333,69 @@ def write_refine_report(
     seams_png: str,
     seams_json: str,
     provenance: str,
+    markers: list[str],
+    model: str,
 ) -> None:
     """Gather each pass's seam QA and provenance. `stages` lists per pass: its pixel
-    settings, allocation, seam report, heatmap and tile markers."""
+    settings, allocation, seam report and heatmap; the refiner's description comes from the
+    pass's tile `markers` (those of the current batching), the sigmas from `model`'s
+    scheduler."""
     from PIL import Image
 
-    from blkassist.refine.windows import seed_list
+    from blkassist.refine.sigmas import pass_schedule, scheduler_config
 
+    scheduler = scheduler_config(model)
     passes, panels, qa = [], [], []
     for stage in stages:
         record = read_json(stage["allocation"])
         plan = stage_plan(record)
         measured = read_json(stage["seams"])
         summary = {k: v for k, v in measured.items() if k != "segments"}
-        refiners = [read_json(m).get("refiner") for m in stage["markers"]]
-        refiner = next((r for r in refiners if r), None)
+        refiner = _refiner_description(stage["allocation"], markers)
         settings = stage["settings"]
+        schedule = pass_schedule(settings["denoise"], settings["steps"], scheduler)
         passes.append(
             {
                 "pass": plan.name,
                 "coherence": plan.coherence,
-                "denoise": settings["denoise"],
-                "start_sigma": refiner["start_sigma"] if refiner else None,
+                **schedule,
                 "refiner": refiner,
                 "settings": settings,
                 "windows": plan.window_count,
-                "grid": {"columns": plan.columns, "rows": plan.rows, "xs": plan.xs, "ys": plan.ys},
-                "seeds": {
-                    "rule": "sha256('seed:mural:step:pass:window') first 8 bytes >> 1",
-                    "per_window": seed_list(settings["seed"], mural, plan),
+                "grid": {
+                    "columns": plan.columns,
+                    "rows": plan.rows,
+                    "phase": plan.phase,
+                    "xs": plan.xs,
+                    "ys": plan.ys,
+                },
+                "noise": {
+                    **pass_field(settings["seed"], mural, plan).describe(),
+                    "field_seed_rule": "sha256('seed:mural:step:pass') first 8 bytes >> 1",
+                    "window": "latents at (x / 8, y / 8) of the field, x and y the window's "
+                    "origin in canvas pixels",
                 },
                 "seams": summary,
             }
         )
         qa.append(measured)
         kind = " (coherence)" if plan.coherence else ""
-        label = f"pass {plan.name}{kind}: worst {summary['worst_score']:.2f}"
+        label = (f"pass {plan.name}{kind}: step {summary['worst_score']:.2f}, "
+                 f"texture {summary['texture_ratio']:.2f}")  # fmt: skip
         panels.append((label, Image.open(stage["heatmap"]).convert("RGB")))
     with atomic_path(seams_png) as tmp:
         seams.panel_sheet(panels).save(tmp, format="PNG")
-    write_json(seams_json, {"mural": mural, "passes": qa})
+    # The last pass is scored on every seam of its SR step's passes in the final canvas.
+    keys = ("pass", "texture_ratio", "worst_texture", "worst_texture_at", "worst_score")
+    final = {key: qa[-1][key] for key in keys}
+    write_json(seams_json, {"mural": mural, "final": final, "passes": qa})
     write_json(provenance, {"mural": mural, "path": path_choice, "passes": passes})
     log.info("mural %s: %s path (%s)", mural, path_choice["path"], path_choice["reason"])
     for entry in passes:
         log.info(
-            "pass %s: denoise %.3f (start sigma %s), worst seam %.2f, mean %.2f",
-            entry["pass"],
-            entry["denoise"],
-            entry["start_sigma"],
-            entry["seams"]["worst_score"],
-            entry["seams"]["mean_score"],
-        )
+            "pass %s: denoise %.3f (start sigma %.3f, %d model evaluations), level step worst "
+            "%.2f mean %.2f, texture ratio %.2f (lowest %.2f)",
+            entry["pass"], entry["denoise"], entry["start_sigma"], entry["model_evaluations"],
+            entry["seams"]["worst_score"], entry["seams"]["mean_score"],
+            entry["seams"]["texture_ratio"], entry["seams"]["worst_texture"],
+        )  # fmt: skip

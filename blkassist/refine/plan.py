@@ -1,35 +1,70 @@
-"""Refinement plans: pure functions of (canvas size, tile, overlap, batching).
+"""Refinement plans: pure functions of (canvas size, tile, overlap, pass, batching).
 
-A refinement pass covers its canvas with square windows of `tile` pixels that overlap by at
-least `overlap` pixels, evenly spaced so the last window ends at the canvas edge (every
-window has the same size, so windows batch together and see the same token count). The
-coherence pass centres its windows on the seams of the regular grid (half a tile offset),
-adding a window at each border, so every earlier seam lies in the middle of a window.
+A refinement pass covers its canvas with square windows of `tile` pixels. Window origins lie
+on the 16-pixel grid of Flux's packed latents, so every window's latents sit on one
+canvas-wide latent grid and overlapping windows can start from the same noise (noise.py).
+Neighbours share at least `overlap` pixels: windows step by the largest multiple of 16 that
+is at most tile - overlap. Each pass of an SR step offsets that lattice by its own fraction
+of the step (0, 1/2, 1/4, 3/4, 1/8, ...: the coherence pass takes the next one), so no two
+passes blend on the same line; a window flush with each border completes the cover (the
+last may overhang the far border by less than 16 pixels: it is read mirrored there, and the
+overhang is never blended).
 
 Windows are numbered row-major and grouped `tiles_per_job` to a tile job; the output canvas
-is written in square blocks, grouped `blocks_per_job` to a blend job. The workflow
-evaluates these plans when it builds the DAG; the jobs evaluate the same functions.
+is written in square blocks, grouped `blocks_per_job` to a blend job. Jobs are named by the
+range they cover, so a re-batching never mistakes one job's marker for another's. The
+workflow evaluates these plans when it builds the DAG; the jobs evaluate the same functions.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import math
 from dataclasses import dataclass
 
 BLOCK = 512  # output block side: one zarr chunk of the refined canvas
-SIZE_MULTIPLE = 16  # Flux: VAE factor 8 x 2x2 latent packing
+SIZE_MULTIPLE = 16  # Flux: VAE factor 8 x 2x2 latent packing; window origins lie on it
 
 
-def regular_positions(length: int, size: int, overlap: int) -> tuple[int, ...]:
-    """Starts of evenly spaced windows of `size` covering [0, length), neighbours sharing at
-    least `overlap` pixels; the first starts at 0 and the last ends at `length`."""
+def pass_phase(number: int) -> float:
+    """Lattice offset of the `number`-th pass (1-based) of an SR step, as a fraction of the
+    window step: the van der Corput sequence 0, 1/2, 1/4, 3/4, 1/8, ..., each new pass's
+    seams as far as possible from all earlier ones'."""
+    index, phase, weight = number - 1, 0.0, 0.5
+    while index:
+        index, bit = divmod(index, 2)
+        phase += bit * weight
+        weight /= 2
+    return phase
+
+
+def lattice_offset(number: int, units: int) -> int:
+    """The `number`-th pass's lattice offset in 16-pixel units of a step of `units`: the
+    free unit nearest its phase, so passes get distinct offsets while there are enough."""
+    taken: set[int] = set()
+    unit = 0
+    for k in range(1, number + 1):
+        desired = pass_phase(k) * units
+        free = [u for u in range(units) if u not in taken] or list(range(units))
+        unit = min(free, key=lambda u: (min(abs(u - desired), units - abs(u - desired)), u))
+        taken.add(unit)
+    return unit
+
+
+def grid_positions(length: int, size: int, overlap: int, number: int = 1) -> tuple[int, ...]:
+    """Starts of the windows of pass `number` of a canvas (windows of `size` covering
+    [0, length)): multiples of 16, neighbours sharing at least `overlap` pixels, the lattice
+    offset by the pass's phase of its step, plus a window at 0 and one ending within 16
+    pixels past `length`."""
     if length <= size:
         return (0,)
-    count = math.ceil((length - overlap) / (size - overlap))
-    return tuple(round(i * (length - size) / (count - 1)) for i in range(count))
+    stride = (size - overlap) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    if stride < SIZE_MULTIPLE:
+        raise ValueError(f"tile {size} with overlap {overlap} leaves no 16-pixel step")
+    last = math.ceil((length - size) / SIZE_MULTIPLE) * SIZE_MULTIPLE
+    offset = lattice_offset(number, stride // SIZE_MULTIPLE) * SIZE_MULTIPLE
+    return (0, *range(offset or stride, last, stride), last)
 
 
 def seam_centres(positions: tuple[int, ...], size: int) -> tuple[int, ...]:
@@ -37,31 +72,31 @@ def seam_centres(positions: tuple[int, ...], size: int) -> tuple[int, ...]:
     return tuple((a + size + b) // 2 for a, b in itertools.pairwise(positions))
 
 
-def coherence_positions(length: int, size: int, overlap: int) -> tuple[int, ...]:
-    """Windows centred on the regular grid's seams, plus one flush with each border."""
-    regular = regular_positions(length, size, overlap)
-    if len(regular) == 1:
-        return regular
-    centred = {min(max(c - size // 2, 0), length - size) for c in seam_centres(regular, size)}
-    return tuple(sorted(centred | {0, length - size}))
-
-
-def axis_weights(positions: tuple[int, ...], size: int, index: int) -> list[float]:
-    """Blend profile of window `index` along one axis: 1 inside, a raised-cosine ramp over
-    its overlap with each neighbour (complementary ramps of two neighbours sum to one),
-    never zero, and flat at the canvas border."""
+def axis_weights(positions: tuple[int, ...], size: int, index: int, band: int) -> list[float]:
+    """Blend profile of window `index` along one axis: 1 inside, a raised-cosine ramp `band`
+    pixels wide (at most the overlap) centred in its overlap with each neighbour
+    (complementary ramps of two neighbours sum to one), 0 beyond it, flat at the canvas
+    border. A wide overlap (next to a border window) cross-fades only over the band."""
     start = positions[index]
-    left = positions[index - 1] + size - start if index > 0 else 0
-    right = start + size - positions[index + 1] if index + 1 < len(positions) else 0
-    profile = []
-    for k in range(size):
-        weight = 1.0
-        if k < left:
-            weight *= _ramp((k + 0.5) / left)
-        if size - 1 - k < right:
-            weight *= _ramp((size - 1 - k + 0.5) / right)
-        profile.append(weight)
+    profile = [1.0] * size
+    if index > 0:
+        _fade(profile, positions[index - 1] + size - start, band, rising=True)
+    if index + 1 < len(positions):
+        _fade(profile, start + size - positions[index + 1], band, rising=False)
     return profile
+
+
+def _fade(profile: list[float], shared: int, band: int, rising: bool) -> None:
+    """Multiply the `shared` pixels at one end of `profile` by a ramp of `band` pixels
+    centred in them (rising from the window's start, or falling to its end)."""
+    width = min(band, shared)
+    width += (shared - width) % 2  # centred exactly, so two neighbours' ramps mirror
+    before = (shared - width) // 2  # pixels of the shared part ahead of the ramp
+    size = len(profile)
+    for k in range(shared):
+        t = min(max((k - before + 0.5) / width, 0.0), 1.0)
+        at = k if rising else size - 1 - k
+        profile[at] *= _ramp(t)
 
 
 def _ramp(t: float) -> float:
@@ -115,9 +150,21 @@ class RefinePass:
     def ys(self) -> tuple[int, ...]:
         return self._positions(self.height, self.window_height)
 
+    @property
+    def phase(self) -> float:
+        """This pass's lattice offset, as a fraction of the window step."""
+        return pass_phase(self.number)
+
     def _positions(self, length: int, size: int) -> tuple[int, ...]:
-        pick = coherence_positions if self.coherence else regular_positions
-        return pick(length, size, self.overlap)
+        return grid_positions(length, size, self.overlap, self.number)
+
+    def earlier(self) -> list[RefinePass]:
+        """The passes before this one on the same canvas (same SR step), in order."""
+        return [
+            RefinePass(self.step, number, False, self.width, self.height, self.tile,
+                       self.overlap, self.tiles_per_job, self.blocks_per_job)
+            for number in range(1, self.number)
+        ]  # fmt: skip
 
     @property
     def columns(self) -> int:
@@ -149,12 +196,18 @@ class RefinePass:
             self.window_height,
         )
 
-    def batch_windows(self, batch: int) -> list[Window]:
+    def batch_range(self, batch: int) -> tuple[int, int]:
+        """[first, stop) window indices of tile batch `batch`."""
         if not 0 <= batch < self.batch_count:
             raise IndexError(f"batch {batch} outside a plan of {self.batch_count} batches")
         first = batch * self.tiles_per_job
-        last = min(first + self.tiles_per_job, self.window_count)
-        return [self.window(i) for i in range(first, last)]
+        return first, min(first + self.tiles_per_job, self.window_count)
+
+    def batch_windows(self, batch: int) -> list[Window]:
+        return self.windows_between(*self.batch_range(batch))
+
+    def windows_between(self, first: int, stop: int) -> list[Window]:
+        return [self.window(i) for i in range(first, stop)]
 
     # -- output blocks and blend jobs ---------------------------------------------------
     @property
@@ -185,6 +238,10 @@ class RefinePass:
         first = blend * self.blocks_per_job
         return range(first, min(first + self.blocks_per_job, self.block_count))
 
+    def window_ids(self, blocks: range) -> set[int]:
+        """Windows that the blocks are composed from."""
+        return {w.index for block in blocks for w in self.covering(*self.block_box(block))}
+
     def covering(self, x0: int, y0: int, x1: int, y1: int) -> list[Window]:
         """Windows that overlap the box."""
         columns = [c for c, x in enumerate(self.xs) if x < x1 and x + self.window_width > x0]
@@ -193,7 +250,10 @@ class RefinePass:
 
     def blend_batches(self, blend: int) -> range:
         """Tile batches whose windows a blend job reads (a contiguous superset)."""
-        blocks = self.blend_blocks(blend)
+        return self.block_batches(self.blend_blocks(blend))
+
+    def block_batches(self, blocks: range) -> range:
+        """Tile batches whose windows the blocks are composed from (a contiguous superset)."""
         top = self.block_box(blocks[0])[1]
         bottom = self.block_box(blocks[-1])[3]
         rows = [r for r, y in enumerate(self.ys) if y < bottom and y + self.window_height > top]
@@ -221,10 +281,3 @@ class RefinePass:
             "tile": self.tile,
             "overlap": self.overlap,
         }
-
-
-def window_seed(seed: int, mural: str, step: int, number: int, window: int) -> int:
-    """Deterministic 63-bit seed of one window: a hash, so neighbours are uncorrelated and
-    the seed does not depend on batching or on which windows already ran."""
-    text = f"{seed}:{mural}:{step}:{number}:{window}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1

@@ -3,9 +3,15 @@
 The tile jobs only know this interface, so tests plug in deterministic stand-ins. The
 production refiner is Flux img2img with the texture LoRA, loaded once per job, sampling
 several windows per forward pass. Its sampler is driven here (not through diffusers'
-FluxImg2ImgPipeline), so that a pass starts exactly at sigma = denoise whatever the tile size
-(see sigmas.py), and so that each window draws its noise from its own seed: a window's
-result does not depend on which other windows share its forward pass's batch index.
+FluxImg2ImgPipeline), so that a pass's noise level and steps mean the same at every tile
+size (sigmas.py), and so that each window starts from the noise its source gives (by
+default its part of the pass's canvas-wide noise field, noise.py): a window's result does
+not depend on which other windows share its forward pass.
+
+Loading keeps the device's peak at what sampling needs: the LoRA is loaded (and, for an
+8-bit transformer, fused) on the host, the text encoders visit the device to encode the
+prompt and leave it, then the transformer moves in (quantised block by block on the way)
+with the VAE, which encodes and decodes one window at a time.
 """
 
 from __future__ import annotations
@@ -18,15 +24,18 @@ from typing import Protocol
 
 import numpy as np
 
+from blkassist.refine.noise import NoiseSource
 from blkassist.refine.plan import SIZE_MULTIPLE
-from blkassist.refine.sigmas import pass_sigmas, reference_shift
+from blkassist.refine.sigmas import pass_schedule, pass_sigmas
 
 log = logging.getLogger(__name__)
 
 
 class Refiner(Protocol):
-    def refine(self, windows: np.ndarray, seeds: Sequence[int], denoise: float) -> np.ndarray:
-        """(N, H, W, C) uint8 windows, one seed each -> refined (N, H, W, C) uint8."""
+    def refine(
+        self, windows: np.ndarray, noise: Sequence[NoiseSource], denoise: float
+    ) -> np.ndarray:
+        """(N, H, W, C) uint8 windows, one noise source each -> refined (N, H, W, C) uint8."""
         ...
 
     def describe(self, denoise: float) -> dict:
@@ -44,7 +53,7 @@ def _pad_to_multiple(windows: np.ndarray, multiple: int) -> tuple[np.ndarray, in
 
 
 class FluxRefiner:
-    """Flux img2img at a given starting sigma, with an optional LoRA, on one device."""
+    """Flux img2img at a given denoise, with an optional LoRA, on the components' device."""
 
     def __init__(
         self,
@@ -53,69 +62,67 @@ class FluxRefiner:
         lora: str | os.PathLike | None = None,
         lora_scale: float = 1.0,
         prompt: str = "",
-        steps: int = 28,
+        steps: int = 20,
         guidance: float = 3.5,
         max_sequence_length: int = 512,
         quantize: bool = False,
+        release_text_encoders: bool = False,
     ):
         import torch
 
         from blkassist.flux.generate import load_adapter
+        from blkassist.flux.loader import quantize_transformer
 
         self.components = components
-        self.pipe = components.pipeline()
+        pipe = components.pipeline()
         self.lora = None
         if lora is not None:
-            digest = load_adapter(self.pipe, lora, lora_scale, name="texture")
+            digest = load_adapter(pipe, lora, lora_scale, name="texture")
             self.lora = {"file": str(lora), "sha256": digest, "scale": lora_scale}
         if quantize:
-            self._quantize()
+            if self.lora is not None:
+                # diffusers cannot load a LoRA onto 8-bit weights, and the texture LoRA is
+                # fixed for the whole job anyway (no adapter cost per forward either).
+                pipe.fuse_lora(components=["transformer"], lora_scale=1.0)
+                pipe.unload_lora_weights()
+                self.lora["fused_before_quantizing"] = True
+            quantize_transformer(components)
+        components.to_device("text_encoder", "text_encoder_2")
+        with torch.no_grad():
+            self.embeds, self.pooled, self.text_ids = pipe.encode_prompt(
+                prompt, prompt_2=None, device=components.device,
+                max_sequence_length=max_sequence_length,
+            )  # fmt: skip
+        del pipe  # it holds the text encoders too
+        if release_text_encoders:
+            components.release_text_encoders()
+        else:
+            components.park_text_encoders()
+        components.to_device("transformer", "vae")
+        components.vae.enable_slicing()  # one window at a time through the VAE
         self.prompt, self.steps, self.guidance = prompt, steps, guidance
         self.max_sequence_length = max_sequence_length
-        with torch.no_grad():
-            self.embeds, self.pooled, self.text_ids = self.pipe.encode_prompt(
-                prompt, prompt_2=None, max_sequence_length=max_sequence_length
-            )
-        components.park_text_encoders()
         self.scheduler_config = dict(components.scheduler.config)
 
-    def _quantize(self) -> None:
-        """8-bit (qint8) transformer. A LoRA is fused into the full-precision weights first:
-        diffusers cannot load one onto quantised weights, and the texture LoRA is fixed for
-        the whole job anyway (no adapter overhead per forward)."""
-        from optimum.quanto import freeze, qint8, quantize
-
-        if self.lora is not None:
-            self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0)
-            self.pipe.unload_lora_weights()
-            self.lora["fused_before_quantizing"] = True
-        quantize(self.components.transformer, weights=qint8)
-        freeze(self.components.transformer)
-        self.components.quantized = True
-
     def describe(self, denoise: float) -> dict:
-        sigmas = pass_sigmas(denoise, self.steps, self.scheduler_config)
         return {
             "kind": "flux-img2img",
-            "denoise": denoise,
-            "start_sigma": float(sigmas[0]),
-            "sigmas": [round(float(s), 6) for s in sigmas],
-            "sampler_steps": len(sigmas) - 1,
-            "schedule_steps": self.steps,
-            "shift": reference_shift(self.scheduler_config),
+            **pass_schedule(denoise, self.steps, self.scheduler_config),
             "guidance": self.guidance,
             "prompt": self.prompt,
             "max_sequence_length": self.max_sequence_length,
             "lora": self.lora,
             "flux": self.components.describe(),
-            "noise": "per window: torch CPU generator seeded with the window seed",
         }
 
-    def refine(self, windows: np.ndarray, seeds: Sequence[int], denoise: float) -> np.ndarray:
+    def refine(
+        self, windows: np.ndarray, noise: Sequence[NoiseSource], denoise: float
+    ) -> np.ndarray:
         import torch
+        from diffusers import FluxPipeline
 
-        pipe, device, dtype = self.pipe, self.components.device, self.components.dtype
-        vae = self.components.vae
+        device, dtype = self.components.device, self.components.dtype
+        vae, factor = self.components.vae, self.components.vae_scale_factor
         colour = windows[..., :3]
         padded, height, width = _pad_to_multiple(colour, SIZE_MULTIPLE)
         count = padded.shape[0]
@@ -126,19 +133,15 @@ class FluxRefiner:
             clean = vae.encode(pixels).latent_dist.mode()
             clean = (clean - vae.config.shift_factor) * vae.config.scaling_factor
             channels, lat_h, lat_w = clean.shape[1:]
-            noise = torch.stack(
-                [
-                    torch.randn(
-                        (channels, lat_h, lat_w),
-                        generator=torch.Generator("cpu").manual_seed(int(seed)),
-                    )
-                    for seed in seeds
-                ]
-            ).to(device)
+            starting = np.stack(
+                [source.latents(channels, lat_h, lat_w, factor) for source in noise]
+            )
             start = float(sigmas[0])
-            latents = start * noise + (1 - start) * clean.float()
-            latents = pipe._pack_latents(latents, count, channels, lat_h, lat_w)
-            image_ids = pipe._prepare_latent_image_ids(count, lat_h // 2, lat_w // 2, device, dtype)
+            latents = start * torch.from_numpy(starting).to(device) + (1 - start) * clean.float()
+            latents = FluxPipeline._pack_latents(latents, count, channels, lat_h, lat_w)
+            image_ids = FluxPipeline._prepare_latent_image_ids(
+                count, lat_h // 2, lat_w // 2, device, dtype
+            )
             guidance = None
             if self.components.transformer.config.guidance_embeds:
                 guidance = torch.full((count,), self.guidance, device=device, dtype=torch.float32)
@@ -156,10 +159,7 @@ class FluxRefiner:
                     return_dict=False,
                 )[0]
                 latents = latents + float(next_sigma - sigma) * velocity.float()
-            latents = pipe._unpack_latents(
-                latents, lat_h * pipe.vae_scale_factor, lat_w * pipe.vae_scale_factor,
-                pipe.vae_scale_factor,
-            )  # fmt: skip
+            latents = FluxPipeline._unpack_latents(latents, lat_h * factor, lat_w * factor, factor)
             latents = latents / vae.config.scaling_factor + vae.config.shift_factor
             decoded = vae.decode(latents.to(dtype), return_dict=False)[0]
             decoded = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -177,8 +177,11 @@ def load_flux_refiner(
     lora: str | None = None,
     **options,
 ) -> FluxRefiner:
-    """Load Flux and the LoRA once per job (then, optionally, make the transformer 8-bit)."""
+    """Load Flux and the LoRA once per job, in the order that keeps the device's peak
+    lowest (the parts wait on the host until FluxRefiner places them)."""
     from blkassist.flux.loader import load_flux
 
-    components = load_flux(model, device)
-    return FluxRefiner(components, lora=lora, quantize=quantize, **options)
+    components = load_flux(model, device, defer=True)
+    return FluxRefiner(
+        components, lora=lora, quantize=quantize, release_text_encoders=True, **options
+    )

@@ -1,22 +1,27 @@
-"""What `denoise` means: the noise level the sampler really starts from.
+"""What `denoise` and `steps` mean: the sigmas a refinement pass really samples.
 
-Diffusers' Flux img2img takes a `strength` and cuts its sigma schedule after shifting it by
-the image's token count, so one strength starts from different noise at 512 and 1536 pixels
-(0.3 at 28 steps starts near sigma 0.47 at 512^2 and 0.60 at 1024^2). Here a pass starts at
-sigma = denoise exactly, at every tile size: its sigmas are the full `steps`-step Flux
-schedule at one fixed reference shift (the shift Flux uses at 1024^2), kept below `denoise`,
-with `denoise` itself first. The reference shift is recorded with the pass.
+`denoise` means what the tools the paper's values were tuned in mean by it (ComfyUI's
+KSampler denoise, diffusers' img2img strength): the fraction of the shifted schedule the
+pass runs. The pass starts at time t = denoise, and sigma = shift(t): 0.30 starts near
+sigma 0.58. Those tools shift the schedule by the image's token count, so one value starts
+from different noise at 512 and 1536 pixels; here the shift is Flux's at a fixed reference
+of 1024 x 1024 pixels (4096 packed tokens, the shift ComfyUI applies to Flux by default),
+so a value means the same noise at every tile size. `steps` is the number of model
+evaluations the pass runs (as with KSampler's steps at a denoise below 1): the times are
+evenly spaced from `denoise` down to 0, so there are no near-duplicate steps.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 REFERENCE_TOKENS = 4096  # 1024 x 1024 pixels: (1024 / 16)^2 packed latent tokens
-_MIN_GAP = 1e-3  # a schedule point this close below `denoise` would be a wasted step
 
 
 def reference_shift(scheduler_config: Mapping) -> dict:
@@ -27,25 +32,56 @@ def reference_shift(scheduler_config: Mapping) -> dict:
         max_len = scheduler_config.get("max_image_seq_len", 4096)
         base, top = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
         mu = base + (top - base) * (REFERENCE_TOKENS - base_len) / (max_len - base_len)
-        return {"kind": "dynamic", "mu": mu, "factor": math.exp(mu)}
+        return {"kind": "dynamic", "tokens": REFERENCE_TOKENS, "mu": mu, "factor": math.exp(mu)}
     factor = float(scheduler_config.get("shift", 1.0))
     return {"kind": "static", "factor": factor}
 
 
-def shifted(t: np.ndarray, factor: float) -> np.ndarray:
+def shifted(t, factor: float):
     """Flux's time shift (exponential for dynamic shifting, which equals the static form
     with factor = exp(mu))."""
     return factor * t / (1 + (factor - 1) * t)
 
 
-def pass_sigmas(denoise: float, steps: int, scheduler_config: Mapping) -> np.ndarray:
-    """Sigmas of one pass, from `denoise` down to 0 (the last entry), float64."""
+def pass_times(denoise: float, steps: int) -> np.ndarray:
+    """The `steps` + 1 times of a pass, from `denoise` down to 0, evenly spaced."""
     if not 0 < denoise <= 1:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return denoise * np.linspace(1.0, 0.0, steps + 1)
+
+
+def pass_sigmas(denoise: float, steps: int, scheduler_config: Mapping) -> np.ndarray:
+    """Sigmas of one pass, float64: `steps` + 1 values from shift(denoise) down to 0 (the
+    sampler evaluates the model at each but the last)."""
     factor = reference_shift(scheduler_config)["factor"]
-    full = shifted(np.linspace(1.0, 1.0 / steps, steps), factor)
-    below = full[full < denoise - _MIN_GAP]
-    return np.concatenate([[denoise], below, [0.0]])
+    return shifted(pass_times(denoise, steps), factor)
+
+
+def start_sigma(denoise: float, scheduler_config: Mapping) -> float:
+    return float(shifted(denoise, reference_shift(scheduler_config)["factor"]))
+
+
+def pass_schedule(denoise: float, steps: int, scheduler_config: Mapping) -> dict:
+    """What provenance records about a pass's noise schedule."""
+    sigmas = pass_sigmas(denoise, steps, scheduler_config)
+    return {
+        "denoise": denoise,
+        "start_sigma": round(float(sigmas[0]), 6),
+        "sigmas": [round(float(s), 6) for s in sigmas],
+        "model_evaluations": steps,
+        "shift": reference_shift(scheduler_config),
+    }
+
+
+def scheduler_config(model: str | Path) -> dict:
+    """The flow-matching scheduler's config of a random-model spec or a diffusers folder
+    (defaults of FlowMatchEulerDiscreteScheduler apply to what it leaves out)."""
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml"):
+        return dict((yaml.safe_load(path.read_text()) or {}).get("scheduler") or {})
+    return json.loads((path / "scheduler" / "scheduler_config.json").read_text())
 
 
 def diffusers_start_sigma(

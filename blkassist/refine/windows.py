@@ -4,7 +4,8 @@ A pass's refined windows overlap, so they cannot be written into the output canv
 jobs that make them. Each window lands whole in its own slot (one zarr shard) of the pass's
 window store; blend jobs later compose the output canvas from them. A tile job writes
 only its own windows' slots, then appends their indices to its progress log, so a job
-killed halfway redoes only the windows it had not recorded.
+killed halfway redoes only the windows it had not recorded (a torn last line counts as
+not recorded).
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from blkassist import canvas
-from blkassist.refine.anchor import anchor
-from blkassist.refine.plan import RefinePass, Window, window_seed
+from blkassist.refine.anchor import anchor_on_device
+from blkassist.refine.noise import FieldNoise, NoiseField, NoiseSource, field_seed
+from blkassist.refine.plan import RefinePass, Window
 from blkassist.refine.refiner import Refiner
 from blkassist.sr.tiler import ProgressLog
 
@@ -46,9 +48,16 @@ def create_store(path: str | os.PathLike, plan: RefinePass, bands: int):
 
 
 def read_window(source, window: Window) -> np.ndarray:
-    return np.asarray(
+    """The window's pixels; a window overhanging the canvas's far border (by less than the
+    16-pixel latent grid) is completed by mirroring, as the refiner pads."""
+    pixels = np.asarray(
         source[window.y : window.y + window.height, window.x : window.x + window.width]
     )
+    short_y, short_x = window.height - pixels.shape[0], window.width - pixels.shape[1]
+    if short_y or short_x:
+        mode = "reflect" if min(pixels.shape[:2]) > max(short_y, short_x) else "edge"
+        pixels = np.pad(pixels, ((0, short_y), (0, short_x), (0, 0)), mode=mode)
+    return pixels
 
 
 @dataclass
@@ -56,6 +65,8 @@ class TileReport:
     windows: int
     skipped: int
     seconds: float
+    timings: dict = field(default_factory=dict)  # seconds per stage, over the job
+    groups: list = field(default_factory=list)  # seconds per stage of each forward group
 
 
 def forward_groups(windows: list[Window], size: int) -> list[list[Window]]:
@@ -70,8 +81,7 @@ def forward_groups(windows: list[Window], size: int) -> list[list[Window]]:
 
 
 def refine_windows(
-    plan: RefinePass,
-    batch: int,
+    windows: list[Window],
     source,
     base,
     store,
@@ -79,43 +89,69 @@ def refine_windows(
     progress: ProgressLog,
     *,
     denoise: float,
-    seeds: Callable[[int], int],
+    noise: Callable[[Window], NoiseSource],
     anchor_strength: float,
     anchor_levels: int,
     tiles_per_forward: int = 1,
+    device: str = "cpu",
 ) -> TileReport:
-    """Refine the windows of tile batch `batch` of `source`, anchored to `base`, into `store`.
+    """Refine `windows` of `source`, anchored to `base` (on `device`), into `store`.
 
-    The refiner is made only when some window is left to do: a finished job that is rerun
-    (or resumed at its end) loads no model.
+    Each window starts from the noise its source gives (by default its part of the pass's
+    noise field). The refiner is made only when some window is left to do: a finished job
+    that is rerun (or resumed at its end) loads no model.
     """
     started = time.perf_counter()
-    windows = plan.batch_windows(batch)
     done = progress.finished()
     refiner = None
     skipped = 0
+    timings = dict.fromkeys(("load", "read", "refine", "anchor", "write"), 0.0)
+    groups = []
+    clock = time.perf_counter
     for group in forward_groups(windows, tiles_per_forward):
         if all(window.index in done for window in group):
             skipped += len(group)
             continue
-        refiner = refiner or make_refiner()
+        if refiner is None:
+            t0 = clock()
+            refiner = make_refiner()
+            timings["load"] += clock() - t0
+        t0 = clock()
         inputs = np.stack([read_window(source, window) for window in group])
-        refined = refiner.refine(inputs, [seeds(w.index) for w in group], denoise)
-        for window, result in zip(group, refined, strict=True):
-            reference = read_window(base, window)
-            store[window.index] = anchor(result, reference, anchor_strength, anchor_levels)
+        references = np.stack([read_window(base, window) for window in group])
+        t1 = clock()
+        refined = refiner.refine(inputs, [noise(window) for window in group], denoise)
+        t2 = clock()
+        anchored = anchor_on_device(refined, references, anchor_strength, anchor_levels, device)
+        t3 = clock()
+        for window, result in zip(group, anchored, strict=True):
+            store[window.index] = result
         progress.mark(window.index for window in group)
-        log.info("windows %s refined", [window.index for window in group])
-    return TileReport(len(windows), skipped, time.perf_counter() - started)
+        t4 = clock()
+        spent = dict(zip(("read", "refine", "anchor", "write"),
+                         (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True))  # fmt: skip
+        for stage, seconds in spent.items():
+            timings[stage] += seconds
+        groups.append({"windows": len(group), **{k: round(v, 4) for k, v in spent.items()}})
+        log.info(
+            "windows %s refined (read %.2f s, refine %.2f s, anchor %.2f s, write %.2f s)",
+            [window.index for window in group], t1 - t0, t2 - t1, t3 - t2, t4 - t3,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    totals = {k: round(v, 3) for k, v in timings.items()}
+    return TileReport(len(windows), skipped, seconds, totals, groups)
 
 
-def pass_seeds(seed: int, mural: str, plan: RefinePass) -> Callable[[int], int]:
-    return lambda index: window_seed(seed, mural, plan.step, plan.number, index)
+def pass_noise(seed: int, mural: str, plan: RefinePass) -> Callable[[Window], NoiseSource]:
+    """Every window's starting noise: its part of the pass's canvas-wide noise field."""
+    noise_field = pass_field(seed, mural, plan)
+    return lambda window: FieldNoise(noise_field, window.x, window.y)
 
 
-def seed_list(seed: int, mural: str, plan: RefinePass) -> Sequence[int]:
-    return [window_seed(seed, mural, plan.step, plan.number, i) for i in range(plan.window_count)]
+def pass_field(seed: int, mural: str, plan: RefinePass) -> NoiseField:
+    return NoiseField(field_seed(seed, mural, plan.step, plan.number))
 
 
-def progress_for(record: dict, batch: int) -> ProgressLog:
-    return ProgressLog(Path(record["progress"]), batch)
+def progress_for(record: dict, first: int) -> ProgressLog:
+    """The pass's progress log, as written by the tile job whose range starts at `first`."""
+    return ProgressLog(Path(record["progress"]), first)

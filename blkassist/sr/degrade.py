@@ -64,6 +64,36 @@ class DegradationSettings:
             )
         return cls(**(values or {}))
 
+    def narrowest_blurred_side(self, gt_size: int) -> int:
+        """The narrowest image a blur kernel meets: after the first resize (when a second
+        blur may follow) or at the output size (the final sinc filter)."""
+        shrink = self.resize_range[0] if self.resize_prob[1] > 0 else 1.0
+        first = int(gt_size * min(shrink, 1.0)) if self.second_blur_prob > 0 else gt_size
+        return min(first, gt_size // self.scale)
+
+    def check_patch_size(self, gt_size: int, key: str) -> None:
+        """basicsr's filter2D pads by half a kernel with reflection, which fails on an
+        image that is not wider than that: refuse such patch sizes before training."""
+        reach = self.kernel_size // 2
+        if self.narrowest_blurred_side(gt_size) > reach:
+            return
+        sizes = range(gt_size, 4097, 4)
+        fits = next((size for size in sizes if self.narrowest_blurred_side(size) > reach), None)
+        bigger = f"gt_size >= {fits} or " if fits else ""
+        raise ConfigError(
+            f"{key}.gt_size: {gt_size} px patches shrink to "
+            f"{self.narrowest_blurred_side(gt_size)} px in the degradation, too narrow for its "
+            f"{self.kernel_size}-tap blur (needs more than {reach} px); use {bigger}a larger "
+            f"{key}.degradation.resize_range[0]"
+        )
+
+
+def bicubic_reduce(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The clean reduction of a finished scan: antialiased bicubic to 1/scale, then 8-bit
+    quantisation as in a saved image. (N, 3, H, W) in [0, 1]."""
+    lr = F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True)
+    return (lr.clamp(0, 1) * 255).round() / 255
+
 
 def _kernel(settings: DegradationSettings, sinc_prob: float, sigma, pad_to: int) -> np.ndarray:
     degradations = basicsr_module("basicsr.data.degradations")

@@ -16,6 +16,7 @@ from blkassist import canvas
 from blkassist.devices import lease_device
 from blkassist.errors import BlkAssistError
 from blkassist.fsutil import read_json, write_json
+from blkassist.plan import sr_memory
 from blkassist.progress import pass_progress
 from blkassist.sr.lanczos import LanczosUpscaler
 from blkassist.sr.tiler import ProgressLog, upscale_tiles
@@ -118,8 +119,10 @@ def run_tile_batch(
     threads: int,
     marker: str,
     batch: int = 0,
+    devices: dict[str, int] | None = None,
 ) -> None:
-    """Upscale tiles [first, stop) of the pass described by `allocation`.
+    """Upscale tiles [first, stop) of the pass described by `allocation`, on a GPU with
+    the memory the plan states for the job (`devices`: declared sizes, id -> bytes).
 
     Tiles already in the pass's progress log are skipped; when all are, the model is not
     even loaded (a re-batched, finished pass costs one job start per batch).
@@ -136,7 +139,12 @@ def run_tile_batch(
         log.info("tiles %d-%d: all finished already", tiles[0], tiles[1] - 1)
         report = None
     else:
-        with lease_device(lock_dir) as lease:
+        need = None
+        if settings["model"] != "lanczos":
+            need = sr_memory(settings["model"], plan.tile, settings["pad"], plan.scale,
+                             tiles_per_forward, settings["precision"])["bytes"]  # fmt: skip
+        advice = "Lower tiles_per_forward or tile for this mural, or use a larger GPU."
+        with lease_device(lock_dir, need_bytes=need, memory=devices, advice=advice) as lease:
             device = lease.device
             upscaler = _make_upscaler(
                 settings["model"], weights, lease.torch_device, settings["precision"], threads

@@ -37,15 +37,32 @@ class ProgressLog:
         if not self.folder.is_dir():
             return done
         for record in self.folder.glob("batch-*.tiles"):
-            for line in record.read_text().splitlines():
-                if line.strip().isdigit():  # a torn last line is just not finished
+            # Only whole lines count: a last line without its newline was torn by a crash
+            # (full disk, power loss) and may name a tile that was never written ("13" of
+            # "130").
+            for line in record.read_text().split("\n")[:-1]:
+                if line.strip().isdigit():
                     done.add(int(line))
         return done
 
+    def torn(self) -> set[int]:
+        """Indices named by torn last lines (what a crash left half-written)."""
+        torn: set[int] = set()
+        for record in self.folder.glob("batch-*.tiles") if self.folder.is_dir() else []:
+            tail = record.read_text().split("\n")[-1]
+            if tail.strip().isdigit():
+                torn.add(int(tail))
+        return torn
+
     def mark(self, tiles: Iterable[int]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write("".join(f"{index}\n" for index in tiles))
+        with open(self.path, "a+b") as handle:
+            handle.seek(0)
+            recorded = handle.read()
+            if recorded and not recorded.endswith(b"\n"):
+                # Drop a torn last line, or the next index would be appended to it.
+                handle.truncate(recorded.rfind(b"\n") + 1)
+            handle.write("".join(f"{index}\n" for index in tiles).encode())
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -278,7 +278,10 @@ def stencil_training(
     fused = {}
 
     def loader(model, device, recipe):
-        components = load_flux(model, device, gradient_checkpointing=recipe.gradient_checkpointing)
+        # Deferred: the layer LoRA is fused on the host, the trainer places the parts.
+        components = load_flux(
+            model, device, gradient_checkpointing=recipe.gradient_checkpointing, defer=True
+        )
         if layer_lora:
             fused.update(fuse_layer_lora(components.pipeline(), layer_lora))
             for part in ("model", *fused["fused_into"]):  # cache keys see the new weights

@@ -43,6 +43,8 @@ def train_settings(config: dict) -> TrainSettings:
         milestones=tuple(config["milestones"]),
         gamma=config["gamma"],
         ema_decay=config["ema_decay"],
+        ema_warmup=config["ema_warmup"],
+        clean_fraction=config["clean_fraction"],
         l1=loss["l1"],
         perceptual=loss["perceptual"],
         gan=loss["gan"],
@@ -82,7 +84,10 @@ def train_run(
     licences: list[dict] | None = None,
 ) -> dict:
     settings = train_settings(config)
-    DegradationSettings.from_config(settings.degradation, f"esrgan.{name}.degradation")
+    key = f"esrgan.{name}"
+    degradation = DegradationSettings.from_config(settings.degradation, f"{key}.degradation")
+    if settings.clean_fraction < 1:
+        degradation.check_patch_size(settings.gt_size, key)
     train, held_out, hashes = split_sources(
         manifests, config["validation_fraction"], config["seed"]
     )
@@ -108,4 +113,6 @@ def train_run(
         licences,
     )
     log.info("%s: %s", name, result)
+    chosen = trainer.choice()
+    (log.info if chosen["fine_tuned"] else log.warning)("%s: %s", name, chosen["verdict"])
     return result

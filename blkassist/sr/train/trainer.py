@@ -1,6 +1,8 @@
 """Real-ESRGAN fine-tuning: generator from the x4plus weights, UNet discriminator with
 spectral norm, L1 + VGG19 perceptual + relativistic average GAN, Adam with multi-step
-decay, EMA of the generator, AMP on CUDA.
+decay, EMA of the generator (with warm-up), AMP on CUDA. Training pairs come from
+Real-ESRGAN's degradation pipeline and, for a share of them, from the clean bicubic
+reduction that validation measures.
 
 Everything that decides what happens next (weights, optimisers, schedulers, EMA, the
 patch sampler and every random generator) is in the checkpoint, so a run killed at any
@@ -26,7 +28,7 @@ from blkassist.compat import basicsr_module
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
 from blkassist.progress import ProgressSettings, TrainingProgress
 from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
-from blkassist.sr.degrade import DegradationSettings, Degrader, sample_kernels
+from blkassist.sr.degrade import DegradationSettings, Degrader, bicubic_reduce, sample_kernels
 from blkassist.sr.models import build_rrdbnet, rrdbnet_params
 from blkassist.sr.train.losses import (
     PerceptualLoss,
@@ -55,6 +57,8 @@ class TrainSettings:
     milestones: tuple[int, ...] = (40_000, 80_000)
     gamma: float = 0.5
     ema_decay: float = 0.999
+    ema_warmup: bool = True
+    clean_fraction: float = 0.5
     l1: float = 1.0
     perceptual: float = 0.1
     gan: float = 0.005
@@ -67,6 +71,19 @@ class TrainSettings:
         """Identity of the recipe: checkpoints of another recipe are never resumed."""
         fixed = {k: v for k, v in asdict(self).items() if k not in ("iterations", "patience")}
         return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the update after optimiser step `step` (1 = the first).
+
+    Warm-up follows diffusers' EMAModel (the Conceptor trainer's EMA): 0 at the first step,
+    then (1 + n) / (10 + n) with n = step - 1, capped at `decay`. Without it a short run's
+    EMA stays at the starting weights (0.999 keeps 99.6% of them after 4 steps).
+    """
+    if not warmup:
+        return decay
+    n = step - 1
+    return 0.0 if n <= 0 else min(decay, (1 + n) / (10 + n))
 
 
 def gradient_mean(image: np.ndarray) -> float:
@@ -190,10 +207,16 @@ class EsrganTrainer:
 
     # -- training --------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """HR patches and their LR inputs: a `clean_fraction` share reduced cleanly (bicubic,
+        as validation and a finished scan), the rest by the degradation pipeline."""
         patches = self.sampler.sample(self.settings.batch_size)
         hr = torch.from_numpy(patches).to(self.device).permute(0, 3, 1, 2).float() / 255
-        kernels = sample_kernels(self.degradation, len(patches))
-        return self.degrader(hr, kernels), hr
+        lr = bicubic_reduce(hr, self.degradation.scale)
+        degraded = torch.from_numpy(np.random.uniform(size=len(hr)) >= self.settings.clean_fraction)
+        if degraded.any():
+            kernels = sample_kernels(self.degradation, int(degraded.sum()))
+            lr[degraded.to(self.device)] = self.degrader(hr[degraded.to(self.device)], kernels)
+        return lr, hr
 
     def train_step(self) -> dict[str, float]:
         s = self.settings
@@ -232,7 +255,8 @@ class EsrganTrainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.settings.ema_decay
+        step = self.iteration + 1  # called before the step is counted
+        decay = ema_decay_at(step, self.settings.ema_decay, self.settings.ema_warmup)
         for ema, live in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
             ema.lerp_(live.detach(), 1 - decay)
         for ema, live in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
@@ -261,9 +285,7 @@ class EsrganTrainer:
         hr = torch.from_numpy(sampler.sample(self.settings.validation_crops))
         hr = hr.permute(0, 3, 1, 2).float() / 255
         if self.settings.validation_degradation == "bicubic":
-            scale = 1 / self.degradation.scale
-            lr = F.interpolate(hr, scale_factor=scale, mode="bicubic", antialias=True)
-            lr = (lr.clamp(0, 1) * 255).round() / 255
+            lr = bicubic_reduce(hr, self.degradation.scale)
         else:
             kernels = sample_kernels(self.degradation, len(hr))
             lr = self.degrader(hr.to(self.device), kernels).cpu()
@@ -363,6 +385,48 @@ class EsrganTrainer:
             "best": self.best,
         }
 
+    def choice(self) -> dict:
+        """What validation chose, against the starting weights on the same held-out crops:
+        `fine_tuned` is False when no trained iteration beat them by min_delta (the export
+        is then the starting weights), and `verdict` says so in a sentence."""
+        with open(self.run_dir / "validation.csv") as handle:
+            ema = {
+                int(row["iteration"]): {k: float(row[k]) for k in ("psnr", "ssim", "sharpness")}
+                for row in csv.DictReader(handle)
+                if row["model"] == "ema"
+            }
+        chosen, start = self.best["iteration"], ema[0]
+        best, crops = ema[chosen], f"{self.settings.validation_crops} held-out crops"
+        if chosen:
+            verdict = (
+                f"fine-tune chosen: the EMA weights of iteration {chosen} beat the starting "
+                f"weights by {best['psnr'] - start['psnr']:.2f} dB PSNR ({start['psnr']:.2f} -> "
+                f"{best['psnr']:.2f} dB, SSIM {start['ssim']:.3f} -> {best['ssim']:.3f}) on {crops}"
+            )
+        else:
+            trained = {i: m["psnr"] for i, m in ema.items() if i}
+            closest = max(trained, key=trained.get, default=None)
+            tried = (
+                f"best trained: iteration {closest}, {trained[closest]:.4f} dB"
+                if closest
+                else "no trained iteration was validated"
+            )
+            verdict = (
+                f"NOT fine-tuned: no trained iteration beat the starting weights by min_delta "
+                f"{self.settings.min_delta} dB PSNR on {crops} (starting weights "
+                f"{start['psnr']:.4f} dB; {tried}); the export is the starting weights unchanged"
+            )
+        return {
+            "weights": "EMA at best validation PSNR",
+            "iteration": chosen,
+            **best,
+            "fine_tuned": chosen > 0,
+            "starting_weights": start,
+            "psnr_gain_db": round(best["psnr"] - start["psnr"], 4),
+            "min_delta": self.settings.min_delta,
+            "verdict": verdict,
+        }
+
     def export(self, path: str | Path) -> None:
         """The best EMA generator in the official Real-ESRGAN layout (params_ema)."""
         best = self.run_dir / "best_ema.pth"
@@ -398,15 +462,18 @@ def plot_validation(csv_path: str | Path, png_path: str | Path) -> None:
 def write_model_card(
     path, trainer: EsrganTrainer, sources: dict, result: dict, init: str, licences=None
 ) -> None:
+    chosen = trainer.choice()
+    warning = {} if chosen["fine_tuned"] else {"warning": chosen["verdict"]}
     write_json(
         path,
         {
             "model": "RRDBNet x4 (Real-ESRGAN), fine-tuned on the artist's scans",
+            **warning,
             "initialised_from": init,
             "recipe": asdict(trainer.settings),
             "recipe_digest": trainer.settings.digest(),
             "data": sources,
-            "chosen": {"weights": "EMA at best validation PSNR", **trainer.best},
+            "chosen": chosen,
             "run": result,
             "licences": licences,
         },
