@@ -121,6 +121,8 @@ class FluxRefiner:
         import torch
         from diffusers import FluxPipeline
 
+        if denoise == 0:  # no noise, no steps: the windows as they are (no VAE round trip)
+            return windows.copy()
         device, dtype = self.components.device, self.components.dtype
         vae, factor = self.components.vae, self.components.vae_scale_factor
         colour = windows[..., :3]
