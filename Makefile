@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test env vllm-env system-deps viewer-deps lint clean
+.PHONY: demo test env vllm-env system-deps viewer-deps lint clean ink-model
 
 $(STAMP): requirements/base.txt requirements/sr.txt requirements/dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -80,6 +80,11 @@ demo: $(STAMP) $(VIEWER_STAMP)
 
 test: $(STAMP) $(VLLM_STAMP) $(VIEWER_STAMP) system-deps
 	$(VENV)/bin/python -m pytest
+
+# Rebuild the learned ink model that ships in resources/flux/ink (the demo's Flux): ~40 min
+# on 2 CPU cores, fixed seeds (resources/flux/ink-training.yaml); it replaces the folder.
+ink-model: $(STAMP)
+	$(PY) -m blkassist.demo.ink_model
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -15,5 +15,6 @@ if "demo_artwork" in config:
             height=config["demo_artwork"]["height"],
             seed=config["demo_artwork"]["seed"],
             alpha=config["demo_artwork"]["alpha"],
+            zoom=config["demo_artwork"]["zoom"],
         script:
             "../scripts/synthesize_demo_artwork.py"

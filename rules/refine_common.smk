@@ -21,7 +21,7 @@ def mural_path(mural):
     plan = mural_plan(mural)
     settings = REFINE[mural]
     return choose_path(
-        settings.path, plan.final_width, plan.final_height, settings.model
+        settings.path, plan.final_width, plan.final_height, refine_model(mural)
     )
 
 

@@ -73,7 +73,9 @@ rule generate_stencil_assets:
         "benchmarks/stencil/assets_{stencil_set}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread: on CPU a second one made the demo's small Flux 5-40x slower on a busy
+    # machine (a GPU run hardly uses it).
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -135,7 +137,9 @@ rule train_stencil:
         "benchmarks/stencil/train_{stencil_run}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread: the demo's 1200 steps took 49 s with one and ~30 min with two on a busy
+    # two-core machine (a GPU run hardly uses it).
+    threads: 1
     resources:
         gpu=1,
     params:

@@ -36,6 +36,7 @@ rule check_mural:
         "../envs/torch.yaml"
     params:
         model=lambda wildcards: MURALS[wildcards.mural].model,
+        refine_model=lambda wildcards: refine_model(wildcards.mural),
         weights=lambda wildcards: weights_path(MURALS[wildcards.mural].model),
         source=lambda wildcards: mural_source(wildcards.mural),
         plan=lambda wildcards: [

@@ -11,8 +11,9 @@ with rule_logging(snakemake):
         for plan in (PassPlan(**fields) for fields in snakemake.params.plan)
     ]
     stages = mural_refine_stages(
-        snakemake.config, snakemake.wildcards.mural, sr_outputs, snakemake.params.final_size
-    )
+        snakemake.config, snakemake.wildcards.mural, sr_outputs, snakemake.params.final_size,
+        snakemake.params.refine_model,
+    )  # fmt: skip
     check_mural(
         snakemake.params.source, snakemake.params.weights, snakemake.params.model,
         snakemake.params.plan, snakemake.params.final_size, snakemake.params.replaced,

@@ -8,5 +8,5 @@ with rule_logging(snakemake):
     p = snakemake.params
     artwork = snakemake.output.artwork
     with atomic_path(artwork) as tmp:
-        image = pen_and_ink(p.width, p.height, p.seed, p.alpha)
+        image = pen_and_ink(p.width, p.height, p.seed, p.alpha, zoom=p.zoom)
         image.save(tmp, format="PNG" if artwork.endswith(".png") else "TIFF")

@@ -112,3 +112,12 @@ def run_snakemake(workdir: Path, configfiles, *args: str, check: bool = True, ti
             f"{result.stderr[-8000:]}"
         )
     return result
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """`make demo` once per session (rule all on config/config.yaml): the folder it ran in.
+    Tests that only read the demo's results share it; none may change it."""
+    workdir = tmp_path_factory.mktemp("demo")
+    run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+    return workdir

@@ -26,6 +26,7 @@ from blkassist.refine.plan import (
 from blkassist.refine.settings import choose_path, plan_stages, refine_settings
 from blkassist.refine.sigmas import (
     diffusers_start_sigma,
+    pass_schedule,
     pass_sigmas,
     pass_times,
     start_sigma,
@@ -277,6 +278,25 @@ def test_a_killed_tile_job_resumes_per_window_byte_identically(tmp_path):
     assert np.array_equal(np.asarray(target[:]), reference)
 
 
+@pytest.mark.parametrize("bands", [3, 4])
+def test_denoise_zero_copies_the_input_without_loading_a_model(tmp_path, bands):
+    """A pass at denoise 0 is the identity: no model is made, nothing is anchored, and the
+    blended canvas equals its input byte for byte (also where it differs from the base)."""
+    base = textured(150, 230, bands, seed=3)
+    previous = textured(150, 230, bands, seed=4)
+
+    class NeverMade:
+        def refine(self, *args):
+            raise AssertionError("denoise 0 must not refine")
+
+    _, out, reports = run_pass(tmp_path, base, geometry(230, 150, 64, 16), NeverMade(),
+                               denoise=0.0, previous=previous)  # fmt: skip
+    assert np.array_equal(out, previous)
+    assert all(r.timings["load"] == 0 and r.timings["refine"] == 0 for r in reports)
+    schedule = pass_schedule(0.0, 20, FLUX_SCHEDULER)
+    assert schedule["sigmas"] == [0.0] and schedule["model_evaluations"] == 0
+
+
 def test_anchoring_on_the_device_equals_the_numpy_reference():
     """GPU tile jobs anchor a forward group at once in torch: bit-equal to the numpy
     wavelet fix (StableSR's), for window shapes down to 1 pixel and several level counts."""
@@ -503,14 +523,14 @@ def mural_config(**mural):
     [(p, side, model,
       p if p != "auto" else ("diffusion" if side > 8192 and model == "flux" else "sr"))
      for p in ("auto", "sr", "diffusion") for side in (4000, 8192, 8193, 64000)
-     for model in ("flux", "resources/flux/tiny.yaml", "spec.yml")],
+     for model in ("flux", "resources/flux/tiny.yaml", "spec.yml", "resources/flux/ink")],
 )  # fmt: skip
 def test_path_choice_and_its_reason(configured, long_side, model, expected):
     path, reason = choose_path(configured, long_side, long_side * 3 // 4, model)
     assert path == expected
     assert str(long_side) in reason if configured == "auto" else configured in reason
     if configured == "auto" and long_side > 8192 and model != "flux":
-        assert f"{model} is a random test model" in reason  # why auto did not refine
+        assert f"{model} is a demo model" in reason  # why auto did not refine
 
 
 def test_refine_settings_defaults_lora_names_and_passes():

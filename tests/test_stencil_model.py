@@ -4,6 +4,7 @@ and RGBA asset generation through the tiny Flux."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -45,6 +46,7 @@ from tests.flux_fixtures import (
     TINY_VAE_SPEC,
     random_lora_file,
 )
+from tests.test_stencil_ink import clear_with_opaque_ink
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -142,6 +144,29 @@ def test_spec_errors_name_the_key(tmp_path):
     path.write_text("encoder_channels: [8, 8]\n")
     with pytest.raises(ConfigError, match="encoder_channels"):
         TransparentVAESpec.from_yaml(path)
+    for ground in ("1.5", "[1, 1]"):
+        path.write_text(f"ground: {ground}\n")
+        with pytest.raises(ConfigError, match="ground"):
+            TransparentVAESpec.from_yaml(path)
+
+
+@pytest.mark.parametrize("ground", [0.0, 1.0, (0.9, 0.8, 0.7)], ids=["grey", "white", "rgb"])
+def test_clear_pixels_reach_the_flux_vae_as_the_ground(ground):
+    """Premultiplied over the spec's ground: clear pixels are the ground, opaque ones their
+    colour in [-1, 1], half-covered ones halfway; 0 is the published feed exactly."""
+    spec = TransparentVAESpec.from_yaml(TINY_VAE_SPEC)
+    vae = TransparentVAE(dataclasses.replace(spec, ground=ground))
+    rgba = torch.rand(2, 4, 16, 16)
+    rgba[:, 3, :4] = 0.0
+    rgba[:, 3, 4:8] = 1.0
+    feed = vae.flux_feed(rgba)
+    expected_ground = torch.as_tensor(ground).reshape(-1, 1, 1).expand(3, 4, 16)
+    assert torch.allclose(feed[:, :, :4], expected_ground.expand(2, 3, 4, 16))
+    assert torch.allclose(feed[:, :, 4:8], rgba[:, :3, 4:8] * 2 - 1)
+    half = (rgba[:, :3] * 2 - 1) * rgba[:, 3:] + expected_ground[:, :1] * (1 - rgba[:, 3:])
+    assert torch.allclose(feed, half)
+    if ground == 0.0:
+        assert torch.equal(feed, (rgba[:, :3] * 2 - 1) * rgba[:, 3:])
 
 
 def test_padding_keeps_covered_colour_and_fills_clear_pixels_from_it():
@@ -456,6 +481,9 @@ def test_generated_assets_are_rgba_with_real_alpha_and_provenance(flux, trained,
             clear, opaque = alpha_share(image)
         assert clear < 0.99 and opaque < 0.99, (entry["image"], clear, opaque)
         assert clear > 0.01 or 1 - clear - opaque > 0.01  # some see-through
+        # What the demo's assets on the learned ink model pass (test_stencil_ink), random
+        # weights fail: no opaque body, strokes see-through.
+        assert not clear_with_opaque_ink(entry["alpha"]), entry["alpha"]
         assert entry["width"] % 16 == 0 and entry["height"] % 16 == 0
     wide = [r for r in records if r["role"] == "MG"]
     assert all(r["width"] == 2 * r["height"] for r in wide)

@@ -40,10 +40,10 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(tmp_path):
+def test_demo_default_target_is_the_whole_chain_then_has_nothing_to_do(demo_run):
     """What `make demo` runs: rule all, with the mural made by the demo's own fine-tune."""
     config = REPO / "config" / "config.yaml"
-    run_snakemake(tmp_path, [config])
+    tmp_path = demo_run
     final = tmp_path / "results" / "mural_final.tif"
     demo = yaml.safe_load(config.read_text())
     with tifffile.TiffFile(final) as tif:

@@ -14,7 +14,12 @@ def analyse(image_path: str) -> dict[str, float | str]:
     image = pyvips.Image.thumbnail(image_path, ANALYSIS_SIDE)
     if image.hasalpha():
         image = image.flatten(background=255)
-    rgb = image.numpy().astype(np.float32) / 255
+    return analyse_pixels(image.numpy())
+
+
+def analyse_pixels(pixels: np.ndarray) -> dict[str, float | str]:
+    """The measurements of `analyse` on uint8 pixels (grey or RGB) already at analysis size."""
+    rgb = pixels.astype(np.float32) / 255
     if rgb.ndim == 2:
         rgb = rgb[..., None].repeat(3, axis=2)
     luma = rgb[..., :3] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -35,7 +40,7 @@ def analyse(image_path: str) -> dict[str, float | str]:
         "stroke_angle": float((gradient_angle + 90) % 180),
         "coherence": float(coherence),
         "saturation": saturation,
-        "aspect": image.width / image.height,
+        "aspect": rgb.shape[1] / rgb.shape[0],
         "paper_luma": paper,
         "paper_warmth": float(paper_rgb[0] - paper_rgb[2]),  # red minus blue of the paper
     }
@@ -59,7 +64,11 @@ def _direction(angle: float, coherence: float) -> str:
 
 
 def caption(image_path: str, taxonomy: str, collection: str, description: str = "") -> str:
-    facts = analyse(image_path)
+    return caption_from_facts(analyse(image_path), taxonomy, description)
+
+
+def caption_from_facts(facts: dict, taxonomy: str, description: str = "") -> str:
+    """The caption of an image measured by `analyse` / `analyse_pixels`."""
     subject = _singular(taxonomy.split("/")[-1]) if taxonomy else "artwork"
     medium = "pen and ink" if facts["saturation"] < 0.08 else "ink and colour"
     coverage = facts["ink_coverage"]

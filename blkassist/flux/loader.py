@@ -248,8 +248,13 @@ def _fingerprint(folder: Path) -> str:
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[dict, dict[str, str]]:
     from diffusers import FluxPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     check_flux_folder(folder)
+    # Their loading bars would fill every job's log with carriage returns.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     try:
         pipe = FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:

@@ -138,7 +138,8 @@ class FluxRefiner:
         if prompt is not None and prompt not in self.encoded:
             raise ValueError(f"prompt {prompt!r} was not encoded when the refiner was made")
         embeds, pooled, text_ids = self.encoded[self.prompt if prompt is None else prompt]
-
+        if denoise == 0:  # no noise, no steps: the windows as they are (no VAE round trip)
+            return windows.copy()
         device, dtype = self.components.device, self.components.dtype
         vae, factor = self.components.vae, self.components.vae_scale_factor
         colour = windows[..., :3]

@@ -121,19 +121,14 @@ def refine_settings(
     )
 
 
-def is_random_model(model: str) -> bool:
-    """A random-model spec (.yaml: tests, the demo), not Flux weights (a .yaml manifest of
-    ComfyUI's single files names real weights)."""
-    from blkassist.flux.single_file import is_single_file_model
-
-    return str(model).endswith((".yaml", ".yml")) and not is_single_file_model(model)
-
-
 def choose_path(
     configured: str, final_width: int, final_height: int, model: str = ""
 ) -> tuple[str, str]:
     """("sr" or "diffusion", why). `auto` refines murals longer than 8192 px, but only with
-    real Flux weights: a random test model would paint noise over a studio's mural."""
+    real Flux weights: a demo model (random, or the small ink model) would paint over a
+    studio's mural."""
+    from blkassist.demo import is_demo_model
+
     long_side = max(final_width, final_height)
     if configured != "auto":
         return configured, f"path: {configured} set in the config"
@@ -141,11 +136,12 @@ def choose_path(
         return "sr", (
             f"path: auto and the long side {long_side} px is at most {SR_ONLY_LONG_SIDE} px"
         )
-    if is_random_model(model):
+    if is_demo_model(model):
         return "sr", (
             f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px, "
-            f"but the refinement model {model} is a random test model, not Flux weights: "
-            "SR alone (set refine.model or conceptor.model to a Flux.1-dev folder to refine)"
+            f"but the refinement model {model} is a demo model (random or the small ink "
+            "model), not Flux weights: SR alone (set refine.model or conceptor.model to a "
+            "Flux.1-dev folder to refine)"
         )
     return "diffusion", (
         f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
@@ -160,12 +156,14 @@ def mural_refine_settings(config: Mapping, name: str) -> RefineSettings:
 
 
 def mural_refine_stages(
-    config: Mapping, name: str, sr_outputs: list[tuple[int, int]], final_size
+    config: Mapping, name: str, sr_outputs: list[tuple[int, int]], final_size, model=None
 ) -> list[RefinePass]:
     """The refinement passes of mural `name` if its path is diffusion, else none: what a
-    job that sees only the config (the mural's check) needs of the workflow's plan."""
+    job that sees only the config (the mural's check) needs of the workflow's plan.
+    `model` is the refinement model's path as the workflow resolved it (a relative path in
+    the config may name a folder shipped with the workflow)."""
     settings = mural_refine_settings(config, name)
-    path, _ = choose_path(settings.path, *final_size, settings.model)
+    path, _ = choose_path(settings.path, *final_size, model or settings.model)
     return plan_stages(sr_outputs, settings) if path == "diffusion" else []
 
 

@@ -44,11 +44,14 @@ def shifted(t, factor: float):
 
 
 def pass_times(denoise: float, steps: int) -> np.ndarray:
-    """The `steps` + 1 times of a pass, from `denoise` down to 0, evenly spaced."""
-    if not 0 < denoise <= 1:
-        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    """The `steps` + 1 times of a pass, from `denoise` down to 0, evenly spaced (denoise 0:
+    the single time 0, no evaluation: the pass leaves its input as it is)."""
+    if not 0 <= denoise <= 1:
+        raise ValueError(f"denoise must be in [0, 1], got {denoise}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if denoise == 0:
+        return np.zeros(1)
     return denoise * np.linspace(1.0, 0.0, steps + 1)
 
 
@@ -70,7 +73,7 @@ def pass_schedule(denoise: float, steps: int, scheduler_config: Mapping) -> dict
         "denoise": denoise,
         "start_sigma": round(float(sigmas[0]), 6),
         "sigmas": [round(float(s), 6) for s in sigmas],
-        "model_evaluations": steps,
+        "model_evaluations": len(sigmas) - 1,
         "shift": reference_shift(scheduler_config),
     }
 

@@ -99,7 +99,8 @@ def refine_windows(
 
     Each window starts from the noise its source gives (by default its part of the pass's
     noise field). The refiner is made only when some window is left to do: a finished job
-    that is rerun (or resumed at its end) loads no model.
+    that is rerun (or resumed at its end) loads no model. At denoise 0 the pass copies its
+    input: no model is loaded, nothing is anchored.
     """
     started = time.perf_counter()
     done = progress.finished()
@@ -112,7 +113,7 @@ def refine_windows(
         if all(window.index in done for window in group):
             skipped += len(group)
             continue
-        if refiner is None:
+        if refiner is None and denoise > 0:
             t0 = clock()
             refiner = make_refiner()
             timings["load"] += clock() - t0
@@ -120,10 +121,14 @@ def refine_windows(
         inputs = np.stack([read_window(source, window) for window in group])
         references = np.stack([read_window(base, window) for window in group])
         t1 = clock()
-        refined = refiner.refine(inputs, [noise(window) for window in group], denoise)
-        t2 = clock()
-        anchored = anchor_on_device(refined, references, anchor_strength, anchor_levels, device)
-        t3 = clock()
+        if denoise == 0:  # the pass leaves its input as it is: no model, no anchoring
+            anchored = inputs
+            t2 = t3 = clock()
+        else:
+            refined = refiner.refine(inputs, [noise(window) for window in group], denoise)
+            t2 = clock()
+            anchored = anchor_on_device(refined, references, anchor_strength, anchor_levels, device)
+            t3 = clock()
         for window, result in zip(group, anchored, strict=True):
             store[window.index] = result
         progress.mark(window.index for window in group)

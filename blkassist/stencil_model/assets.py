@@ -117,15 +117,50 @@ def asset_size(item: dict, defaults: dict, multiple: int) -> tuple[int, int]:
 
 def decode_rgba(components, vae: TransparentVAE, packed, width, height, augment=True):
     """Packed transformer latents -> one RGBA PIL image."""
+    return decode_with_drawing(components, vae, packed, width, height, augment)[0]
+
+
+def decode_with_drawing(components, vae: TransparentVAE, packed, width, height, augment=True):
+    """Packed transformer latents -> (RGBA PIL image, (H, W) luma in [0, 1] of the Flux VAE's
+    own decode: what the model drew, before the transparent decoder read alpha into it)."""
     pipe_vae = components.vae
     scale = components.vae_scale_factor
     from diffusers import FluxPipeline
 
     latent = FluxPipeline._unpack_latents(packed, height, width, scale)
     latent = from_flux(latent, pipe_vae)
-    rgba = vae.decode(pipe_vae, latent, augment=augment)[0].float().clamp(0, 1)
+    drawn = vae.flux_rgb(pipe_vae, latent)
+    rgba = vae.decode(pipe_vae, latent, augment=augment, rgb=drawn)[0].float().clamp(0, 1)
     array = (rgba.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array, "RGBA")
+    luma = (drawn[0].float().clamp(0, 1).cpu() * LUMA[:, None, None]).sum(0).numpy()
+    return Image.fromarray(array, "RGBA"), luma
+
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+BORDER = 0.125  # the band, per side, that a centred asset leaves to its background
+INK_LUMA = 0.35  # darker than this in the Flux decode: a stroke
+
+
+def alpha_profile(alpha: np.ndarray, luma: np.ndarray) -> dict:
+    """How an asset's alpha fits what was drawn ((H, W) arrays in [0, 1]): `clear` and
+    `opaque`, the shares of all pixels with alpha <= 12/255 and >= 243/255; `border_clear`,
+    the share of the outer band (BORDER of each side, where a centred asset shows its
+    background) with alpha < 0.1; `ink_opaque` and `ink_alpha`, the share with alpha > 0.9
+    and the mean alpha of the stroke pixels (luma < INK_LUMA in the Flux decode);
+    `ink_share`, the strokes' share of the image (None and 0 when nothing was inked)."""
+    height, width = alpha.shape
+    band_y, band_x = max(1, round(height * BORDER)), max(1, round(width * BORDER))
+    border = np.ones_like(alpha, dtype=bool)
+    border[band_y:-band_y, band_x:-band_x] = False
+    ink = luma < INK_LUMA
+    return {
+        "clear": float((alpha <= 12 / 255).mean()),
+        "opaque": float((alpha >= 243 / 255).mean()),
+        "border_clear": float((alpha[border] < 0.1).mean()),
+        "ink_opaque": float((alpha[ink] > 0.9).mean()) if ink.any() else None,
+        "ink_alpha": float(alpha[ink].mean()) if ink.any() else None,
+        "ink_share": float(ink.mean()),
+    }
 
 
 def generate_assets(
@@ -189,10 +224,10 @@ def generate_assets(
                                 pooled_prompt_embeds=pooled,
                                 max_sequence_length=max_sequence_length,
                                 output_type="latent")  # fmt: skip
-                image = decode_rgba(components, vae, packed, width, height, augment)
+                image, drawn = decode_with_drawing(components, vae, packed, width, height, augment)
                 name = f"{index:02d}-{_slug(item['prompt'])}-seed{seed}"
                 save_png(image, output_dir / f"{name}.png")
-                alpha = np.asarray(image)[..., 3]
+                alpha = np.asarray(image)[..., 3] / 255
                 record = {
                     "image": f"{name}.png",
                     "prompt": item["prompt"],
@@ -205,8 +240,7 @@ def generate_assets(
                     "guidance": guidance,
                     "max_sequence_length": max_sequence_length,
                     "augment": augment,
-                    "alpha": {"clear": float((alpha <= 12).mean()),
-                              "opaque": float((alpha >= 243).mean())},
+                    "alpha": alpha_profile(alpha, drawn),
                     "layer_lora": layer_record,
                     "loras": style_records,
                     "transparent_vae": vae_record,

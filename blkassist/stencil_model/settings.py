@@ -58,6 +58,9 @@ class TransparentVAESpec:
 
     encoder_channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 256, 256)
     offset_scale: float = 300.0
+    # The Flux VAE's input (in [-1, 1]; one value or R, G, B) for clear pixels: assets are
+    # fed premultiplied over it. 0 (mid-grey) is the published convention.
+    ground: float | tuple[float, float, float] = 0.0
     block_out_channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512, 512)
     attention_levels: tuple[int, ...] = (4, 5, 6)
     layers_per_block: int = 2
@@ -91,6 +94,9 @@ class TransparentVAESpec:
             raise ConfigError(f"{path}: encoder_channels needs 8 widths (4 halvings to H/8)")
         if len(spec.block_out_channels) < 4:
             raise ConfigError(f"{path}: block_out_channels needs 4+ levels (latent at H/8)")
+        ground = spec.ground if isinstance(spec.ground, tuple) else (spec.ground,)
+        if len(ground) not in (1, 3) or not all(-1 <= v <= 1 for v in ground):
+            raise ConfigError(f"{path}: ground must be one value or R, G, B, each in [-1, 1]")
         return spec
 
 

@@ -25,11 +25,7 @@ from blkassist.fsutil import write_json
 from blkassist.progress import ProgressSettings, TrainingProgress
 from blkassist.stencil_model.preview import over_checkerboard
 from blkassist.stencil_model.settings import TransparentVAESpec
-from blkassist.stencil_model.vae import (
-    TransparentVAE,
-    pad_rgb,
-    save_weights,
-)
+from blkassist.stencil_model.vae import TransparentVAE, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +144,8 @@ def train_transparent_vae(
         picks = torch.randint(len(images), (settings.batch_size,), generator=generator)
         batch = _random_view(images[picks], generator)
         alpha = batch[:, 3:4]
-        posterior = flux_vae.encode((batch[:, :3] * 2 - 1) * alpha).latent_dist
-        offset = model.encoder(torch.cat([pad_rgb(batch), alpha], 1)) * spec.offset_scale
+        posterior = flux_vae.encode(model.flux_feed(batch)).latent_dist
+        offset = model.offset(batch)
         latent = posterior.mean + posterior.std * offset
         out = model.decoder(flux_vae.decode(latent).sample * 0.5 + 0.5, latent)
         # L1 alone sits at "all clear" (the median of mostly clear pixels); the squared term

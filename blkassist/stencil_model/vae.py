@@ -5,7 +5,8 @@ Conventions (checked by the round-trip tests):
 - Images are float tensors (B, C, H, W) in [0, 1]; RGBA channel order is R, G, B, A
   everywhere: the encoder's input is the padded RGB followed by alpha, and the decoder's
   4-channel output is R, G, B, A (straight, not premultiplied colour).
-- The Flux VAE sees the colour premultiplied in [-1, 1], so clear pixels are neutral grey (0).
+- The Flux VAE sees the colour premultiplied in [-1, 1] over the spec's `ground`: clear
+  pixels are neutral grey (0) for the published weights (see `TransparentVAE.flux_feed`).
 - `encode` returns the *unscaled* Flux latent (what `AutoencoderKL.decode` takes): the
   posterior mean plus std times the offset, in place of a Gaussian sample. Flux's
   transformer works on `scaling_factor * (latent - shift_factor)`; see `to_flux`/`from_flux`.
@@ -265,12 +266,21 @@ class TransparentVAE(nn.Module):
     def encode(self, flux_vae, rgba: torch.Tensor) -> torch.Tensor:
         """RGBA in [0, 1] -> the unscaled Flux latent carrying the alpha."""
         self._check_size(rgba)
-        alpha = rgba[:, 3:4]
-        vae_feed = (rgba[:, :3] * 2 - 1) * alpha  # premultiplied: clear pixels are grey
         dtype = next(flux_vae.parameters()).dtype
-        posterior = flux_vae.encode(vae_feed.to(dtype)).latent_dist
-        offset = self.encoder(torch.cat([pad_rgb(rgba), alpha], dim=1).to(self._dtype))
-        return posterior.mean + posterior.std * (offset * self.spec.offset_scale).to(dtype)
+        posterior = flux_vae.encode(self.flux_feed(rgba).to(dtype)).latent_dist
+        return posterior.mean + posterior.std * self.offset(rgba).to(dtype)
+
+    def flux_feed(self, rgba: torch.Tensor) -> torch.Tensor:
+        """What the Flux VAE encodes: the colour in [-1, 1] premultiplied by alpha over the
+        spec's ground (clear pixels take the ground's value; 0 is the published grey)."""
+        alpha = rgba[:, 3:4]
+        ground = torch.as_tensor(self.spec.ground, dtype=rgba.dtype, device=rgba.device)
+        return (rgba[:, :3] * 2 - 1) * alpha + ground.reshape(1, -1, 1, 1) * (1 - alpha)
+
+    def offset(self, rgba: torch.Tensor) -> torch.Tensor:
+        """The encoder's offset in units of the posterior std (offset_scale applied)."""
+        padded = torch.cat([pad_rgb(rgba), rgba[:, 3:4]], dim=1).to(self._dtype)
+        return self.encoder(padded) * self.spec.offset_scale
 
     # -- decoding ------------------------------------------------------------------------
     def flux_rgb(self, flux_vae, latent: torch.Tensor) -> torch.Tensor:
@@ -284,10 +294,13 @@ class TransparentVAE(nn.Module):
         return self.decoder(rgb.to(self._dtype), latent.to(self._dtype))
 
     @torch.no_grad()
-    def decode(self, flux_vae, latent: torch.Tensor, augment: bool = True) -> torch.Tensor:
+    def decode(
+        self, flux_vae, latent: torch.Tensor, augment: bool = True, rgb: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """RGBA in [0, 1]. With `augment`, the decoder runs on the 8 flips/rotations of its
-        inputs; each result is clipped, turned back, and the per-pixel median is kept."""
-        rgb = self.flux_rgb(flux_vae, latent).to(self._dtype)
+        inputs; each result is clipped, turned back, and the per-pixel median is kept. `rgb`:
+        the latent's `flux_rgb`, where the caller has it already."""
+        rgb = (self.flux_rgb(flux_vae, latent) if rgb is None else rgb).to(self._dtype)
         latent = latent.to(self._dtype)
         if not augment:
             return self.decoder(rgb, latent).clamp(0, 1)
