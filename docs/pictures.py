@@ -44,7 +44,8 @@ def small(image: Image.Image, width: int) -> Image.Image:
 
 def save(image: Image.Image, name: str, width: int = 640) -> str:
     path = OUT / name
-    small(image, width).save(path, optimize=True)
+    # 64 colours: ink on paper needs few, and the README's pictures stay small.
+    small(image.convert("RGB"), width).quantize(colors=64).save(path, optimize=True)
     return str(path.relative_to(ROOT))
 
 
