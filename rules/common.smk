@@ -216,7 +216,8 @@ def mural_report(mural):
         costs,
         memory_table(memory, declared_devices(config["gpu"])),
     )
-    rerolls = reroll_plan(mural)  # refuses entries the mural cannot take, before any job
+    # refuses entries the mural cannot take, before any job
+    rerolls = reroll_plan(mural)
     if rerolls:
         totals["reroll"] = rerolls.cost()
     # Which terms govern the result, before any GPU time is spent on it.
