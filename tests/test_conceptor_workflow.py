@@ -24,6 +24,7 @@ def test_lora_concepts_pick_and_mural(tmp_path):
         "datasets": {"small": {"collections": ["ink"], "resolutions": [128, 256],
                                "validation_fraction": 0.25}},
         "conceptor": {
+            "model": "resources/flux/tiny.yaml",  # the random tiny Flux: speed, not learning
             "runs": {"ink": {"dataset": "small", "recipe": RECIPE}},
             "concepts": {"towers": {"run": "ink", "prompts": ["two towers, cross-hatched sky",
                                                                {"prompt": "a harbour at dusk",

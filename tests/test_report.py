@@ -37,6 +37,7 @@ def demo_like_config(workdir: Path) -> Path:
                          "batch_size": 1, "iterations": 2, "checkpoint_every": 2,
                          "validate_every": 1, "validation_crops": 1, "loss": {"perceptual": 0}}},
         "conceptor": {
+            "model": "resources/flux/tiny.yaml",  # the random tiny Flux: speed, not learning
             "runs": {"ink": {"dataset": "small", "recipe": RECIPE}},
             "concepts": {"towers": {"run": "ink", "prompts": ["two towers"], "seeds": [0, 1],
                                     "megapixels": 0.01, "steps": 1, "max_sequence_length": 32}},

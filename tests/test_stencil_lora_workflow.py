@@ -33,6 +33,7 @@ def test_dataset_vae_lora_assets_then_nothing_to_do(tmp_path):
     }
     config = {
         "stencil": {
+            "model": "resources/flux/tiny.yaml",  # the random tiny Flux: speed, not learning
             "datasets": {"t": {"size": 8, "resolution": 128, "flip": False}},
             "vae": {"train": {"assets": "datasets/stencil-t", "size": 32, "steps": 20,
                               "holdout": 2}},

@@ -19,6 +19,7 @@ def test_assets_composition_and_mural_then_nothing_to_do(tmp_path):
     Image.new("RGB", (96, 64), (235, 228, 210)).save(tmp_path / "paper.png")
     config = {
         "stencil": {
+            "model": "resources/flux/tiny.yaml",  # the random tiny Flux: speed, not learning
             "vae": {
                 "shapes": {"path": "shapes", "count": 10, "size": 32},
                 "train": {"assets": "shapes", "size": 32, "steps": 20, "holdout": 2},

@@ -29,7 +29,8 @@ def test_texture_lora_card_sheet_and_plot(tmp_path):
         "corpus": synthetic_corpus(3, 1, 256),
         "datasets": {"crops": {"collections": ["ink"], "resolutions": [128],
                                "validation_fraction": 0.25, "flip": False}},
-        "texture": {"runs": {"ink": {"collections": ["ink"], "training_set": "crops",
+        "texture": {"model": "resources/flux/tiny.yaml",  # speed, not learning
+                    "runs": {"ink": {"collections": ["ink"], "training_set": "crops",
                                      "recipe": RECIPE}}},
     }  # fmt: skip
     path = write_config(tmp_path, config)
