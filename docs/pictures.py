@@ -22,17 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blkassist.canvas import open_canvas  # noqa: E402
-from blkassist.texture.ink import distance, feature_distances, ink_stats, profile  # noqa: E402
+from blkassist.texture.ink import (  # noqa: E402
+    distance,
+    feature_distances,
+    folder_crops,
+    grid_crops,
+    ink_stats,
+    profile,
+)
 
 OUT = ROOT / "docs" / "demo"
 CROP = 128
-
-
-def crops(pixels: np.ndarray, size: int = CROP) -> list[np.ndarray]:
-    height, width = pixels.shape[:2]
-    return [pixels[y : y + size, x : x + size, :3]
-            for y in range(0, height - size + 1, size)
-            for x in range(0, width - size + 1, size)]  # fmt: skip
 
 
 def small(image: Image.Image, width: int) -> Image.Image:
@@ -49,6 +49,10 @@ def save(image: Image.Image, name: str, width: int = 640) -> str:
     return str(path.relative_to(ROOT))
 
 
+def crops_profile(pixels: np.ndarray):
+    return profile([ink_stats(c) for c in grid_crops(pixels, CROP)])
+
+
 def rounded(values: dict) -> dict:
     return {k: round(float(v), 3) for k, v in values.items()}
 
@@ -61,11 +65,8 @@ def main(argv=None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     figures: dict = {}
 
-    corpus_crops = []
-    for scan in sorted((workdir / "work" / "demo" / "corpus").rglob("*.png")):
-        with Image.open(scan) as image:
-            corpus_crops += crops(np.asarray(image.convert("RGB")))
-    corpus = profile([ink_stats(c) for c in corpus_crops])
+    crops = folder_crops(workdir / "work" / "demo" / "corpus", CROP)
+    corpus = profile([ink_stats(c) for c in crops])
 
     sheet = results / "concepts" / "sketches"
     save(Image.open(sheet / "contact_sheet.png").convert("RGB"), "concepts.png")
@@ -84,10 +85,8 @@ def main(argv=None) -> None:
     save(Image.fromarray(pair), "refined.png", width=2 * side + 8)
     seams = json.loads((results / "mural_flux_seams.json").read_text())
     figures["refinement"] = {
-        "base_to_corpus": rounded(feature_distances(profile([ink_stats(c) for c in crops(base)]),
-                                                    corpus)),
-        "refined_to_corpus": rounded(feature_distances(
-            profile([ink_stats(c) for c in crops(final)]), corpus)),
+        "base_to_corpus": rounded(feature_distances(crops_profile(base), corpus)),
+        "refined_to_corpus": rounded(feature_distances(crops_profile(final), corpus)),
         "mean_change": round(float(np.abs(final.astype(int) - base).mean()), 2),
         "seam_texture_ratio": seams["final"]["texture_ratio"],
     }  # fmt: skip

@@ -185,3 +185,25 @@ def distance(samples: Profile, reference: Profile) -> float:
     reference spread away on every feature."""
     values = list(feature_distances(samples, reference).values())
     return float(math.sqrt(sum(v * v for v in values) / len(values)))
+
+
+def grid_crops(pixels: np.ndarray, size: int) -> list[np.ndarray]:
+    """Non-overlapping size x size RGB crops on a grid from the top left (the same places
+    for two images of one size, so a refined image compares crop by crop with its base)."""
+    height, width = pixels.shape[:2]
+    return [pixels[y : y + size, x : x + size, :3]
+            for y in range(0, height - size + 1, size)
+            for x in range(0, width - size + 1, size)]  # fmt: skip
+
+
+def folder_crops(folder, size: int) -> list[np.ndarray]:
+    """grid_crops of every PNG under `folder` (sorted): a corpus's crops at native scale."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = []
+    for path in sorted(Path(folder).rglob("*.png")):
+        with Image.open(path) as image:
+            out += grid_crops(np.asarray(image.convert("RGB")), size)
+    return out
