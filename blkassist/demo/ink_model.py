@@ -43,6 +43,7 @@ from PIL import Image
 
 from blkassist.demo import ink_data
 from blkassist.fsutil import atomic_path, write_json
+from blkassist.progress import ProgressSettings, TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +145,17 @@ def _lr_lambda(warmup: int, steps: int, final: float):
 
 
 class Progress:
-    """A log line every `every` steps with the loss, learning rate, speed and ETA."""
+    """The project's progress lines (blkassist.progress) every `every` steps, and the whole
+    loss curve kept for the model card."""
 
     def __init__(self, what: str, total: int, every: int = 50):
-        self.what, self.total, self.every = what, total, every
+        self.lines = TrainingProgress(what, total, 0, ProgressSettings(every, math.inf))
         self.started = time.perf_counter()
         self.losses: list[float] = []
 
     def step(self, step: int, loss: float, lr: float) -> None:
         self.losses.append(loss)
-        done = step + 1
-        if done % self.every and done != self.total:
-            return
-        elapsed = time.perf_counter() - self.started
-        recent = float(np.mean(self.losses[-self.every :]))
-        log.info(
-            "%s step %d/%d: loss %.4f (mean of last %d), lr %.2e, %.2f steps/s, ETA %.0f s",
-            self.what, done, self.total, recent, min(self.every, len(self.losses)), lr,
-            done / elapsed, elapsed / done * (self.total - done),
-        )  # fmt: skip
+        self.lines.update(step + 1, loss, lr)
 
     @property
     def seconds(self) -> float:
