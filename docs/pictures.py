@@ -1,10 +1,10 @@
-"""The README's demo pictures and the figures beside them, from a finished `make demo`.
+"""The demo pictures of docs/ and the figures beside them, from a finished `make demo`.
 
     .venv/bin/python docs/pictures.py [WORKDIR]    # default: the repository (make demo's)
 
-Writes docs/demo/*.png (small, for the README) and docs/demo/figures.json: the ink
+Writes docs/demo/*.png (small, for the docs pages) and docs/demo/figures.json: the ink
 statistics of the concept sketches and of the refined mural against the demo corpus, the
-seam texture ratio, and the Stencil assets' background and stroke alpha.
+seam texture ratio, and the Stencil assets' clear border and opaque share of covered pixels.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def small(image: Image.Image, width: int) -> Image.Image:
 
 def save(image: Image.Image, name: str, width: int = 640) -> str:
     path = OUT / name
-    # 64 colours: ink on paper needs few, and the README's pictures stay small.
+    # 64 colours: ink on paper needs few, and the docs pages' pictures stay small.
     small(image.convert("RGB"), width).quantize(colors=64).save(path, optimize=True)
     return str(path.relative_to(ROOT))
 
