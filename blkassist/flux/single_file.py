@@ -62,7 +62,7 @@ _SCALED_FP8 = "scaled_fp8"  # ComfyUI's scaled fp8: weight * X.scale_weight
 _FINGERPRINT_CHUNK = 1 << 20
 FIX = (
     "Fix: give the model setting a ComfyUI folder that has these files, or a manifest "
-    "(kind: single_file) naming them; see README, 'Flux from ComfyUI's files'."
+    "(kind: single_file) naming them; see docs/production.md, 'Flux from ComfyUI's files'."
 )
 
 
