@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def _train(args, components, device: Clock, work: Path, kind: str = "conceptor") -> dict:
-    from blkassist.flux.demo import write_demo_split
+    from blkassist.demo.training_split import write_demo_split
     from blkassist.flux.recipe import schema_recipe
     from blkassist.flux.trainer import FluxLoraTrainer
 
