@@ -76,6 +76,21 @@ class Clock:
         return self.torch.cuda.get_device_name(0) if self.cuda else "cpu"
 
 
+def warmed_pipeline(components, clock: Clock, size: int, prompt: str, **options) -> tuple:
+    """(pipeline, render settings) for square images of `size`, the text encoders back on
+    the device (training parks them on the CPU), after a 2-step warm-up image; the peak
+    memory is reset after it."""
+    from blkassist.flux.generate import render
+
+    components.text_encoder.to(components.device)
+    components.text_encoder_2.to(components.device)
+    pipe = components.pipeline()
+    image = {"width": size, "height": size, "guidance": 3.5, "prompt": prompt, **options}
+    render(pipe, seed=0, steps=2, **image)
+    clock.reset_peak()
+    return pipe, image
+
+
 def median(values: Iterable[float], digits: int) -> float:
     return round(statistics.median(values), digits)
 

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._gpu_check import REPO, Clock, argument_parser, median, run_check
+from bench._gpu_check import REPO, Clock, argument_parser, median, run_check, warmed_pipeline
 
 SCHEMA = REPO / "config" / "schema.yaml"
 PHASES = ("train", "generate", "train_texture")
@@ -81,17 +81,8 @@ def _train(args, components, device: Clock, work: Path, kind: str = "conceptor")
 def _generate(args, components, device: Clock) -> dict:
     from blkassist.flux.generate import render
 
-    components.text_encoder.to(components.device)  # the trainer parks them on the CPU
-    components.text_encoder_2.to(components.device)
-    pipe = components.pipeline()
-    image = {
-        "width": args.size,
-        "height": args.size,
-        "guidance": 3.5,
-        "prompt": "ink drawing, red circle, paper texture",
-    }
-    render(pipe, seed=0, steps=2, **image)  # warm-up
-    device.reset_peak()
+    prompt = "ink drawing, red circle, paper texture"
+    pipe, image = warmed_pipeline(components, device, args.size, prompt)
     timed = [
         device.timed(lambda s=seed: render(pipe, seed=s, steps=args.gen_steps, **image))
         for seed in range(args.images)

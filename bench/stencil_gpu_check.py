@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._gpu_check import REPO, Clock, argument_parser, median, run_check
+from bench._gpu_check import REPO, Clock, argument_parser, median, run_check, warmed_pipeline
 
 
 def parse_args(argv=None):
@@ -78,18 +78,8 @@ def _generate(args, torch, components, vae, clock) -> dict:
     from blkassist.flux.generate import render
     from blkassist.stencil_model.assets import decode_rgba
 
-    components.text_encoder.to(components.device)
-    components.text_encoder_2.to(components.device)
-    pipe = components.pipeline()
-    image = {
-        "width": args.size,
-        "height": args.size,
-        "guidance": 3.5,
-        "prompt": "FG layer, ink cloud, transparent background",
-        "output_type": "latent",
-    }
-    render(pipe, seed=0, steps=2, **image)  # warm-up
-    clock.reset_peak()
+    prompt = "FG layer, ink cloud, transparent background"
+    pipe, image = warmed_pipeline(components, clock, args.size, prompt, output_type="latent")
     rows = []
     for seed in range(args.images):
         sample_s, packed = clock.timed(
