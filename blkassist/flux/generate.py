@@ -213,28 +213,26 @@ def sweep(
     output_dir: str | os.PathLike,
     *,
     seeds,
-    steps: int,
-    guidance: float,
-    max_sequence_length: int,
+    rendering: dict,
     shared: dict,
     index: str,
     output_type: str = "pil",
     finish: Callable | None = None,
 ) -> list[dict]:
-    """Every row (prompt) x seed: render, `finish(rendered, row)` -> (PNG image, record
-    fields, contact-sheet cell) (default: the image as it is), then the PNG and its sidecar
-    (the row's fields, the rendering's settings, the finish's fields, then `shared`); at the
-    end the contact sheet and `index`, the list of all records."""
+    """Every row (prompt) x seed: render (`rendering`: steps, guidance, max_sequence_length),
+    `finish(rendered, row)` -> (PNG image, record fields, contact-sheet cell) (default: the
+    image as it is), then the PNG and its sidecar (the row's fields, the rendering, the
+    finish's fields, then `shared`); at the end the contact sheet and `index`, the list of
+    all records."""
     output_dir = Path(output_dir)
     finish = finish or (lambda image, row: (image, {}, image))
     records, sheet, labels = [], [], []
     for number, (row, (embeds, pooled)) in enumerate(zip(rows, encoded, strict=True)):
         cells = []
         for seed in seeds:
-            rendered = render(pipe, seed=seed, width=row.width, height=row.height, steps=steps,
-                              guidance=guidance, prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                              max_sequence_length=max_sequence_length,
-                              output_type=output_type)  # fmt: skip
+            rendered = render(pipe, seed=seed, width=row.width, height=row.height,
+                              prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                              output_type=output_type, **rendering)  # fmt: skip
             image, fields, cell = finish(rendered, row)
             name = f"{number:02d}-{_slug(row.prompt)}-seed{seed}"
             save_png(image, output_dir / f"{name}.png")
@@ -245,9 +243,7 @@ def sweep(
                 "seed": seed,
                 "width": row.width,
                 "height": row.height,
-                "steps": steps,
-                "guidance": guidance,
-                "max_sequence_length": max_sequence_length,
+                **rendering,
                 **fields,
                 **shared,
             }
@@ -299,8 +295,9 @@ def generate_concepts(
               "versions": versions()}  # fmt: skip
     try:
         encoded = encode_prompts(components, pipe, [r.text for r in rows], max_sequence_length)
-        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, steps=steps,
-                        guidance=guidance, max_sequence_length=max_sequence_length,
+        rendering = {"steps": steps, "guidance": guidance,
+                     "max_sequence_length": max_sequence_length}  # fmt: skip
+        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, rendering=rendering,
                         shared=shared, index="concepts.json")  # fmt: skip
     finally:
         if lora is not None:

@@ -224,8 +224,9 @@ def generate_assets(
               "versions": versions()}  # fmt: skip
     try:
         encoded = encode_prompts(components, pipe, [r.text for r in rows], max_sequence_length)
-        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, steps=steps,
-                        guidance=guidance, max_sequence_length=max_sequence_length,
+        rendering = {"steps": steps, "guidance": guidance,
+                     "max_sequence_length": max_sequence_length}  # fmt: skip
+        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, rendering=rendering,
                         shared=shared, index="assets.json", output_type="latent",
                         finish=finish)  # fmt: skip
     finally:
