@@ -12,40 +12,28 @@ generation. Each phase reports its error instead of stopping the others.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import math
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._gpu_check import REPO, Clock, argument_parser, median, run_check, warmed_pipeline
+
 SCHEMA = REPO / "config" / "schema.yaml"
-FULL_RANDOM_SPEC = REPO / "resources" / "flux" / "flux1-dev-random.yaml"
 PHASES = ("train", "generate", "train_texture")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/flux_gpu_check.py", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--model",
-        default=str(FULL_RANDOM_SPEC),
-        help="a random-model spec (.yaml) or a Flux.1-dev diffusers folder",
-    )
+def parse_args(argv: list[str] | None = None):
+    parser = argument_parser(__doc__.split("\n\n")[0], prog="bench/flux_gpu_check.py")
     parser.add_argument("--size", type=int, default=1024, help="square image side in pixels")
     parser.add_argument("--rank", type=int, default=32, help="Conceptor phase's LoRA rank")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--gen-steps", type=int, default=28, help="denoising steps per image")
     parser.add_argument("--images", type=int, default=2, help="timed generated images")
-    parser.add_argument("--no-quantize", action="store_true", help="bf16 base, not qint8")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-train-texture", action="store_true")
@@ -55,39 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="timed optimiser steps of the texture recipe (each of 8 accumulated batches)",
     )
-    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the script")
-    parser.add_argument("--output", help="also write the JSON here")
     return parser.parse_args(argv)
 
 
-class _Device:
-    """Synchronised timing and peak memory; on the CPU (a smoke run) memory reads 0."""
-
-    def __init__(self, torch, name: str):
-        self.torch, self.cuda = torch, torch.device(name).type == "cuda"
-
-    def timed(self, function) -> tuple[float, object]:
-        if self.cuda:
-            self.torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function()
-        if self.cuda:
-            self.torch.cuda.synchronize()
-        return time.perf_counter() - start, result
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def gib(self, peak: bool = True) -> float:
-        if not self.cuda:
-            return 0.0
-        cuda = self.torch.cuda
-        return round((cuda.max_memory_allocated() if peak else cuda.memory_allocated()) / 2**30, 2)
-
-
-def _train(args, components, device: _Device, work: Path, kind: str = "conceptor") -> dict:
-    from blkassist.flux.demo import write_demo_split
+def _train(args, components, device: Clock, work: Path, kind: str = "conceptor") -> dict:
+    from blkassist.demo.training_split import write_demo_split
     from blkassist.flux.recipe import schema_recipe
     from blkassist.flux.trainer import FluxLoraTrainer
 
@@ -110,37 +70,28 @@ def _train(args, components, device: _Device, work: Path, kind: str = "conceptor
         "recipe": kind,
         "optimizer": trainer.optimizer_record,
         "gradient_accumulation": recipe.gradient_accumulation,
-        "seconds_per_step": round(statistics.median(t for t, _ in timed), 3),
+        "seconds_per_step": median((t for t, _ in timed), 3),
         "step_seconds": [round(t, 3) for t, _ in timed],
-        "peak_memory_gib": device.gib(),
+        "peak_memory_gib": device.peak_gib(),
         "losses_finite": all(math.isfinite(row["loss"]) for _, row in timed),
         "trainable_parameters": sum(p.numel() for p in trainer.params),
     }
 
 
-def _generate(args, components, device: _Device) -> dict:
+def _generate(args, components, device: Clock) -> dict:
     from blkassist.flux.generate import render
 
-    components.text_encoder.to(components.device)  # the trainer parks them on the CPU
-    components.text_encoder_2.to(components.device)
-    pipe = components.pipeline()
-    image = {
-        "width": args.size,
-        "height": args.size,
-        "guidance": 3.5,
-        "prompt": "ink drawing, red circle, paper texture",
-    }
-    render(pipe, seed=0, steps=2, **image)  # warm-up
-    device.reset_peak()
+    prompt = "ink drawing, red circle, paper texture"
+    pipe, image = warmed_pipeline(components, device, args.size, prompt)
     timed = [
         device.timed(lambda s=seed: render(pipe, seed=s, steps=args.gen_steps, **image))
         for seed in range(args.images)
     ]
     return {
-        "seconds_per_image": round(statistics.median(t for t, _ in timed), 2),
+        "seconds_per_image": median((t for t, _ in timed), 2),
         "image_seconds": [round(t, 2) for t, _ in timed],
         "denoising_steps": args.gen_steps,
-        "peak_memory_gib": device.gib(),
+        "peak_memory_gib": device.peak_gib(),
     }
 
 
@@ -151,9 +102,9 @@ def measure(args) -> dict:
 
     from blkassist.flux.loader import load_flux
 
-    device = _Device(torch, args.device)
+    device = Clock(torch, args.device)
     report: dict = {
-        "device": torch.cuda.get_device_name(0) if device.cuda else "cpu",
+        "device": device.device_name(),
         "torch": torch.__version__,
         "model": args.model,
         "size": args.size,
@@ -172,7 +123,7 @@ def measure(args) -> dict:
         report["errors"]["load"] = traceback.format_exc(limit=8)
         return report
     report["load_seconds"] = round(seconds, 1)
-    report["memory_after_load_gib"] = device.gib(peak=False)
+    report["memory_after_load_gib"] = device.held_gib()
     work = Path(tempfile.mkdtemp(prefix="flux-gpu-check-"))
     phases = {
         "train": lambda: _train(args, components, device, work),
@@ -196,18 +147,7 @@ def measure(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device visible; this check needs a GPU"}))
-        return 2
-    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is the JSON alone
-        report = measure(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 1 if report["errors"] else 0
+    return run_check(args, lambda: measure(args), lambda report: bool(report["errors"]))
 
 
 if __name__ == "__main__":

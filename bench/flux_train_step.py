@@ -59,7 +59,7 @@ def stencil_trainer(recipe, size: int, work: Path, components=None, vae_spec=Non
 
 
 def measure(kind: str, size: int, steps: int, work: Path) -> dict:
-    from blkassist.flux.demo import write_demo_split
+    from blkassist.demo.training_split import write_demo_split
     from blkassist.flux.loader import load_flux
     from blkassist.flux.recipe import schema_recipe
     from blkassist.flux.trainer import FluxLoraTrainer

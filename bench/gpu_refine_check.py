@@ -20,8 +20,6 @@ over a job of tiles_per_job windows; beside the measured peaks, the plan's estim
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -33,16 +31,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-GIB = 2**30
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._gpu_check import GIB, REPO, Clock, argument_parser, run_check
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default=str(ROOT / "resources" / "flux" / "flux1-dev-random.yaml")
-    )
+def parse_args(argv=None):
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--mural", default="mural_flux", help="the production diffusion mural")
     parser.add_argument("--tile", type=int, help="window side (default: the mural's)")
     parser.add_argument("--overlap", type=int, help="default: the mural's (at most tile / 4)")
@@ -50,12 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--per-forward", type=int, help="windows per forward (default: mural's)")
     parser.add_argument("--steps", type=int, help="model evaluations (default: the mural's)")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--no-quantize", action="store_true", help="bf16 base, not qint8")
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--memory-limit-gib", type=float, help="act as a card this large")
     parser.add_argument("--gpus", type=int, default=4)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--output")
     return parser.parse_args(argv)
 
 
@@ -90,8 +81,8 @@ def production(mural: str) -> tuple[list[dict], dict]:
     from blkassist.refine.settings import mural_refine_settings, plan_stages
     from blkassist.tiling import plan_mural
 
-    config = yaml.safe_load((ROOT / "config/production.yaml").read_text())
-    validate_config(config, ROOT / "config/schema.yaml")
+    config = yaml.safe_load((REPO / "config/production.yaml").read_text())
+    validate_config(config, REPO / "config/schema.yaml")
     settings = mural_settings(config, mural)
     plan = plan_mural(
         16000, 12000, scale=settings.scale, target_long_side=settings.target_long_side,
@@ -118,25 +109,6 @@ def _canvas(path: Path, width: int, height: int, seed: int):
     return store
 
 
-class Device:
-    def __init__(self, torch, name: str):
-        self.torch, self.cuda = torch, torch.device(name).type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def reset_peak(self):
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def peak_gib(self):
-        return round(self.torch.cuda.max_memory_allocated() / GIB, 2) if self.cuda else None
-
-    def held_gib(self):
-        return round(self.torch.cuda.memory_allocated() / GIB, 2) if self.cuda else None
-
-
 def measure(args, result: dict) -> None:
     import torch
 
@@ -153,7 +125,7 @@ def measure(args, result: dict) -> None:
     per_forward = args.per_forward or refine.tiles_per_forward
     steps = args.steps or refine.steps
     quantize = refine.quantize and not args.no_quantize
-    device = Device(torch, args.device)
+    device = Clock(torch, args.device, cpu_memory=None)
     if device.cuda:
         total = torch.cuda.get_device_properties(0).total_memory
         result["gpu"] = {"name": torch.cuda.get_device_name(0), "memory_gib": gib(total)}
@@ -249,22 +221,18 @@ def main(argv=None) -> int:
     import torch
 
     result: dict = {"device": args.device, "model": args.model, "torch": torch.__version__}
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device visible; this check needs a GPU"}))
-        return 2
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is the JSON
+
+    def measured() -> dict:
+        try:
             measure(args, result)
-    except Exception as error:  # report what failed; the figures so far still print
-        result["error"] = f"{type(error).__name__}: {error}"
-        result["traceback"] = traceback.format_exc()[-3000:]
-        if torch.device(args.device).type == "cuda":
-            result["peak_gib_at_error"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 1 if "error" in result else 0
+        except Exception as error:  # report what failed; the figures so far still print
+            result["error"] = f"{type(error).__name__}: {error}"
+            result["traceback"] = traceback.format_exc()[-3000:]
+            if torch.device(args.device).type == "cuda":
+                result["peak_gib_at_error"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+        return result
+
+    return run_check(args, measured, lambda report: "error" in report)
 
 
 if __name__ == "__main__":

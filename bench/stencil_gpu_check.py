@@ -19,25 +19,19 @@ Each phase reports its error instead of stopping the others.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import math
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._gpu_check import REPO, Clock, argument_parser, median, run_check, warmed_pipeline
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(REPO / "resources/flux/flux1-dev-random.yaml"))
+def parse_args(argv=None):
+    parser = argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--vae-spec", default=str(REPO / "resources/stencil/transparent_vae.yaml"))
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rank", type=int, default=16)
@@ -45,31 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--gen-steps", type=int, default=50)
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--no-quantize", action="store_true")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--output")
     return parser.parse_args(argv)
-
-
-class Clock:
-    def __init__(self, torch, device):
-        self.torch, self.cuda = torch, torch.device(device).type == "cuda"
-
-    def timed(self, function):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function()
-        if self.cuda:
-            self.torch.cuda.synchronize()
-        return time.perf_counter() - start, result
-
-    def reset(self):
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def gib(self):
-        return round(self.torch.cuda.max_memory_allocated() / 2**30, 2) if self.cuda else 0.0
 
 
 def _train(args, torch, components, vae, clock) -> dict:
@@ -87,7 +57,7 @@ def _train(args, torch, components, vae, clock) -> dict:
     )
     for _ in range(args.warmup_steps):
         trainer.train_step()
-    clock.reset()
+    clock.reset_peak()
     timed = [clock.timed(trainer.train_step) for _ in range(args.train_steps)]
     components.transformer.eval()
     components.transformer.delete_adapters("default")
@@ -97,8 +67,8 @@ def _train(args, torch, components, vae, clock) -> dict:
         "images": len(trainer.data.images),
         "prepare_seconds": round(prepare_s, 1),
         "optimizer": trainer.optimizer_record["used"],
-        "seconds_per_step": round(statistics.median(t for t, _ in timed), 3),
-        "peak_memory_gib": clock.gib(),
+        "seconds_per_step": median((t for t, _ in timed), 3),
+        "peak_memory_gib": clock.peak_gib(),
         "losses_finite": all(math.isfinite(row["loss"]) for _, row in timed),
         "trainable_parameters": sum(p.numel() for p in trainer.params),
     }
@@ -108,18 +78,8 @@ def _generate(args, torch, components, vae, clock) -> dict:
     from blkassist.flux.generate import render
     from blkassist.stencil_model.assets import decode_rgba
 
-    components.text_encoder.to(components.device)
-    components.text_encoder_2.to(components.device)
-    pipe = components.pipeline()
-    image = {
-        "width": args.size,
-        "height": args.size,
-        "guidance": 3.5,
-        "prompt": "FG layer, ink cloud, transparent background",
-        "output_type": "latent",
-    }
-    render(pipe, seed=0, steps=2, **image)  # warm-up
-    clock.reset()
+    prompt = "FG layer, ink cloud, transparent background"
+    pipe, image = warmed_pipeline(components, clock, args.size, prompt, output_type="latent")
     rows = []
     for seed in range(args.images):
         sample_s, packed = clock.timed(
@@ -130,11 +90,11 @@ def _generate(args, torch, components, vae, clock) -> dict:
         )
         rows.append((sample_s, decode_s))
     return {
-        "seconds_per_image": round(statistics.median(a + b for a, b in rows), 2),
-        "sampling_seconds": round(statistics.median(a for a, _ in rows), 2),
-        "decode_8way_seconds": round(statistics.median(b for _, b in rows), 2),
+        "seconds_per_image": median((a + b for a, b in rows), 2),
+        "sampling_seconds": median((a for a, _ in rows), 2),
+        "decode_8way_seconds": median((b for _, b in rows), 2),
         "denoising_steps": args.gen_steps,
-        "peak_memory_gib": clock.gib(),
+        "peak_memory_gib": clock.peak_gib(),
     }
 
 
@@ -146,7 +106,7 @@ def measure(args) -> dict:
 
     clock = Clock(torch, args.device)
     report = {
-        "device": torch.cuda.get_device_name(0) if clock.cuda else "cpu",
+        "device": clock.device_name(),
         "model": args.model,
         "vae_spec": args.vae_spec,
         "size": args.size,
@@ -174,18 +134,8 @@ def measure(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device visible; run with --device cpu for a smoke"}))
-        return 2
-    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory():
-        report = measure(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 1 if report["errors"] else 0
+    no_gpu = "no CUDA device visible; run with --device cpu for a smoke"
+    return run_check(args, lambda: measure(args), lambda report: bool(report["errors"]), no_gpu)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def make_image(kind: str, width: int, height: int, seed: int) -> np.ndarray:
     from PIL import Image
 
     if kind == "pen":
-        from blkassist.synth import pen_and_ink
+        from blkassist.demo.synth import pen_and_ink
 
         return np.asarray(pen_and_ink(width, height, seed).convert("RGB"))
     from skimage import data

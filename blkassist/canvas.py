@@ -17,7 +17,7 @@ import pyvips
 import zarr
 from zarr.codecs import BloscCodec
 
-from blkassist.fsutil import atomic_path
+from blkassist.fsutil import atomic_path, read_json
 
 # Fast and lossless: intermediate canvases are written once, read once. Byte-wise lz4
 # without bit shuffling: on uint8 pixels bit shuffling halved the ratio on line art and
@@ -52,6 +52,24 @@ def create(path: str | os.PathLike, width: int, height: int, bands: int, chunk: 
 
 def open_canvas(path: str | os.PathLike, mode: str = "r"):
     return zarr.open_array(str(path), mode=mode)
+
+
+def canvas_path(reference: str) -> str:
+    """A canvas is named directly (.zarr) or by its pass's allocation record (.json)."""
+    return read_json(reference)["canvas"] if reference.endswith(".json") else reference
+
+
+def open_sized(reference: str, width: int, height: int, reader: str) -> tuple[str, zarr.Array]:
+    """(path, array) of the canvas `reference` names, refused unless it is `width` x
+    `height`: what `reader` (a pass) was planned for."""
+    path = canvas_path(reference)
+    array = open_canvas(path)
+    if array.shape[:2] != (height, width):
+        raise RuntimeError(
+            f"canvas {path} is {array.shape[1]}x{array.shape[0]}, but {reader} expects "
+            f"{width}x{height}; rerun with --forceall for this mural"
+        )
+    return path, array
 
 
 def ingest(image: pyvips.Image, path: str | os.PathLike, chunk: int, attrs=None) -> None:

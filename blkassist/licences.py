@@ -31,9 +31,9 @@ def _record(config: dict, role: str, model: str, kind: str | None) -> dict:
 
 
 def flux(config: dict, model: str, role: str = "base model") -> dict:
-    from blkassist.demo import is_demo_model
+    from blkassist.demo import declares_demo
 
-    return _record(config, role, model, "random" if is_demo_model(model) else "flux")
+    return _record(config, role, model, "random" if declares_demo(model) else "flux")
 
 
 def collections(config: dict, names) -> list[dict]:

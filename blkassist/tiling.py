@@ -10,6 +10,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from blkassist.batches import Batches
+
 PASS_SCALES = (4, 3, 2)  # a model pass enlarges 2x-4x
 
 
@@ -71,8 +73,13 @@ class PassPlan:
         return self.columns * self.rows
 
     @property
+    def batches(self) -> Batches:
+        """Tile jobs: `tiles_per_job` tiles each, named by their tile range."""
+        return Batches(self.tile_count, self.tiles_per_job)
+
+    @property
     def batch_count(self) -> int:
-        return math.ceil(self.tile_count / self.tiles_per_job)
+        return self.batches.count
 
     @property
     def output_chunk(self) -> int:
@@ -104,10 +111,8 @@ class PassPlan:
 
     def batch_range(self, batch: int) -> tuple[int, int]:
         """(first, stop) tile indices of `batch`: what its job is responsible for."""
-        if not 0 <= batch < self.batch_count:
-            raise IndexError(f"batch {batch} outside a plan of {self.batch_count} batches")
-        first = batch * self.tiles_per_job
-        return first, min(first + self.tiles_per_job, self.tile_count)
+        tiles = self.batches.range(batch)
+        return tiles.start, tiles.stop
 
     def tiles_between(self, first: int, stop: int) -> list[Tile]:
         return [self.tile_at(i) for i in range(first, stop)]

@@ -97,11 +97,9 @@ def batch_markers(mural, step):
     tiles, so after a re-batching only batches with other ranges run (and they skip the
     tiles an earlier batching finished)."""
     plan = mural_plan(mural).passes[step - 1]
-    markers = []
-    for batch in range(plan.batch_count):
-        first, stop = plan.batch_range(batch)
-        markers.append(f"work/{mural}/pass{step}/tiles-{first}-{stop - 1}.done")
-    return markers
+    return [
+        f"work/{mural}/pass{step}/{name}.done" for name in plan.batches.names("tiles")
+    ]
 
 
 def allocation_inputs(wildcards):

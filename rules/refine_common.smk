@@ -59,17 +59,12 @@ def stage_dir(mural, stage):
 def stage_blend_markers(mural, stage):
     """One marker per blend job, named by its block range (blocks_per_job may change)."""
     folder = stage_dir(mural, stage)
-    markers = []
-    for blend in range(stage.blend_count):
-        blocks = stage.blend_blocks(blend)
-        markers.append(f"{folder}/blend-{blocks.start}-{blocks.stop - 1}.done")
-    return markers
+    return [f"{folder}/{name}.done" for name in stage.blend_jobs.names("blend")]
 
 
 def tile_marker(mural, stage, batch):
     """A tile job's marker, named by its window range (tiles_per_job may change)."""
-    first, stop = stage.batch_range(batch)
-    return f"{stage_dir(mural, stage)}/tiles-{first}-{stop - 1}.done"
+    return f"{stage_dir(mural, stage)}/{stage.tile_jobs.name(batch, 'tiles')}.done"
 
 
 def stage_tile_markers(mural, stage):

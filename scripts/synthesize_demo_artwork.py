@@ -1,8 +1,8 @@
 """Draw the deterministic synthetic pen-and-ink artwork used by the demo."""
 
+from blkassist.demo.synth import pen_and_ink
 from blkassist.fsutil import atomic_path
 from blkassist.runlog import rule_logging
-from blkassist.synth import pen_and_ink
 
 with rule_logging(snakemake):
     p = snakemake.params

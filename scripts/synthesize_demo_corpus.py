@@ -1,6 +1,6 @@
 """Draw the deterministic synthetic pen-and-ink demo corpus."""
 
-from blkassist.corpus.synthetic import write_corpus
+from blkassist.demo.corpus import write_corpus
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake) as log:

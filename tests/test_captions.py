@@ -14,7 +14,7 @@ from blkassist.captions.review import write_review_sheet
 from blkassist.captions.run import caption_collection
 from blkassist.captions.sidecars import CaptionStore, Origin
 from blkassist.corpus.normalise import normalise_collection
-from blkassist.corpus.synthetic import write_corpus
+from blkassist.demo.corpus import write_corpus
 from blkassist.errors import ConfigError
 from tests.conftest import REPO
 

@@ -26,7 +26,7 @@ from blkassist.captions.client import CaptionServerError, VllmCaptioner
 from blkassist.captions.prompt import FewShotPrompt
 from blkassist.captions.run import caption_collection
 from blkassist.corpus.normalise import normalise_collection
-from blkassist.corpus.synthetic import write_corpus
+from blkassist.demo.corpus import write_corpus
 from tests.conftest import REPO, run_snakemake, synthetic_corpus, write_config
 from tests.vllm_fixture import SERVED_NAME, vllm_server  # noqa: F401
 

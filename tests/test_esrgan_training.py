@@ -17,7 +17,7 @@ from PIL import Image
 
 from blkassist.config import definition_with_defaults, section_with_defaults
 from blkassist.corpus.normalise import normalise_collection
-from blkassist.corpus.synthetic import write_corpus
+from blkassist.demo.corpus import write_corpus
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.progress import ProgressSettings
 from blkassist.sr import degrade

@@ -11,7 +11,7 @@ from diffusers import FluxPipeline
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from blkassist.flux.demo import write_demo_split
+from blkassist.demo.training_split import write_demo_split
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux
 from blkassist.flux.objective import flow_matching_loss, sample_sigmas

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from blkassist.demo.training_split import write_demo_split
 from blkassist.errors import ConfigError
-from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import (
     generate_concepts,
     load_adapter,

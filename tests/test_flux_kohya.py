@@ -12,9 +12,9 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from peft import LoraConfig
 from safetensors.torch import load_file
 
+from blkassist.demo.random_flux import read_spec
 from blkassist.errors import ConfigError
 from blkassist.flux.kohya import bfl_module, export_kohya, kohya_path
-from blkassist.flux.loader import read_spec
 from tests.flux_fixtures import FULL_RANDOM_SPEC
 
 RANK, ALPHA = 4, 8  # scale 2: a power of two, so the comparison can be exact

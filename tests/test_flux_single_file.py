@@ -14,9 +14,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from blkassist.demo.random_flux import read_spec, save_random_flux
 from blkassist.errors import ModelFileError
 from blkassist.flux.generate import render
-from blkassist.flux.loader import load_flux, read_spec, save_random_flux
+from blkassist.flux.loader import load_flux
 from blkassist.flux.single_file import (
     DEFAULT_CONFIG,
     bfl_to_diffusers,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
+from blkassist.demo.training_split import write_demo_split
 from blkassist.errors import ConfigError
-from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.optim import make_schedule

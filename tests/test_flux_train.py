@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
+from blkassist.demo.training_split import write_demo_split
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.data import BucketOrder, caption_variants
-from blkassist.flux.demo import write_demo_split
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.recipe import recipe_from_config

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blkassist.flux.loader import load_flux, module_bytes, save_random_flux
+from blkassist.demo.random_flux import save_random_flux
+from blkassist.flux.loader import load_flux, module_bytes
 from blkassist.gpu_memory import (
     GIB,
     flux_configs,

@@ -16,12 +16,12 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from blkassist.demo import INK_MODEL_FORMAT, is_demo_model
+from blkassist.demo import INK_MODEL_FORMAT, declares_demo
 from blkassist.demo.ink_data import DataSettings, draw_images, samples
+from blkassist.demo.synth import INK, PAPER
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import check_flux_folder, load_flux
 from blkassist.flux.trainer import FluxLoraTrainer
-from blkassist.synth import INK, PAPER
 from blkassist.texture.ink import distance, ink_stats, profile
 from tests.flux_fixtures import REPO, TINY_SPEC, recipe
 
@@ -64,7 +64,7 @@ def demo_prompts() -> list[str]:
 def test_the_shipped_folder_is_a_complete_small_flux_with_its_card():
     check_flux_folder(INK_MODEL)  # the production loader's own completeness check
     card = json.loads((INK_MODEL / "model_card.json").read_text())
-    assert card["format"] == INK_MODEL_FORMAT and is_demo_model(INK_MODEL)
+    assert card["format"] == INK_MODEL_FORMAT and declares_demo(INK_MODEL)
     size = sum(p.stat().st_size for p in INK_MODEL.rglob("*") if p.is_file())
     assert size < 30 * 2**20, f"{size / 2**20:.1f} MiB"
     # Stipple and hairlines cost PSNR (one dot a pixel off is a large error): the shipped

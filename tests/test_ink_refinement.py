@@ -21,10 +21,10 @@ import tifffile
 from PIL import Image
 
 from blkassist.canvas import open_canvas
+from blkassist.demo.synth import pen_and_ink
 from blkassist.flux.loader import load_flux
 from blkassist.refine.noise import OwnNoise
 from blkassist.refine.refiner import FluxRefiner
-from blkassist.synth import pen_and_ink
 from blkassist.texture.ink import (
     feature_distances,
     folder_crops,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from blkassist.synth import INK, PAPER, pen_and_ink
+from blkassist.demo.synth import INK, PAPER, pen_and_ink
 from blkassist.texture.ink import (
     distance,
     feature_distances,

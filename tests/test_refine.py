@@ -4,9 +4,11 @@ seam QA, sigmas, and the tiny Flux refiner, with deterministic stand-in refiners
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 
 from blkassist import canvas
@@ -523,7 +525,8 @@ def mural_config(**mural):
     [(p, side, model,
       p if p != "auto" else ("diffusion" if side > 8192 and model == "flux" else "sr"))
      for p in ("auto", "sr", "diffusion") for side in (4000, 8192, 8193, 64000)
-     for model in ("flux", "resources/flux/tiny.yaml", "spec.yml", "resources/flux/ink")],
+     for model in ("flux", "resources/flux/tiny.yaml", "resources/flux/flux1-dev-random.yaml",
+                   "resources/flux/ink")],
 )  # fmt: skip
 def test_path_choice_and_its_reason(configured, long_side, model, expected):
     path, reason = choose_path(configured, long_side, long_side * 3 // 4, model)
@@ -531,6 +534,24 @@ def test_path_choice_and_its_reason(configured, long_side, model, expected):
     assert str(long_side) in reason if configured == "auto" else configured in reason
     if configured == "auto" and long_side > 8192 and model != "flux":
         assert f"{model} is a demo model" in reason  # why auto did not refine
+
+
+@pytest.mark.parametrize("declared", [True, False, None, "yes"])
+def test_path_auto_follows_what_the_model_declares(tmp_path, declared):
+    """Only `demo: true` in a model's spec or card keeps path auto on SR; how the model was
+    made (a random spec, a trained folder) is never asked."""
+    spec = yaml.safe_load((REPO / "resources/flux/tiny.yaml").read_text())
+    card = {"format": "some-folder/1"}
+    if declared is None:
+        spec.pop("demo")
+    else:
+        spec["demo"] = card["demo"] = declared
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "model_card.json").write_text(json.dumps(card))
+    expected = "sr" if declared is True else "diffusion"
+    for model in (tmp_path / "spec.yaml", tmp_path / "folder"):
+        assert choose_path("auto", 16000, 12000, str(model))[0] == expected
 
 
 def test_refine_settings_defaults_lora_names_and_passes():

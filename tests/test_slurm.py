@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from blkassist.synth import pen_and_ink
+from blkassist.demo.synth import pen_and_ink
 from tests.conftest import REPO, run_snakemake, save_tiny_rrdbnet, snakemake_cmd, write_config
 from tests.slurm_cluster import FAKE_GPUS, SlurmCluster, unavailable_reason
 

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from blkassist.config import schema_settings, section_with_defaults
+from blkassist.demo.random_flux import read_spec
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
-from blkassist.flux.loader import load_flux, read_spec
+from blkassist.flux.loader import load_flux
 from blkassist.probe import sha256_file
 from blkassist.progress import ProgressSettings
 from blkassist.stencil_model.assets import fuse_layer_lora, generate_assets, vae_identity

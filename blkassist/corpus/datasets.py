@@ -200,15 +200,23 @@ def write_image_folder(
     return summary
 
 
-def _rendered(samples: list[Sample], by_id: dict[str, SourceImage]) -> Iterator[DatasetImage]:
-    current_id, source = None, None
-    for sample in samples:
-        if sample.source_id != current_id:  # one decoded source in memory at a time
-            current_id = sample.source_id
-            source = pyvips.Image.new_from_file(by_id[current_id].image)
+def with_sources(items: Iterable, image_of: Callable[[object], str]) -> Iterator[tuple]:
+    """(item, its decoded source) for items sorted by source: each source decoded once, alpha
+    flattened onto white, and only one in memory at a time."""
+    current, source = None, None
+    for item in items:
+        path = image_of(item)
+        if path != current:
+            current = path
+            source = pyvips.Image.new_from_file(path)
             if source.hasalpha():
                 source = source.flatten(background=255)
             source = source.copy_memory()
+        yield item, source
+
+
+def _rendered(samples: list[Sample], by_id: dict[str, SourceImage]) -> Iterator[DatasetImage]:
+    for sample, source in with_sources(samples, lambda s: by_id[s.source_id].image):
         yield DatasetImage(
             sample.split, sample.file_name, sample.caption,
             {"bucket": list(sample.bucket), "resolution": sample.resolution,

@@ -1,7 +1,13 @@
-"""Demo-only code: what the demo and the tests use in place of an artist's corpus and of
-Flux.1-dev weights (the learned ink model and how it is built).
+"""Demo-only code: what the demo, the tests and the GPU checks use in place of an artist's
+corpus and of Flux.1-dev weights. None of it touches a studio's data.
 
-Torch-free at import: the workflow asks `is_demo_model` while it parses.
+- synth: the synthetic pen-and-ink artwork; corpus: a synthetic corpus of it;
+  training_split: a tiny synthetic training split (tests, GPU checks);
+- random_flux and tokenizers: the random Flux of a spec (resources/flux/*.yaml) and its
+  generated tokenizers;
+- ink_data and ink_model: the learned ink model and how it is built.
+
+Torch-free at import: the workflow asks `declares_demo` while it parses.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 INK_MODEL_FORMAT = "blkassist-ink-model/1"  # model_card.json "format" of the ink model
+DEMO_KEY = "demo"  # `demo: true` in a spec or model card: a demo model (declares_demo)
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]  # the library ships inside the workflow
 
 
@@ -24,19 +33,19 @@ def shipped_path(path: str | os.PathLike) -> Path:
     return WORKFLOW_DIR / path
 
 
-def is_demo_model(model: str | os.PathLike) -> bool:
-    """A Flux model this workflow made for demos and tests: a random-model spec (.yaml) or
-    the learned ink model (a folder whose model card says so). Never an artist's or Black
-    Forest Labs' weights, so never worth refining a studio's mural with."""
-    from blkassist.flux.single_file import is_single_file_model
-
+def declares_demo(model: str | os.PathLike) -> bool:
+    """Whether a Flux model declares itself a demo model: `demo: true` in its spec (.yaml)
+    or in its folder's model_card.json (the random specs and the learned ink model do).
+    Nothing here asks how a model was made: one that declares nothing is taken for real
+    weights (an artist's or Black Forest Labs')."""
     path = shipped_path(model)
-    if path.suffix in (".yaml", ".yml"):
-        return not is_single_file_model(path)
-    card = path / "model_card.json"
-    if not card.is_file():
+    yaml_file = path.suffix in (".yaml", ".yml")
+    declaration = path if yaml_file else path / "model_card.json"
+    if not declaration.is_file():
         return False
     try:
-        return json.loads(card.read_text()).get("format") == INK_MODEL_FORMAT
-    except (OSError, ValueError):
+        text = declaration.read_text()
+        declared = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError):
         return False
+    return isinstance(declared, dict) and declared.get(DEMO_KEY) is True

@@ -1,6 +1,6 @@
 """The ink model's training data: the demo's own pen-and-ink generator, drawn here.
 
-Images are drawn with `blkassist.synth.pen_and_ink` at the sizes and zooms of the demo
+Images are drawn with `blkassist.demo.synth.pen_and_ink` at the sizes and zooms of the demo
 corpus (compositions and detail close-ups) from seeds of their own, so the demo corpus the
 workflow draws (other seeds) stays unseen. From each image come square crops at native
 scale (what a refinement window or a texture crop sees) and the whole image reduced to a
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from blkassist.captions.embedded import ANALYSIS_SIDE, analyse_pixels, caption_from_facts
-from blkassist.synth import pen_and_ink
+from blkassist.demo.synth import pen_and_ink
 
 ASPECTS = ((4, 3), (3, 4), (1, 1), (16, 9), (2, 3))
 

@@ -41,7 +41,7 @@ import torch
 import yaml
 from PIL import Image
 
-from blkassist.demo import ink_data
+from blkassist.demo import INK_MODEL_FORMAT, ink_data
 from blkassist.fsutil import atomic_path, write_json
 from blkassist.progress import ProgressSettings, TrainingProgress
 
@@ -530,7 +530,8 @@ def build(
     timings["total_s"] = time.perf_counter() - started
 
     card = {
-        "format": "blkassist-ink-model/1",
+        "format": INK_MODEL_FORMAT,
+        "demo": True,  # declares_demo: path auto never refines a studio's mural with it
         "what": "a small Flux (diffusers FluxPipeline layout) trained on the demo's synthetic "
         "pen-and-ink generator; demo and tests only, not an artist's model",
         "architecture": _repo_relative(architecture),
@@ -540,7 +541,7 @@ def build(
             for part in ("transformer", "vae", "text_encoder", "text_encoder_2")
         },
         "data": {
-            "generator": "blkassist.synth.pen_and_ink",
+            "generator": "blkassist.demo.synth.pen_and_ink",
             "training_images": len(images),
             "held_out_images": len(held_out_images),
             "samples_by_side": {str(k): len(v) for k, v in sorted(by_side.items())},

@@ -9,6 +9,8 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -157,6 +159,104 @@ def _slug(text: str, length: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-") or "prompt"
 
 
+@dataclass(frozen=True)
+class SweepRow:
+    """One prompt of a sweep: a contact-sheet row, an image per seed."""
+
+    prompt: str  # as configured: it names the files
+    text: str  # as encoded
+    width: int
+    height: int
+    label: str  # the row's label on the contact sheet
+    fields: dict  # what each of the row's records adds after "prompt"
+
+
+def prompt_items(prompts: list[str | dict]) -> list[dict]:
+    """Prompts as dicts: a string is {"prompt": it}; a dict may carry its own settings."""
+    return [{"prompt": item} if isinstance(item, str) else dict(item) for item in prompts]
+
+
+def prompt_size(
+    item: dict, size: tuple[int, int] | None, aspect: float | str, megapixels: float, multiple: int
+) -> tuple[int, int]:
+    """A prompt's (width, height): its own "size", else `size`, else its own "aspect" (or
+    `aspect`) at `megapixels`. Sides are multiples of `multiple`."""
+    chosen = item.get("size") or size
+    if chosen:
+        width, height = chosen
+        if width % multiple or height % multiple:
+            raise ConfigError(f"size {width}x{height}: sides must be multiples of {multiple}")
+        return width, height
+    return size_near_megapixel(item.get("aspect", aspect), megapixels, multiple)
+
+
+def encode_prompts(components, pipe, texts: list[str], max_sequence_length: int) -> list[tuple]:
+    """(prompt_embeds, pooled) of every text. All are encoded first; then the text encoders
+    leave the device before the transformer comes: the device never holds T5 and the
+    transformer at once."""
+    components.to_device("text_encoder", "text_encoder_2")
+    with torch.no_grad():
+        encoded = [
+            pipe.encode_prompt(text, prompt_2=None, device=components.device,
+                               max_sequence_length=max_sequence_length)[:2]
+            for text in texts
+        ]  # fmt: skip
+    components.park_text_encoders()
+    components.to_device("transformer", "vae")
+    return encoded
+
+
+def sweep(
+    pipe,
+    rows: list[SweepRow],
+    encoded: list[tuple],
+    output_dir: str | os.PathLike,
+    *,
+    seeds,
+    rendering: dict,
+    shared: dict,
+    index: str,
+    output_type: str = "pil",
+    finish: Callable | None = None,
+) -> list[dict]:
+    """Every row (prompt) x seed: render (`rendering`: steps, guidance, max_sequence_length),
+    `finish(rendered, row)` -> (PNG image, record fields, contact-sheet cell) (default: the
+    image as it is), then the PNG and its sidecar (the row's fields, the rendering, the
+    finish's fields, then `shared`); at the end the contact sheet and `index`, the list of
+    all records."""
+    output_dir = Path(output_dir)
+    finish = finish or (lambda image, row: (image, {}, image))
+    records, sheet, labels = [], [], []
+    for number, (row, (embeds, pooled)) in enumerate(zip(rows, encoded, strict=True)):
+        cells = []
+        for seed in seeds:
+            rendered = render(pipe, seed=seed, width=row.width, height=row.height,
+                              prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                              output_type=output_type, **rendering)  # fmt: skip
+            image, fields, cell = finish(rendered, row)
+            name = f"{number:02d}-{_slug(row.prompt)}-seed{seed}"
+            save_png(image, output_dir / f"{name}.png")
+            record = {
+                "image": f"{name}.png",
+                "prompt": row.prompt,
+                **row.fields,
+                "seed": seed,
+                "width": row.width,
+                "height": row.height,
+                **rendering,
+                **fields,
+                **shared,
+            }
+            write_json(output_dir / f"{name}.json", record)
+            records.append(record)
+            cells.append(cell)
+        sheet.append(cells)
+        labels.append(row.label)
+    save_png(contact_sheet(sheet, labels), output_dir / "contact_sheet.png")
+    write_json(output_dir / index, records)
+    return records
+
+
 def generate_concepts(
     components,
     prompts: list[str | dict],
@@ -179,75 +279,29 @@ def generate_concepts(
     A prompt may be a dict with its own "aspect" or "size" [w, h]. The LoRA is removed
     from the model again afterwards, so `components` can be reused.
     """
-    output_dir = Path(output_dir)
     pipe = components.pipeline()
     lora_record = None
     if lora is not None:
         digest = load_adapter(pipe, lora, lora_scale)
         lora_record = {"file": str(lora), "sha256": digest, "scale": lora_scale}
-    model, found = components.describe(), versions()
-    records, rows, labels = [], [], []
-    items = [{"prompt": item} if isinstance(item, str) else dict(item) for item in prompts]
-    # Every prompt is encoded first; then the text encoders leave the device before the
-    # transformer comes: the device never holds T5 and the transformer at once.
-    components.to_device("text_encoder", "text_encoder_2")
-    with torch.no_grad():
-        encoded = [
-            pipe.encode_prompt(item["prompt"], prompt_2=None, device=components.device,
-                               max_sequence_length=max_sequence_length)[:2]
-            for item in items
-        ]  # fmt: skip
-    components.park_text_encoders()
-    components.to_device("transformer", "vae")
+    multiple = components.vae_scale_factor * 2
+    rows = [
+        SweepRow(item["prompt"], item["prompt"],
+                 *prompt_size(item, size, aspect, megapixels, multiple),
+                 label=f"{number:02d} {item['prompt']}", fields={})
+        for number, item in enumerate(prompt_items(prompts))
+    ]  # fmt: skip
+    shared = {"lora": lora_record, "model": components.describe(), "licences": licences,
+              "versions": versions()}  # fmt: skip
     try:
-        for index, (item, (embeds, pooled)) in enumerate(zip(items, encoded, strict=True)):
-            prompt = item["prompt"]
-            width, height = (
-                item.get("size")
-                or size
-                or size_near_megapixel(
-                    item.get("aspect", aspect), megapixels, components.vae_scale_factor * 2
-                )
-            )
-            row = []
-            for seed in seeds:
-                image = render(
-                    pipe,
-                    seed=seed,
-                    width=width,
-                    height=height,
-                    steps=steps,
-                    guidance=guidance,
-                    prompt_embeds=embeds,
-                    pooled_prompt_embeds=pooled,
-                    max_sequence_length=max_sequence_length,
-                )
-                name = f"{index:02d}-{_slug(prompt)}-seed{seed}"
-                save_png(image, output_dir / f"{name}.png")
-                record = {
-                    "image": f"{name}.png",
-                    "prompt": prompt,
-                    "seed": seed,
-                    "width": width,
-                    "height": height,
-                    "steps": steps,
-                    "guidance": guidance,
-                    "max_sequence_length": max_sequence_length,
-                    "lora": lora_record,
-                    "model": model,
-                    "licences": licences,
-                    "versions": found,
-                }
-                write_json(output_dir / f"{name}.json", record)
-                records.append(record)
-                row.append(image)
-            rows.append(row)
-            labels.append(f"{index:02d} {prompt}")
+        encoded = encode_prompts(components, pipe, [r.text for r in rows], max_sequence_length)
+        rendering = {"steps": steps, "guidance": guidance,
+                     "max_sequence_length": max_sequence_length}  # fmt: skip
+        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, rendering=rendering,
+                        shared=shared, index="concepts.json")  # fmt: skip
     finally:
         if lora is not None:
             pipe.delete_adapters(ADAPTER_NAME)
-    save_png(contact_sheet(rows, labels), output_dir / "contact_sheet.png")
-    write_json(output_dir / "concepts.json", records)
     log.info("%d concept images in %s", len(records), output_dir)
     return records
 

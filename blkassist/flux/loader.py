@@ -3,8 +3,8 @@
 Production loads a local Flux.1-dev diffusers folder, or ComfyUI's single files
 (blkassist.flux.single_file), never the network. Demos and tests
 build a random model of the same classes from a spec file (the workflow's
-`resources/flux/tiny.yaml`, whose path comes from config), which can be saved as a
-diffusers folder, so the production path is exercised offline too.
+`resources/flux/tiny.yaml`, whose path comes from config; blkassist.demo.random_flux),
+which can be saved as a diffusers folder, so the production path is exercised offline too.
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ import hashlib
 import json
 import logging
 import os
-import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from blkassist.errors import ConfigError, ModelFileError
+from blkassist.errors import ModelFileError
 from blkassist.flux.single_file import is_single_file_model, load_single_file
-from blkassist.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 # peft imports bitsandbytes when it is installed; its CPU backend then warns about an
@@ -267,104 +264,6 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[dict, dict[str, str]
     return parts, identity
 
 
-# -- demos and tests: a random model from a spec ------------------------------------------
-def tiny_clip_tokenizer():
-    """A byte-level CLIP tokenizer without merges: every character is a token."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for char in alphabet:
-            vocab[char + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_t5_tokenizer():
-    """A unigram T5 tokenizer over printable ASCII (pad 0, eos 1, unk 2, like T5's)."""
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    for char in string.ascii_letters + string.digits + string.punctuation:
-        pieces += [(char, -3.0), ("▁" + char, -3.5)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-
-
-def read_spec(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model spec not found (expected a .yaml spec or a folder).")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if spec.get("kind") != "random":
-        raise ConfigError(f"{path}: kind must be 'random' (a random Flux of the given shape).")
-    return spec
-
-
-def _random_parts(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
-    clip = CLIPTextConfig(
-        **{
-            "vocab_size": len(tokenizer),
-            **spec["text_encoder"],
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-    )
-    t5 = T5Config(
-        **{
-            "vocab_size": len(tokenizer_2),
-            **spec["text_encoder_2"],
-            "pad_token_id": tokenizer_2.pad_token_id,
-            "eos_token_id": tokenizer_2.eos_token_id,
-            "decoder_start_token_id": tokenizer_2.pad_token_id,
-        }
-    )
-    builders = {
-        "transformer": lambda: FluxTransformer2DModel(**spec.get("transformer", {})),
-        "vae": lambda: AutoencoderKL(**spec["vae"]),
-        "text_encoder": lambda: CLIPTextModel(clip),
-        "text_encoder_2": lambda: T5EncoderModel(t5),
-    }
-    parts = {
-        "tokenizer": tokenizer,
-        "tokenizer_2": tokenizer_2,
-        "scheduler": FlowMatchEulerDiscreteScheduler(**spec.get("scheduler", {})),
-    }
-    seed = int(spec.get("seed", 0))
-    default = torch.get_default_dtype()
-    try:
-        # Built in the dtype they run in: a full-size transformer never exists in fp32.
-        torch.set_default_dtype(dtype)
-        for offset, (part, build) in enumerate(builders.items()):
-            torch.manual_seed(seed + offset)  # each part independent of the others' sizes
-            with torch.device(device):
-                parts[part] = build()
-    finally:
-        torch.set_default_dtype(default)
-    return parts
-
-
-def _spec_identity(spec: dict) -> dict[str, str]:
-    text = json.dumps(spec, sort_keys=True)
-    return {
-        part: "random-" + hashlib.sha256(f"{part}:{text}".encode()).hexdigest()[:16]
-        for part in PARTS
-    }
-
-
-def save_random_flux(spec_path: str | os.PathLike, folder: str | os.PathLike) -> Path:
-    """Build the random model of a spec (fp32, CPU) and save it as a diffusers folder."""
-    components = load_flux(spec_path, "cpu", torch.float32)
-    with atomic_path(folder) as tmp:
-        components.pipeline().save_pretrained(tmp)
-    return Path(folder)
-
-
 # -- the loader -------------------------------------------------------------------------
 def load_flux(
     spec_or_folder: str | os.PathLike,
@@ -390,8 +289,10 @@ def load_flux(
     host = device if device.type == "meta" else torch.device("cpu")
     single_file = is_single_file_model(path)  # ComfyUI's files (blkassist.flux.single_file)
     if path.suffix in (".yaml", ".yml") and not single_file:
+        from blkassist.demo.random_flux import random_parts, read_spec, spec_identity
+
         spec = read_spec(path)
-        parts, identity = _random_parts(spec, host, dtype), _spec_identity(spec)
+        parts, identity = random_parts(spec, host, dtype), spec_identity(spec)
         source = f"random model from {path.name}"
     else:
         if single_file:

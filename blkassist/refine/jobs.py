@@ -33,11 +33,6 @@ from blkassist.sr.passes import IncompletePassError
 log = logging.getLogger(__name__)
 
 
-def canvas_path(reference: str) -> str:
-    """A canvas is named directly (.zarr) or by its allocation record (.json)."""
-    return read_json(reference)["canvas"] if reference.endswith(".json") else reference
-
-
 def stage_plan(record: dict, tiles_per_job: int = 1, blocks_per_job: int = 1) -> RefinePass:
     """The pass's plan from its allocation record (batching only matters to the DAG)."""
     return RefinePass(**record["plan"], tiles_per_job=tiles_per_job, blocks_per_job=blocks_per_job)
@@ -46,13 +41,9 @@ def stage_plan(record: dict, tiles_per_job: int = 1, blocks_per_job: int = 1) ->
 def allocate_stage(geometry: dict, previous: str, base: str, folder: str, record: str) -> None:
     """Create a pass's empty window store and output canvas; forget earlier progress."""
     plan = RefinePass(**geometry, tiles_per_job=1, blocks_per_job=1)
-    source_path, base_path = canvas_path(previous), canvas_path(base)
-    source = canvas.open_canvas(source_path)
-    if source.shape[:2] != (plan.height, plan.width):
-        raise RuntimeError(
-            f"canvas {source_path} is {source.shape[1]}x{source.shape[0]}, but refinement pass "
-            f"{plan.name} expects {plan.width}x{plan.height}; rerun with --forceall for this mural"
-        )
+    reader = f"refinement pass {plan.name}"
+    source_path, source = canvas.open_sized(previous, plan.width, plan.height, reader)
+    base_path = canvas.canvas_path(base)
     folder = Path(folder)
     progress = folder / "windows.progress"
     shutil.rmtree(progress, ignore_errors=True)

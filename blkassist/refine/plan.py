@@ -12,8 +12,8 @@ overhang is never blended).
 
 Windows are numbered row-major and grouped `tiles_per_job` to a tile job; the output canvas
 is written in square blocks, grouped `blocks_per_job` to a blend job. Jobs are named by the
-range they cover, so a re-batching never mistakes one job's marker for another's. The
-workflow evaluates these plans when it builds the DAG; the jobs evaluate the same functions.
+range they cover (blkassist.batches, as the SR path's tile jobs). The workflow evaluates
+these plans when it builds the DAG; the jobs evaluate the same functions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
+
+from blkassist.batches import Batches
 
 BLOCK = 512  # output block side: one zarr chunk of the refined canvas
 SIZE_MULTIPLE = 16  # Flux: VAE factor 8 x 2x2 latent packing; window origins lie on it
@@ -180,8 +182,13 @@ class RefinePass:
         return self.columns * self.rows
 
     @property
+    def tile_jobs(self) -> Batches:
+        """Tile jobs: `tiles_per_job` windows each, named by their window range."""
+        return Batches(self.window_count, self.tiles_per_job)
+
+    @property
     def batch_count(self) -> int:
-        return math.ceil(self.window_count / self.tiles_per_job)
+        return self.tile_jobs.count
 
     def window(self, index: int) -> Window:
         if not 0 <= index < self.window_count:
@@ -199,10 +206,8 @@ class RefinePass:
 
     def batch_range(self, batch: int) -> tuple[int, int]:
         """[first, stop) window indices of tile batch `batch`."""
-        if not 0 <= batch < self.batch_count:
-            raise IndexError(f"batch {batch} outside a plan of {self.batch_count} batches")
-        first = batch * self.tiles_per_job
-        return first, min(first + self.tiles_per_job, self.window_count)
+        windows = self.tile_jobs.range(batch)
+        return windows.start, windows.stop
 
     def batch_windows(self, batch: int) -> list[Window]:
         return self.windows_between(*self.batch_range(batch))
@@ -224,8 +229,13 @@ class RefinePass:
         return self.block_columns * self.block_rows
 
     @property
+    def blend_jobs(self) -> Batches:
+        """Blend jobs: `blocks_per_job` output blocks each, named by their block range."""
+        return Batches(self.block_count, self.blocks_per_job, "blend job")
+
+    @property
     def blend_count(self) -> int:
-        return math.ceil(self.block_count / self.blocks_per_job)
+        return self.blend_jobs.count
 
     def block_box(self, index: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of output block `index` (row-major)."""
@@ -234,10 +244,7 @@ class RefinePass:
         return x0, y0, min(x0 + BLOCK, self.width), min(y0 + BLOCK, self.height)
 
     def blend_blocks(self, blend: int) -> range:
-        if not 0 <= blend < self.blend_count:
-            raise IndexError(f"blend job {blend} outside a plan of {self.blend_count}")
-        first = blend * self.blocks_per_job
-        return range(first, min(first + self.blocks_per_job, self.block_count))
+        return self.blend_jobs.range(blend)
 
     def window_ids(self, blocks: range) -> set[int]:
         """Windows that the blocks are composed from."""
@@ -258,9 +265,10 @@ class RefinePass:
         top = self.block_box(blocks[0])[1]
         bottom = self.block_box(blocks[-1])[3]
         rows = [r for r, y in enumerate(self.ys) if y < bottom and y + self.window_height > top]
-        first = rows[0] * self.columns // self.tiles_per_job
-        last = ((rows[-1] + 1) * self.columns - 1) // self.tiles_per_job
-        return range(first, last + 1)
+        jobs = self.tile_jobs
+        return range(
+            jobs.job_of(rows[0] * self.columns), jobs.job_of((rows[-1] + 1) * self.columns - 1) + 1
+        )
 
     # -- where a window counts (re-rolls, QA) -------------------------------------------
     def footprint(self, window: Window) -> tuple[int, int, int, int]:

@@ -124,10 +124,10 @@ def refine_settings(
 def choose_path(
     configured: str, final_width: int, final_height: int, model: str = ""
 ) -> tuple[str, str]:
-    """("sr" or "diffusion", why). `auto` refines murals longer than 8192 px, but only with
-    real Flux weights: a demo model (random, or the small ink model) would paint over a
-    studio's mural."""
-    from blkassist.demo import is_demo_model
+    """("sr" or "diffusion", why). `auto` refines murals longer than 8192 px, but never with
+    a model that declares itself a demo model (blkassist.demo.declares_demo): it would paint
+    over a studio's mural."""
+    from blkassist.demo import declares_demo
 
     long_side = max(final_width, final_height)
     if configured != "auto":
@@ -136,12 +136,12 @@ def choose_path(
         return "sr", (
             f"path: auto and the long side {long_side} px is at most {SR_ONLY_LONG_SIDE} px"
         )
-    if is_demo_model(model):
+    if declares_demo(model):
         return "sr", (
             f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px, "
-            f"but the refinement model {model} is a demo model (random or the small ink "
-            "model), not Flux weights: SR alone (set refine.model or conceptor.model to a "
-            "Flux.1-dev folder to refine)"
+            f"but the refinement model {model} is a demo model (demo: true in its spec or "
+            "model card), not Flux weights: SR alone (set refine.model or conceptor.model to "
+            "a Flux.1-dev folder to refine)"
         )
     return "diffusion", (
         f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "

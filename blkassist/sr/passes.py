@@ -29,11 +29,6 @@ class IncompletePassError(BlkAssistError):
     """A pass's canvas is missing tiles although every batch says it finished."""
 
 
-def _canvas_path(reference: str) -> str:
-    """A canvas is named either directly (canvas0.zarr) or by its allocation record."""
-    return read_json(reference)["canvas"] if reference.endswith(".json") else reference
-
-
 def allocate_pass(
     plan_fields: dict,
     previous: str,
@@ -53,12 +48,9 @@ def allocate_pass(
     if previous.endswith(".json"):
         require_complete(previous)
     plan = PassPlan(**plan_fields)
-    source = canvas.open_canvas(_canvas_path(previous))
-    if source.shape[:2] != (plan.input_height, plan.input_width):
-        raise RuntimeError(
-            f"canvas {previous} is {source.shape[1]}x{source.shape[0]}, but the plan expects "
-            f"{plan.input_width}x{plan.input_height}; rerun with --forceall for this mural"
-        )
+    source_path, source = canvas.open_sized(
+        previous, plan.input_width, plan.input_height, f"pass {plan.number}"
+    )
     shutil.rmtree(progress, ignore_errors=True)
     if rerolls:
         shutil.rmtree(rerolls, ignore_errors=True)
@@ -68,7 +60,7 @@ def allocate_pass(
         record,
         {
             "canvas": target,
-            "input_canvas": _canvas_path(previous),
+            "input_canvas": source_path,
             "progress": progress,
             "bands": bands,
             "plan": plan.geometry(),

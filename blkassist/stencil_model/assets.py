@@ -1,7 +1,7 @@
 """RGBA assets: prompts with descriptors and a Z-role tag -> Flux (layer LoRA fused, optional
 style LoRAs) -> latent -> transparent decoder -> PNG with real alpha, a provenance sidecar
-and a checkerboard contact sheet. Prompt handling, sizes, sampling and the sheet layout are
-Conceptor's (blkassist.flux.generate)."""
+and a checkerboard contact sheet. Prompt handling, sizes, sampling, the prompts x seeds
+sweep and the sheet layout are Conceptor's (blkassist.flux.generate)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,14 @@ from PIL import Image
 
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import (
-    _slug,
-    contact_sheet,
+    SweepRow,
+    encode_prompts,
     load_adapter,
-    render,
-    save_png,
-    size_near_megapixel,
+    prompt_items,
+    prompt_size,
+    sweep,
     versions,
 )
-from blkassist.fsutil import write_json
 from blkassist.probe import sha256_file
 from blkassist.stencil_model.preview import over_checkerboard
 from blkassist.stencil_model.vae import TransparentVAE, from_flux, load_transparent_vae
@@ -104,17 +103,6 @@ def fuse_layer_lora(pipe, path: str | os.PathLike, scale: float = 1.0) -> dict:
     }
 
 
-def asset_size(item: dict, defaults: dict, multiple: int) -> tuple[int, int]:
-    size = item.get("size") or defaults.get("size")
-    if size:
-        width, height = size
-        if width % multiple or height % multiple:
-            raise ConfigError(f"size {width}x{height}: sides must be multiples of {multiple}")
-        return width, height
-    aspect = item.get("aspect", defaults["aspect"])
-    return size_near_megapixel(aspect, defaults["megapixels"], multiple)
-
-
 def decode_rgba(components, vae: TransparentVAE, packed, width, height, augment=True):
     """Packed transformer latents -> one RGBA PIL image."""
     return decode_with_drawing(components, vae, packed, width, height, augment)[0]
@@ -163,6 +151,35 @@ def alpha_profile(alpha: np.ndarray, luma: np.ndarray) -> dict:
     }
 
 
+def load_style_loras(pipe, loras) -> tuple[list[str], list[dict]]:
+    """Style LoRAs as adapters style0, style1, ... at their scales: (names, records)."""
+    names, records = [], []
+    for index, lora in enumerate(loras):
+        name = f"style{index}"
+        digest = load_adapter(pipe, lora["file"], lora.get("scale", 1.0), name=name)
+        names.append(name)
+        records.append({"file": str(lora["file"]), "sha256": digest,
+                        "scale": lora.get("scale", 1.0)})  # fmt: skip
+    if names:
+        pipe.set_adapters(names, adapter_weights=[r["scale"] for r in records])
+    return names, records
+
+
+def asset_rows(prompts, role: str, template: str, size, aspect, megapixels, multiple):
+    """The sweep's rows: each prompt with its Z-role (checked) in the template."""
+    rows = []
+    for index, item in enumerate(prompt_items(prompts)):
+        item_role = item.get("role", role)
+        if item_role not in ROLES:
+            raise ConfigError(f"prompt {index}: role {item_role!r} is not one of {ROLES}")
+        text = template.format(prompt=item["prompt"], role=item_role)
+        width, height = prompt_size(item, size, aspect, megapixels, multiple)
+        label = f"{index:02d} [{item_role}] {item['prompt']}"
+        rows.append(SweepRow(item["prompt"], text, width, height, label,
+                             {"role": item_role, "text": text}))  # fmt: skip
+    return rows
+
+
 def generate_assets(
     components,
     vae: TransparentVAE,
@@ -189,75 +206,32 @@ def generate_assets(
     "role", "aspect" or "size". Style LoRAs are removed again afterwards; the layer LoRA, once
     fused, stays in `components`. The settings are a stencil.assets.NAME section's, schema
     defaults filled (config.section_with_defaults outside a workflow)."""
-    output_dir = Path(output_dir)
     pipe = components.pipeline()
     multiple = math.lcm(components.vae_scale_factor * 2, vae.spec.size_multiple)
-    defaults = {"size": size, "aspect": aspect, "megapixels": megapixels}
+    rows = asset_rows(prompts, role, template, size, aspect, megapixels, multiple)
     layer_record = fuse_layer_lora(pipe, layer_lora) if layer_lora else None
-    names, style_records = [], []
-    for index, lora in enumerate(loras):
-        name = f"style{index}"
-        digest = load_adapter(pipe, lora["file"], lora.get("scale", 1.0), name=name)
-        names.append(name)
-        style_records.append({"file": str(lora["file"]), "sha256": digest,
-                              "scale": lora.get("scale", 1.0)})  # fmt: skip
-    if names:
-        pipe.set_adapters(names, adapter_weights=[r["scale"] for r in style_records])
-    model, found = components.describe(), versions()
-    records, rows, labels = [], [], []
+    names, style_records = load_style_loras(pipe, loras)
+
+    def finish(packed, row: SweepRow):
+        """Latents -> the RGBA asset, how its alpha fits the strokes, its checkerboard cell."""
+        image, drawn = decode_with_drawing(components, vae, packed, row.width, row.height, augment)
+        alpha = np.asarray(image)[..., 3] / 255
+        fields = {"augment": augment, "alpha": alpha_profile(alpha, drawn)}
+        return image, fields, over_checkerboard(image)
+
+    shared = {"layer_lora": layer_record, "loras": style_records, "transparent_vae": vae_record,
+              "model": components.describe(), "licences": licences,
+              "versions": versions()}  # fmt: skip
     try:
-        for index, item in enumerate(prompts):
-            item = {"prompt": item} if isinstance(item, str) else dict(item)
-            item_role = item.get("role", role)
-            if item_role not in ROLES:
-                raise ConfigError(f"prompt {index}: role {item_role!r} is not one of {ROLES}")
-            text = template.format(prompt=item["prompt"], role=item_role)
-            width, height = asset_size(item, defaults, multiple)
-            with torch.no_grad():
-                embeds, pooled, _ = pipe.encode_prompt(
-                    text, prompt_2=None, max_sequence_length=max_sequence_length
-                )
-            row = []
-            for seed in seeds:
-                packed = render(pipe, seed=seed, width=width, height=height, steps=steps,
-                                guidance=guidance, prompt_embeds=embeds,
-                                pooled_prompt_embeds=pooled,
-                                max_sequence_length=max_sequence_length,
-                                output_type="latent")  # fmt: skip
-                image, drawn = decode_with_drawing(components, vae, packed, width, height, augment)
-                name = f"{index:02d}-{_slug(item['prompt'])}-seed{seed}"
-                save_png(image, output_dir / f"{name}.png")
-                alpha = np.asarray(image)[..., 3] / 255
-                record = {
-                    "image": f"{name}.png",
-                    "prompt": item["prompt"],
-                    "role": item_role,
-                    "text": text,
-                    "seed": seed,
-                    "width": width,
-                    "height": height,
-                    "steps": steps,
-                    "guidance": guidance,
-                    "max_sequence_length": max_sequence_length,
-                    "augment": augment,
-                    "alpha": alpha_profile(alpha, drawn),
-                    "layer_lora": layer_record,
-                    "loras": style_records,
-                    "transparent_vae": vae_record,
-                    "model": model,
-                    "licences": licences,
-                    "versions": found,
-                }  # fmt: skip
-                write_json(output_dir / f"{name}.json", record)
-                records.append(record)
-                row.append(over_checkerboard(image))
-            rows.append(row)
-            labels.append(f"{index:02d} [{item_role}] {item['prompt']}")
+        encoded = encode_prompts(components, pipe, [r.text for r in rows], max_sequence_length)
+        rendering = {"steps": steps, "guidance": guidance,
+                     "max_sequence_length": max_sequence_length}  # fmt: skip
+        records = sweep(pipe, rows, encoded, output_dir, seeds=seeds, rendering=rendering,
+                        shared=shared, index="assets.json", output_type="latent",
+                        finish=finish)  # fmt: skip
     finally:
         if names:
             pipe.delete_adapters(names)
-    save_png(contact_sheet(rows, labels), output_dir / "contact_sheet.png")
-    write_json(output_dir / "assets.json", records)
     log.info("%d RGBA assets in %s", len(records), output_dir)
     return records
 

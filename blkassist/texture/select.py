@@ -25,7 +25,7 @@ import numpy as np
 import pyvips
 
 from blkassist.corpus.collections import mask_for
-from blkassist.corpus.datasets import split_of
+from blkassist.corpus.datasets import split_of, with_sources
 from blkassist.corpus.normalise import distinct_rows
 from blkassist.errors import ConfigError, InputImageError
 from blkassist.fsutil import atomic_path, write_json
@@ -283,14 +283,8 @@ def write_crops(
     by_id = {s.id: s for s in sources}
     with atomic_path(crops_dir) as tmp:
         tmp.mkdir(parents=True)
-        current, image = None, None
-        for crop in sorted(crops, key=lambda c: (c.source_id, c.id)):
-            if crop.source_id != current:  # one decoded source in memory at a time
-                current = crop.source_id
-                image = pyvips.Image.new_from_file(by_id[current].image)
-                if image.hasalpha():
-                    image = image.flatten(background=255)
-                image = image.copy_memory()
+        ordered = sorted(crops, key=lambda c: (c.source_id, c.id))
+        for crop, image in with_sources(ordered, lambda c: by_id[c.source_id].image):
             x0, y0, x1, y1 = crop.box
             image.crop(x0, y0, x1 - x0, y1 - y0).pngsave(
                 str(tmp / f"{crop.id}.png"), compression=3, keep="none"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from blkassist.demo.synth import pen_and_ink
 from blkassist.fsutil import atomic_path
-from blkassist.synth import pen_and_ink
 
 ASPECTS = ((4, 3), (3, 4), (1, 1), (16, 9), (2, 3))
 FORMATS = (("png", "PNG"), ("jpg", "JPEG"), ("tif", "TIFF"))
