@@ -1,12 +1,9 @@
 import functools
-from dataclasses import asdict
 from pathlib import Path
 
-from blkassist.config import mural_settings, validate_config
 from blkassist.corpus.collections import MASK_TAG
 from blkassist import licences
-from blkassist.errors import ConfigError
-from blkassist.flux.recipe import resolve_concept_sequence_lengths
+from blkassist.flux.recipe import recipe_params
 from blkassist.fsutil import read_json
 from blkassist.gpu_memory import declared_devices, refine_memory_or_reason
 from blkassist.plan import (
@@ -20,19 +17,25 @@ from blkassist.plan import (
 from blkassist.probe import header_alpha, header_size
 from blkassist.runlock import clear_stale_locks
 from blkassist.sr.ncnn import NCNN_MODELS
-from blkassist.texture.select import check_runs as check_texture_runs
 from blkassist.tiling import plan_mural
+from blkassist.workflow_settings import load_workflow_settings
 
-validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+# The one settings layer: the config validated, every section's cross-key checks run
+# (before any job) and what the rules derive from it, without writing into the config
+# beyond the schema's defaults (the jobs' scripts read their sections from it).
+SETTINGS = load_workflow_settings(
+    config, Path(workflow.basedir) / "config" / "schema.yaml", workflow.basedir
+)
 
 if workflow.is_main_process:
     # A run killed by SIGKILL leaves Snakemake's locks behind; rerunning should just resume.
     for stale in clear_stale_locks():
         print(f"Removed stale Snakemake lock {stale} (its run is no longer alive).")
 
-MURALS = {name: mural_settings(config, name) for name in config["murals"]}
+MURALS = SETTINGS.murals
+REFINE = SETTINGS.refine
 MAX_SOURCE_PIXELS = config["limits"]["max_source_pixels"]
-MODELS_DIR = config["models"]["dir"]
+MODELS_DIR = SETTINGS.models_dir
 
 
 def producible_sources():
@@ -253,11 +256,7 @@ def print_plans():
 
 def weights_path(model):
     """The weights behind a model name: a path, a converted package model or a fine-tune run."""
-    if model.endswith((".pth", ".safetensors")):
-        return model
-    if model.startswith("esrgan:"):
-        return f"{MODELS_DIR}/esrgan-{model.removeprefix('esrgan:')}.pth"
-    return f"{MODELS_DIR}/{model}.pth"
+    return SETTINGS.sr_weights(model)
 
 
 def model_weights(wildcards):
@@ -326,16 +325,10 @@ def caption_resources(wildcards):
 
 def workflow_file(path):
     """A config path that may name a file shipped with the workflow (resources/...)."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    return str(Path(workflow.basedir) / path)
+    return SETTINGS.file(path)
 
 
-CAPTION_SETTINGS = {
-    **config["captions"],
-    "system_prompt": workflow_file(config["captions"]["system_prompt"]),
-    "examples": workflow_file(config["captions"]["examples"]),
-}
+CAPTION_SETTINGS = SETTINGS.captions
 
 
 ESRGAN_RUNS = config["esrgan"]
@@ -350,16 +343,13 @@ def esrgan_inputs(wildcards):
 
 
 CONCEPTOR = config["conceptor"]
-FLUX_MODEL = workflow_file(CONCEPTOR["model"])
+CONCEPTS = SETTINGS.concepts  # each with the prompt length its run's LoRA learnt
+FLUX_MODEL = SETTINGS.conceptor_model
 
 
 def conceptor_inputs(wildcards):
     dataset = CONCEPTOR["runs"][wildcards.run]["dataset"]
     return {"dataset": f"datasets/{dataset}", "model": FLUX_MODEL}
-
-
-# A LoRA learnt prompt embeddings of its recipe's length: concepts use that length.
-resolve_concept_sequence_lengths(CONCEPTOR)
 
 
 def concept_inputs(wildcards):
@@ -390,7 +380,6 @@ def stencil_inputs(wildcards):
 
 TEXTURE = config["texture"]
 TEXTURE_RUNS = TEXTURE["runs"]
-check_texture_runs(config)
 
 
 def texture_selection(run):
@@ -423,11 +412,7 @@ def texture_inputs(wildcards):
 
 
 # What texture captions come from: "embedded", or the served model.
-TEXTURE_CAPTIONER = (
-    "embedded"
-    if config["captions"]["captioner"] == "embedded"
-    else f"vllm:{config['captions']['vllm']['model']}"
-)
+TEXTURE_CAPTIONER = SETTINGS.texture_captioner
 
 
 def texture_prompt(wildcards):
@@ -454,14 +439,7 @@ def texture_dataset_inputs(wildcards):
     }
 
 
-TEXTURE_MODEL = workflow_file(TEXTURE["model"])
-for _run, _settings in TEXTURE["runs"].items():
-    if _settings["training_set"] not in (None, *DATASETS):
-        raise ConfigError(
-            f"texture.runs.{_run}.training_set: {_settings['training_set']!r} is not a "
-            f"training set under datasets: ({', '.join(DATASETS) or 'none'}); add it or "
-            "remove the setting (the run's texture crops are used)."
-        )
+TEXTURE_MODEL = SETTINGS.texture_model
 
 
 def texture_training_inputs(wildcards):
@@ -472,23 +450,18 @@ def texture_training_inputs(wildcards):
 
 
 def texture_recipe_params(run):
-    """The recipe settings that define the outputs; checkpoint housekeeping (keep,
-    keep_resumable) and gradient checkpointing only schedule, so changing them reruns
-    nothing."""
-    recipe = TEXTURE["runs"][run]["recipe"]
-    housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
-    return {k: v for k, v in recipe.items() if k not in housekeeping}
+    """The recipe settings that define the outputs (housekeeping reruns nothing)."""
+    return recipe_params(TEXTURE_RUNS[run]["recipe"])
 
 
 # BLK-Stencil model and compositions (rules/stencil_model.smk).
 STENCIL_VAE = STENCIL["vae"]
 STENCIL_SHAPES = STENCIL_VAE.get("shapes")
-STENCIL_FLUX_MODEL = workflow_file(STENCIL["model"])
-STENCIL_VAE_SPEC = workflow_file(STENCIL_VAE["spec"])
-STENCIL_VAE_WEIGHTS = (
-    STENCIL_VAE["weights"] or f"{MODELS_DIR}/stencil-transparent-vae.pth"
-)
-STENCIL_ASSET_SETS = STENCIL["assets"]
+STENCIL_FLUX_MODEL = SETTINGS.stencil_model
+STENCIL_VAE_SPEC = SETTINGS.stencil_vae_spec
+STENCIL_VAE_WEIGHTS = SETTINGS.stencil_vae_weights
+# An asset set's `stencil:RUN` LoRA is that run's file, so generation depends on training.
+STENCIL_ASSET_SETS = SETTINGS.stencil_assets
 COMPOSITIONS = config["compositions"]
 
 
@@ -532,13 +505,8 @@ def composition_inputs(wildcards):
     }
 
 
-# BLK-Stencil style LoRAs by curriculum (rules/stencil_model.smk, train_stencil); an asset
-# set's `stencil:RUN` LoRA becomes that run's file, so generation depends on training.
-from blkassist.stencil_model.settings import check_stencil_runs, resolve_stencil_loras
-
+# BLK-Stencil style LoRAs by curriculum (rules/stencil_model.smk, train_stencil).
 STENCIL_RUNS = STENCIL["runs"]
-check_stencil_runs(STENCIL, STENCIL_VAE_SPEC)
-resolve_stencil_loras(STENCIL, MODELS_DIR)
 
 
 def stencil_lora_inputs(wildcards):
@@ -553,23 +521,13 @@ def stencil_lora_inputs(wildcards):
 
 
 def stencil_lora_params(run):
-    """What defines the LoRA: the recipe without checkpoint housekeeping (keep,
-    keep_resumable, gradient checkpointing only schedule) and the curriculum."""
-    housekeeping = {"keep", "keep_resumable", "gradient_checkpointing"}
-    recipe = STENCIL_RUNS[run]["recipe"]
+    """What defines the LoRA: the recipe (housekeeping reruns nothing) and the curriculum."""
     return {
-        "recipe": {k: v for k, v in recipe.items() if k not in housekeeping},
+        "recipe": recipe_params(STENCIL_RUNS[run]["recipe"]),
         "curriculum": STENCIL_RUNS[run]["curriculum"],
     }
 
 
 def kohya_loras():
     """The kohya / ComfyUI copies of the LoRAs trained here (rules/models.smk)."""
-    runs = [("conceptor", name, run) for name, run in CONCEPTOR["runs"].items()]
-    runs += [("texture", name, run) for name, run in TEXTURE_RUNS.items()]
-    runs += [("stencil", name, run) for name, run in STENCIL_RUNS.items()]
-    return [
-        f"{MODELS_DIR}/{kind}-{name}.kohya.safetensors"
-        for kind, name, run in runs
-        if run["recipe"]["adapter"] == "lora"
-    ]
+    return SETTINGS.kohya_loras()

@@ -6,11 +6,11 @@ import functools
 from snakemake.exceptions import WorkflowError
 
 from blkassist.config import load_schema
+from blkassist.errors import ConfigError
 from blkassist.flux.single_file import check_flux_model
 from blkassist.refine import reroll as rr
-from blkassist.refine.settings import choose_path, mural_refine_settings, plan_stages
+from blkassist.refine.settings import choose_path, plan_stages
 
-REFINE = {name: mural_refine_settings(config, name) for name in config["murals"]}
 SCHEMA = load_schema(Path(workflow.basedir) / "config" / "schema.yaml")
 
 
@@ -129,7 +129,7 @@ def refine_allocation_inputs(wildcards):
 
 
 def refine_model(mural):
-    return workflow_file(REFINE[mural].model)
+    return SETTINGS.refine_model(mural)
 
 
 def refine_pixel_settings(wildcards):
@@ -513,21 +513,7 @@ def refinement_provenance(wildcards):
     return f"work/{wildcards.mural}/refine.provenance.json"
 
 
-def used_flux_models():
-    """The Flux models the configured targets use (random specs, diffusers folders,
-    ComfyUI's single files)."""
-    models = set()
-    if CONCEPTOR["runs"] or CONCEPTOR["concepts"]:
-        models.add(FLUX_MODEL)
-    if TEXTURE_RUNS:
-        models.add(TEXTURE_MODEL)
-    if STENCIL_RUNS or STENCIL_ASSET_SETS:
-        models.add(STENCIL_FLUX_MODEL)
-    models |= {refine_model(m) for m in MURALS if REFINE[m].path == "diffusion"}
-    return models
-
-
 if workflow.is_main_process:
     # Missing or wrong model files are named now, from their headers, before any job runs.
-    for _model in sorted(used_flux_models()):
+    for _model in sorted(SETTINGS.flux_models()):
         check_flux_model(_model)
