@@ -18,7 +18,7 @@ Each section's checks live beside its settings, and name the key and the fix:
     stencil.assets.NAME.loras         blkassist.stencil_model.settings.asset_sets_with_lora_files
 
 A re-roll's checks need the mural's plan (its path, its source's size): they run when
-the plan is made (rules/refine_common.smk, reroll_plan), still before any job.
+the plan is made (rules/reroll_common.smk, reroll_plan), still before any job.
 """
 
 from __future__ import annotations
