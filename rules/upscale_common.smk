@@ -1,5 +1,6 @@
-# Input functions of the SR passes and the assembly (rules/upscale.smk); a diffusion
-# mural's steps read its refined canvases (named in rules/mural_plan.smk).
+# Input functions of the SR passes and the assembly (rules/upscale.smk), and of the SR
+# models they use (rules/esrgan.smk); a diffusion mural's steps read its refined canvases
+# (named in rules/mural_plan.smk).
 from pathlib import Path
 
 from blkassist.sr.ncnn import NCNN_MODELS
