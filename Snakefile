@@ -4,8 +4,17 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-include: "rules/common.smk"
+# Settings first; then each subsystem's input functions, every file on the ones above it.
+include: "rules/settings.smk"
+include: "rules/mural_plan.smk"
+include: "rules/upscale_common.smk"
+include: "rules/reroll_common.smk"
 include: "rules/refine_common.smk"
+include: "rules/plan_report.smk"
+include: "rules/corpus_common.smk"
+include: "rules/conceptor_common.smk"
+include: "rules/texture_common.smk"
+include: "rules/stencil_common.smk"
 
 
 wildcard_constraints:

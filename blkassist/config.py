@@ -81,9 +81,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
             f"--configfile (the schema is {schema_path}):\n{lines}"
         )
     _fill_defaults(config, schema, schema)
-    for name, mural in config.get("murals", {}).items():
-        if "scale" in mural and "target_long_side" in mural:
-            raise ConfigError(f"murals.{name}: give either scale or target_long_side, not both")
+    check_murals(config)
     return config
 
 
@@ -214,6 +212,14 @@ class MuralSettings:
 
 # Settings that only schedule work; kept out of every rule's params.
 SCHEDULING_KNOBS = ("tiles_per_job", "tiles_per_forward")
+
+
+def check_murals(config: Mapping) -> None:
+    """The cross-key checks of murals.NAME (run by validate_config: the schema's default
+    scale applies only without a target_long_side, so both present means both given)."""
+    for name, mural in config.get("murals", {}).items():
+        if "scale" in mural and "target_long_side" in mural:
+            raise ConfigError(f"murals.{name}: give either scale or target_long_side, not both")
 
 
 def mural_settings(config: Mapping, name: str) -> MuralSettings:

@@ -46,7 +46,7 @@ rule generate_concepts:
     resources:
         gpu=1,
     params:
-        settings=lambda wildcards: CONCEPTOR["concepts"][wildcards.concept],
+        settings=lambda wildcards: CONCEPTS[wildcards.concept],
         folder="results/concepts/{concept}",
         lock_dir=config["gpu"]["lock_dir"],
     script:

@@ -1,7 +1,4 @@
 # BLK-Stencil data: synthetic transparent ink assets + the artist's RGBA assets -> training set.
-from blkassist.stencil.dataset import check_stencil_config
-
-check_stencil_config(config)
 
 
 rule stencil_dataset:

@@ -17,7 +17,7 @@ from blkassist.errors import ConfigError
 from blkassist.flux.generate import load_adapter
 from blkassist.flux.loader import load_flux
 from blkassist.flux.optim import make_schedule
-from blkassist.flux.recipe import concept_sequence_length, resolve_concept_sequence_lengths
+from blkassist.flux.recipe import concept_sequence_length, concepts_with_sequence_lengths
 from blkassist.flux.trainer import Batch, FluxLoraTrainer
 from tests.flux_fixtures import TINY_SPEC, assert_same_adapter_and_ema, recipe
 
@@ -234,8 +234,9 @@ def test_concepts_use_their_runs_sequence_length():
         "concepts": {"a": {"run": "ink", "max_sequence_length": None},
                      "b": {"run": None, "max_sequence_length": None}},
     }  # fmt: skip
-    resolve_concept_sequence_lengths(conceptor)
-    assert [c["max_sequence_length"] for c in conceptor["concepts"].values()] == [64, 512]
+    concepts = concepts_with_sequence_lengths(conceptor)
+    assert [c["max_sequence_length"] for c in concepts.values()] == [64, 512]
+    assert conceptor["concepts"]["a"]["max_sequence_length"] is None  # the config as it was
     conceptor["concepts"]["c"] = {"run": "inks", "max_sequence_length": None}
     with pytest.raises(ConfigError, match=r"conceptor\.concepts\.c\.run: 'inks' is not"):
-        resolve_concept_sequence_lengths(conceptor)
+        concepts_with_sequence_lengths(conceptor)

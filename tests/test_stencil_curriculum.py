@@ -28,8 +28,8 @@ from blkassist.stencil_model.curriculum import (
 from blkassist.stencil_model.settings import (
     Curriculum,
     TransparentVAESpec,
+    asset_sets_with_lora_files,
     check_stencil_runs,
-    resolve_stencil_loras,
 )
 from blkassist.stencil_model.vae import TransparentVAE, pad_rgb
 from tests.flux_fixtures import (
@@ -147,15 +147,16 @@ def test_run_needs_a_known_set_and_loras_resolve_by_run_name():
     stencil = {"datasets": {"t": {}}, "assets": {"s": assets},
                "runs": {"r": {"dataset": "t", "recipe": {"max_sequence_length": 64}}}}  # fmt: skip
     config = stencil_config(stencil)
-    resolve_stencil_loras(config["stencil"], "work/models")
-    files = [lora["file"] for lora in config["stencil"]["assets"]["s"]["loras"]]
+    resolved = asset_sets_with_lora_files(config["stencil"], "work/models")
+    files = [lora["file"] for lora in resolved["s"]["loras"]]
     assert files == ["work/models/stencil-r.safetensors", "mine.safetensors"]
+    assert config["stencil"]["assets"]["s"]["loras"][0]["file"] == "stencil:r"  # as it was
     stencil["assets"]["s"]["loras"] = [{"file": "stencil:nope"}]
     with pytest.raises(ConfigError, match=r"loras.0.file: 'nope' is not a run"):
-        resolve_stencil_loras(stencil_config(stencil)["stencil"], "work/models")
+        asset_sets_with_lora_files(stencil_config(stencil)["stencil"], "work/models")
     stencil["assets"]["s"] |= {"loras": [{"file": "stencil:r"}], "max_sequence_length": 32}
     with pytest.raises(ConfigError, match=r"assets.s.max_sequence_length: 32 differs"):
-        resolve_stencil_loras(stencil_config(stencil)["stencil"], "work/models")
+        asset_sets_with_lora_files(stencil_config(stencil)["stencil"], "work/models")
 
 
 def test_polynomial_schedule_decays_with_its_power():

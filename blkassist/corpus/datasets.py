@@ -257,12 +257,13 @@ def _share(samples: list[Sample]) -> float:
     return round(sum(s.kind == "detail" for s in unflipped) / max(len(unflipped), 1), 4)
 
 
-def source_images(manifests: list[str], caption_indexes: list[str]) -> list[SourceImage]:
-    """Corpus images with their captions, each distinct scan once (across collections)."""
-    from blkassist.captions.sidecars import read_captions
+def source_images(manifests: list[str], captions: dict[str, str]) -> list[SourceImage]:
+    """Corpus images with their captions (image id -> caption, as
+    blkassist.captions.sidecars.read_captions gives them), each distinct scan once (across
+    collections). The caller reads the captions: the corpus never imports captions (which
+    import the corpus's manifests)."""
     from blkassist.corpus.normalise import distinct_rows
 
-    captions = read_captions(caption_indexes)
     images = []
     for row in distinct_rows(manifests):
         images.append(

@@ -97,6 +97,16 @@ class Recipe:
         return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE | unused}
 
 
+# Checkpoint housekeeping and gradient checkpointing only schedule a run: rule params leave
+# them out, so changing them reruns nothing.
+HOUSEKEEPING = frozenset({"keep", "keep_resumable", "gradient_checkpointing"})
+
+
+def recipe_params(recipe: dict) -> dict:
+    """A run's recipe section as rule params: the settings that define its outputs."""
+    return {k: v for k, v in recipe.items() if k not in HOUSEKEEPING}
+
+
 _TUPLES = {f.name for f in fields(Recipe) if str(f.type).startswith("tuple")}
 
 
@@ -145,10 +155,12 @@ def concept_sequence_length(concept: dict, run_recipe: dict | None, key: str) ->
     return trained
 
 
-def resolve_concept_sequence_lengths(conceptor: dict) -> None:
-    """Set every concept's max_sequence_length (in place) from its run, refusing a
-    concept whose run does not exist or whose explicit length differs."""
+def concepts_with_sequence_lengths(conceptor: dict) -> dict:
+    """conceptor.concepts, each a copy with its max_sequence_length resolved from its run
+    (the config is left as it is); refuses a concept whose run does not exist or whose
+    explicit length differs."""
     runs = conceptor["runs"]
+    resolved = {}
     for name, concept in conceptor["concepts"].items():
         run = concept["run"]
         if run is not None and run not in runs:
@@ -158,4 +170,6 @@ def resolve_concept_sequence_lengths(conceptor: dict) -> None:
             )
         recipe = runs[run]["recipe"] if run else None
         key = f"conceptor.concepts.{name}"
-        concept["max_sequence_length"] = concept_sequence_length(concept, recipe, key)
+        length = concept_sequence_length(concept, recipe, key)
+        resolved[name] = {**concept, "max_sequence_length": length}
+    return resolved

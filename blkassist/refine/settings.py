@@ -45,6 +45,15 @@ class RefineSettings:
     reroll: tuple  # the artist's re-roll entries (refine.reroll)
     reroll_file: str | None
 
+    def __post_init__(self):
+        """The cross-key checks of murals.NAME.refine (what the schema cannot say)."""
+        key = f"murals.{self.mural}.refine"
+        if self.overlap * 2 > self.tile:
+            raise ConfigError(
+                f"{key}.overlap: {self.overlap} is more than half of tile {self.tile}; "
+                "use an overlap of at most tile / 2 (64-128 for 1024-pixel tiles)"
+            )
+
     @property
     def qa_enabled(self) -> bool:
         from blkassist.refine.qa import QaSettings
@@ -84,12 +93,6 @@ def refine_settings(
 ) -> RefineSettings:
     mural = config["murals"][name]
     refine = mural["refine"]
-    key = f"murals.{name}.refine"
-    if refine["overlap"] * 2 > refine["tile"]:
-        raise ConfigError(
-            f"{key}.overlap: {refine['overlap']} is more than half of tile {refine['tile']}; "
-            "use an overlap of at most tile / 2 (64-128 for 1024-pixel tiles)"
-        )
     coherence = refine["coherence"]
     anchor = refine["anchor"]
     return RefineSettings(

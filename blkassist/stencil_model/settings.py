@@ -122,25 +122,34 @@ def check_stencil_runs(stencil: dict, vae_spec: str | Path | None = None) -> Non
             )
 
 
-def resolve_stencil_loras(stencil: dict, models_dir: str) -> None:
-    """Replace `stencil:RUN` in every asset set's loras with the run's LoRA file (in place),
-    refusing an unknown run or a prompt length the LoRA was not trained with."""
+def asset_sets_with_lora_files(stencil: dict, models_dir: str) -> dict:
+    """stencil.assets, each set a copy whose `stencil:RUN` LoRAs name the run's LoRA file
+    (the config is left as it is), refusing an unknown run or a prompt length the LoRA was
+    not trained with."""
+    resolved = {}
     for set_name, settings in stencil["assets"].items():
+        loras = []
         for index, lora in enumerate(settings["loras"]):
-            if not lora["file"].startswith("stencil:"):
-                continue
-            key = f"stencil.assets.{set_name}.loras.{index}.file"
-            run = lora["file"].split(":", 1)[1]
-            if run not in stencil["runs"]:
-                raise ConfigError(
-                    f"{key}: {run!r} is not a run under stencil.runs "
-                    f"({', '.join(stencil['runs']) or 'none'})."
-                )
-            trained = stencil["runs"][run]["recipe"]["max_sequence_length"]
-            if settings["max_sequence_length"] != trained:
-                raise ConfigError(
-                    f"stencil.assets.{set_name}.max_sequence_length: "
-                    f"{settings['max_sequence_length']} differs from stencil.runs.{run}'s "
-                    f"recipe max_sequence_length {trained}; make them equal."
-                )
-            lora["file"] = f"{models_dir}/stencil-{run}.safetensors"
+            if lora["file"].startswith("stencil:"):
+                run = lora["file"].split(":", 1)[1]
+                _check_asset_lora(stencil, set_name, index, run)
+                lora = {**lora, "file": f"{models_dir}/stencil-{run}.safetensors"}
+            loras.append(lora)
+        resolved[set_name] = {**settings, "loras": loras}
+    return resolved
+
+
+def _check_asset_lora(stencil: dict, set_name: str, index: int, run: str) -> None:
+    settings = stencil["assets"][set_name]
+    if run not in stencil["runs"]:
+        raise ConfigError(
+            f"stencil.assets.{set_name}.loras.{index}.file: {run!r} is not a run under "
+            f"stencil.runs ({', '.join(stencil['runs']) or 'none'})."
+        )
+    trained = stencil["runs"][run]["recipe"]["max_sequence_length"]
+    if settings["max_sequence_length"] != trained:
+        raise ConfigError(
+            f"stencil.assets.{set_name}.max_sequence_length: "
+            f"{settings['max_sequence_length']} differs from stencil.runs.{run}'s "
+            f"recipe max_sequence_length {trained}; make them equal."
+        )

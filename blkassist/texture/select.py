@@ -315,7 +315,8 @@ def crop_digest(source_sha256: str, box: tuple[int, int, int, int]) -> str:
 
 
 def check_runs(config: dict) -> None:
-    """Texture runs name declared collections, and their outputs collide with nothing."""
+    """The cross-key checks of texture.runs: runs name declared collections and training
+    sets, and their outputs collide with nothing."""
     collections = config["corpus"]["collections"]
     for run, settings in config["texture"]["runs"].items():
         key = f"texture.runs.{run}"
@@ -333,3 +334,9 @@ def check_runs(config: dict) -> None:
                     f"{where}texture-{run}; rename one of them"
                 )
         check_settings(settings["dataset"], f"{key}.dataset")
+        if settings["training_set"] not in (None, *config["datasets"]):
+            raise ConfigError(
+                f"{key}.training_set: {settings['training_set']!r} is not a training set "
+                f"under datasets: ({', '.join(config['datasets']) or 'none'}); add it or "
+                "remove the setting (the run's texture crops are used)."
+            )
