@@ -139,10 +139,7 @@ def open_view(spec: dict | str):
     """A canvas as its readers see it: `spec` is a canvas path (.zarr), an allocation
     record (.json), or {"canvas": either, "overlays": [{"box": [x0, y0, x1, y1], "path":
     piece.zarr}, ...]} for a canvas with re-rolled pieces laid over it."""
-    from blkassist.fsutil import read_json
-
     spec = {"canvas": spec} if isinstance(spec, str | os.PathLike) else spec
-    path = str(spec["canvas"])
-    base = open_canvas(read_json(path)["canvas"] if path.endswith(".json") else path)
+    base = open_canvas(canvas_path(str(spec["canvas"])))
     overlays = [(o["box"], o["path"]) for o in spec.get("overlays") or ()]
     return LayeredCanvas(base, overlays) if overlays else base

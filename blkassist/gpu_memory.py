@@ -22,7 +22,7 @@ GIB = 2**30
 CUDA_CONTEXT = int(0.75 * GIB)  # CUDA context, cuBLAS workspaces, allocator slack
 ACTIVATION_MARGIN = 1.25  # activation estimates are rough: leave a quarter more
 TOKEN_WIDTHS = 16  # live activations per token in a transformer block, in hidden widths
-TINY_VOCAB = {"text_encoder": 514, "text_encoder_2": 192}  # loader.tiny_*_tokenizer sizes
+TINY_VOCAB = {"text_encoder": 514, "text_encoder_2": 192}  # blkassist.demo.tokenizers sizes
 
 # Defaults of the classes a spec leaves out (diffusers FluxTransformer2DModel and
 # AutoencoderKL, transformers CLIPTextConfig and T5Config).

@@ -31,9 +31,11 @@ def _record(config: dict, role: str, model: str, kind: str | None) -> dict:
 
 
 def flux(config: dict, model: str, role: str = "base model") -> dict:
-    from blkassist.demo import declares_demo
+    from blkassist.demo import declares_demo, random_weights
 
-    return _record(config, role, model, "random" if declares_demo(model) else "flux")
+    # A random spec has no one's weights even where it does not declare itself a demo model.
+    is_random = declares_demo(model) or random_weights(model)
+    return _record(config, role, model, "random" if is_random else "flux")
 
 
 def collections(config: dict, names) -> list[dict]:

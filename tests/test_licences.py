@@ -35,6 +35,11 @@ def test_known_models_get_the_schemas_licences_and_files_override_them(tmp_path)
     assert folder["licence"].startswith(FLUX_NC) and folder["set_by"] == "licences.flux"
     assert licences.flux(c, str(manifest))["licence"].startswith(FLUX_NC)  # ComfyUI's files
     assert licences.flux(c, "resources/flux/tiny.yaml")["licence"].startswith("none: random")
+    # A random spec that does not declare `demo: true` still holds no one's weights.
+    spec = yaml.safe_load((REPO / "resources/flux/tiny.yaml").read_text())
+    del spec["demo"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(spec))
+    assert licences.flux(c, str(tmp_path / "mine.yaml"))["licence"].startswith("none: random")
     schnell = licences.flux(c, "models/FLUX.1-schnell")
     assert schnell["licence"] == "Apache-2.0"
     assert schnell["set_by"] == "licences.files['models/FLUX.1-schnell']"

@@ -33,19 +33,32 @@ def shipped_path(path: str | os.PathLike) -> Path:
     return WORKFLOW_DIR / path
 
 
+def _declaration(model: str | os.PathLike) -> dict:
+    """What a Flux model says of itself: its spec (.yaml) or its folder's model_card.json;
+    {} when there is none or it cannot be read."""
+    path = shipped_path(model)
+    yaml_file = path.suffix in (".yaml", ".yml")
+    declaration = path if yaml_file else path / "model_card.json"
+    if not declaration.is_file():
+        return {}
+    try:
+        text = declaration.read_text()
+        declared = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return declared if isinstance(declared, dict) else {}
+
+
 def declares_demo(model: str | os.PathLike) -> bool:
     """Whether a Flux model declares itself a demo model: `demo: true` in its spec (.yaml)
     or in its folder's model_card.json (the random specs and the learned ink model do).
     Nothing here asks how a model was made: one that declares nothing is taken for real
     weights (an artist's or Black Forest Labs')."""
-    path = shipped_path(model)
-    yaml_file = path.suffix in (".yaml", ".yml")
-    declaration = path if yaml_file else path / "model_card.json"
-    if not declaration.is_file():
-        return False
-    try:
-        text = declaration.read_text()
-        declared = yaml.safe_load(text) if yaml_file else json.loads(text)
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    return isinstance(declared, dict) and declared.get(DEMO_KEY) is True
+    return _declaration(model).get(DEMO_KEY) is True
+
+
+def random_weights(model: str | os.PathLike) -> bool:
+    """Whether a Flux model is a random-model spec (`kind: random`): its weights are drawn
+    from a seed, no one's, whatever it declares (its licence record says so)."""
+    spec = shipped_path(model).suffix in (".yaml", ".yml")
+    return spec and _declaration(model).get("kind") == "random"

@@ -142,9 +142,11 @@ def choose_path(
     if declares_demo(model):
         return "sr", (
             f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px, "
-            f"but the refinement model {model} is a demo model (demo: true in its spec or "
-            "model card), not Flux weights: SR alone (set refine.model or conceptor.model to "
-            "a Flux.1-dev folder to refine)"
+            # Worded as before the demo declaration: this reason is an assemble_mural param,
+            # and any other wording reruns the assembly of every finished mural it names.
+            f"but the refinement model {model} is a demo model (random or the small ink "
+            "model), not Flux weights: SR alone (set refine.model or conceptor.model to a "
+            "Flux.1-dev folder to refine)"
         )
     return "diffusion", (
         f"path: auto and the long side {long_side} px is above {SR_ONLY_LONG_SIDE} px: "
