@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from blkassist.config import MuralSettings, mural_settings, validate_config
+from blkassist.config import MuralSettings, load_schema, mural_settings, validate_config
 from blkassist.flux.recipe import concepts_with_sequence_lengths
 from blkassist.refine.settings import RefineSettings, mural_refine_settings
 from blkassist.stencil.dataset import check_stencil_config
@@ -48,6 +48,7 @@ class WorkflowSettings:
     """What the rules read: the validated config (never written) and what derives from it."""
 
     config: Mapping
+    schema: Mapping  # config/schema.yaml, for entries checked later (re-roll files)
     workflow_dir: str
     murals: dict[str, MuralSettings]
     refine: dict[str, RefineSettings]
@@ -158,6 +159,7 @@ def load_workflow_settings(
     check_stencil_runs(stencil, workflow_file(stencil["vae"]["spec"], workflow_dir))
     return WorkflowSettings(
         config=config,
+        schema=load_schema(schema_path),
         workflow_dir=str(workflow_dir),
         murals={name: mural_settings(config, name) for name in config["murals"]},
         refine={name: mural_refine_settings(config, name) for name in config["murals"]},

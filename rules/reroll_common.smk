@@ -1,16 +1,11 @@
 # Input functions of a mural's re-rolls (rules/reroll.smk): the windows, blocks and SR
 # tiles its re-roll entries make necessary, on the plan of rules/mural_plan.smk.
 import functools
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from blkassist.config import load_schema
 from blkassist.errors import ConfigError
 from blkassist.refine import reroll as rr
-
-SCHEMA = load_schema(Path(workflow.basedir) / "config" / "schema.yaml")
-
 
 @functools.cache
 def reroll_plan(mural):
@@ -24,7 +19,7 @@ def reroll_plan(mural):
             f"({mural_path(mural)[1]}), so it has no refinement windows to re-roll; "
             "remove the entries (and reroll_file) or set path: diffusion"
         )
-    raw = rr.gather_entries(mural, settings.reroll, settings.reroll_file, SCHEMA)
+    raw = rr.gather_entries(mural, settings.reroll, settings.reroll_file, SETTINGS.schema)
     if not raw:
         return rr.RerollPlan()
     if config["canvases"]["temporary"]:
