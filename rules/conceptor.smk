@@ -14,7 +14,8 @@ rule train_conceptor:
         "benchmarks/conceptor/{run}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread, so it runs beside one-thread jobs on 2 cores (see rules/esrgan.smk).
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -42,7 +43,8 @@ rule generate_concepts:
         "logs/concepts/{concept}.log",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread, so it runs beside one-thread jobs on 2 cores (see rules/esrgan.smk).
+    threads: 1
     resources:
         gpu=1,
     params:

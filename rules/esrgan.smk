@@ -22,7 +22,10 @@ rule train_esrgan:
         "benchmarks/esrgan/{run}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread: a two-thread job waits for both cores, so on the demo's 2 cores it could
+    # not start beside the Stencil chain's one-thread jobs (work serialised: 7 min); on a
+    # GPU the CPU threads hardly matter.
+    threads: 1
     resources:
         gpu=1,
     params:

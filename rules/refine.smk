@@ -46,7 +46,9 @@ rule refine_tile_batch:
         "benchmarks/{mural}/refine{step}.{rpass}/tiles-{first}-{last}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread: two-thread passes waited for both cores, idle beside the demo's one-thread
+    # Stencil training on 2 cores; windows split over jobs (tiles_per_job) use more cores.
+    threads: 1
     resources:
         gpu=1,
     params:

@@ -20,7 +20,8 @@ rule reroll_windows:
         "benchmarks/{mural}/refine{step}.{rpass}/reroll-windows-{chunk}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread, as refine_tile_batch (rules/refine.smk), whose windows it samples again.
+    threads: 1
     resources:
         gpu=1,
     params:

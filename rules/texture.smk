@@ -103,7 +103,8 @@ rule train_texture:
         "benchmarks/texture/{run}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    # One thread, so it runs beside one-thread jobs on 2 cores (see rules/esrgan.smk).
+    threads: 1
     resources:
         gpu=1,
     params:
