@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from blkassist.compat import rrdbnet_class
 
@@ -117,7 +119,53 @@ def run_snakemake(workdir: Path, configfiles, *args: str, check: bool = True, ti
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """`make demo` once per session (rule all on config/config.yaml): the folder it ran in.
-    Tests that only read the demo's results share it; none may change it."""
-    workdir = tmp_path_factory.mktemp("demo")
-    run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+    Tests that only read the demo's results share it; none may change it. Under pytest-xdist
+    each worker has its own session: the first to ask builds the demo in the folder the
+    workers share, behind a file lock, and the others read it (tests that use it are also
+    sent to one worker, see pytest_collection_modifyitems)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo")
+        run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+        return workdir
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, built = shared / "demo", shared / "demo.built"
+    with FileLock(shared / "demo.lock"):
+        if not built.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
+            workdir.mkdir()
+            run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+            built.touch()
     return workdir
+
+
+# Tests that share one expensive thing run on one pytest-xdist worker (`make test` runs
+# `--dist loadgroup --no-loadscope-reorder`): the demo's readers, the vLLM server's users, the
+# SLURM cluster's (one per machine), and each module whose module-scoped fixtures build models
+# or run the workflow (once per worker otherwise). Serially these groups change nothing.
+SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "vllm", "cluster": "slurm"}
+CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = next((g for f, g in SHARED_GROUPS.items() if f in item.fixturenames), None)
+        if group is None and any(
+            definitions[-1].scope == "module" and name not in CHEAP_MODULE_FIXTURES
+            for name, definitions in item._fixtureinfo.name2fixturedefs.items()
+        ):
+            group = item.module.__name__
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Longest first, so that no long run starts last: the demo (the longest), then the
+        # other groups and the end-to-end runs, then the quick tests that fill the gaps.
+        def rank(item):
+            group = item.get_closest_marker("xdist_group")
+            if group and group.args[0] == "demo":
+                return 0
+            return 1 if group or item.get_closest_marker("slow") else 2
+
+        items.sort(key=rank)
