@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,37 @@ def run_snakemake(workdir: Path, configfiles, *args: str, check: bool = True, ti
     return result
 
 
+def kill_mid_batch(
+    workdir: Path, configfiles, progress: Path, markers: Path, batch: int, timeout: float
+) -> set[int]:
+    """Run the workflow and SIGKILL it with its jobs once a tile job is caught halfway: its
+    record in `progress` (batch-FIRST.tiles) lists some but not all of its `batch` tiles
+    and `markers` holds no tiles-FIRST-*.done of it yet. Returns the tiles that job had
+    finished; empty if none was caught before the run ended or `timeout` s passed."""
+    process = subprocess.Popen(
+        snakemake_cmd(workdir, configfiles),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill the jobs with it
+        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
+    )
+    deadline, caught = time.monotonic() + timeout, set()
+    try:
+        while not caught and time.monotonic() < deadline and process.poll() is None:
+            for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
+                first = record.stem.split("-")[1]
+                done = record.read_text().split()
+                if 0 < len(done) < batch and not list(markers.glob(f"tiles-{first}-*.done")):
+                    caught = {int(tile) for tile in done}
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the run may have ended by itself
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return caught
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """`make demo` once per session (rule all on config/config.yaml): the folder it ran in.
@@ -159,6 +193,9 @@ def pytest_collection_modifyitems(config, items):
             group = item.module.__name__
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        if group == "demo" and not item.get_closest_marker("timeout"):
+            # The first reader waits for the demo (its run has its own limit of 1800 s).
+            item.add_marker(pytest.mark.timeout(1800 + 1200))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Longest first, so that no long run starts last: the demo (the longest), then the
         # other groups and the end-to-end runs, then the quick tests that fill the gaps.
