@@ -120,14 +120,21 @@ def run_snakemake(workdir: Path, configfiles, *args: str, check: bool = True, ti
 
 
 def kill_mid_batch(
-    workdir: Path, configfiles, progress: Path, markers: Path, batch: int, timeout: float
+    workdir: Path,
+    configfiles,
+    progress: Path,
+    markers: Path,
+    batch: int,
+    timeout: float,
+    targets: tuple[str, ...] = (),
 ) -> set[int]:
-    """Run the workflow and SIGKILL it with its jobs once a tile job is caught halfway: its
+    """Run the workflow (on `targets`, else its default) and SIGKILL it with its jobs once a
+    tile job is caught halfway: its
     record in `progress` (batch-FIRST.tiles) lists some but not all of its `batch` tiles
     and `markers` holds no tiles-FIRST-*.done of it yet. Returns the tiles that job had
     finished; empty if none was caught before the run ended or `timeout` s passed."""
     process = subprocess.Popen(
-        snakemake_cmd(workdir, configfiles),
+        snakemake_cmd(workdir, configfiles, *targets),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
