@@ -213,3 +213,17 @@ def pytest_collection_modifyitems(config, items):
             return 1 if group or item.get_closest_marker("slow") else 2
 
         items.sort(key=rank)
+        if config.getvalue("loadgroup"):
+            for item in items:
+                name_group_in_id(item)
+
+
+def name_group_in_id(item) -> None:
+    """--dist loadgroup schedules by the "@GROUP" that pytest-xdist appends to each grouped
+    test's id. pytest-xdist 3.8 writes it to `item._nodeid`, which pytest 9.2 no longer
+    reads (a node's id is its `_id`): without this every test is scheduled alone."""
+    from _pytest.nodeid import NodeId
+
+    groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+    if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+        item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
