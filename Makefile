@@ -78,8 +78,12 @@ vllm-env: $(VLLM_STAMP)
 demo: $(STAMP) $(VIEWER_STAMP)
 	$(VENV)/bin/snakemake --cores 2
 
+# The suite in parallel on the machine's cores (pytest-xdist); tests that share a fixture
+# run on one worker, longest first (tests/conftest.py). TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= auto
+
 test: $(STAMP) $(VLLM_STAMP) $(VIEWER_STAMP) system-deps
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Rebuild the learned ink model that ships in resources/flux/ink (the demo's Flux): ~40 min
 # on 2 CPU cores, fixed seeds (resources/flux/ink-training.yaml); it replaces the folder.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from blkassist.compat import rrdbnet_class
 
@@ -114,10 +119,111 @@ def run_snakemake(workdir: Path, configfiles, *args: str, check: bool = True, ti
     return result
 
 
+def kill_mid_batch(
+    workdir: Path,
+    configfiles,
+    progress: Path,
+    markers: Path,
+    batch: int,
+    timeout: float,
+    targets: tuple[str, ...] = (),
+) -> set[int]:
+    """Run the workflow (on `targets`, else its default) and SIGKILL it with its jobs once a
+    tile job is caught halfway: its
+    record in `progress` (batch-FIRST.tiles) lists some but not all of its `batch` tiles
+    and `markers` holds no tiles-FIRST-*.done of it yet. Returns the tiles that job had
+    finished; empty if none was caught before the run ended or `timeout` s passed."""
+    process = subprocess.Popen(
+        snakemake_cmd(workdir, configfiles, *targets),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill the jobs with it
+        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
+    )
+    deadline, caught = time.monotonic() + timeout, set()
+    try:
+        while not caught and time.monotonic() < deadline and process.poll() is None:
+            for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
+                first = record.stem.split("-")[1]
+                done = record.read_text().split()
+                if 0 < len(done) < batch and not list(markers.glob(f"tiles-{first}-*.done")):
+                    caught = {int(tile) for tile in done}
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the run may have ended by itself
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return caught
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """`make demo` once per session (rule all on config/config.yaml): the folder it ran in.
-    Tests that only read the demo's results share it; none may change it."""
-    workdir = tmp_path_factory.mktemp("demo")
-    run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+    Tests that only read the demo's results share it; none may change it. Under pytest-xdist
+    each worker has its own session: the first to ask builds the demo in the folder the
+    workers share, behind a file lock, and the others read it (tests that use it are also
+    sent to one worker, see pytest_collection_modifyitems)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo")
+        run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+        return workdir
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, built = shared / "demo", shared / "demo.built"
+    with FileLock(shared / "demo.lock"):
+        if not built.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
+            workdir.mkdir()
+            run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+            built.touch()
     return workdir
+
+
+# Tests that share one expensive thing run on one pytest-xdist worker (`make test` runs
+# `--dist loadgroup --no-loadscope-reorder`): the demo's readers, the vLLM server's users, the
+# SLURM cluster's (one per machine), and each module whose module-scoped fixtures build models
+# or run the workflow (once per worker otherwise). Serially these groups change nothing.
+SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "vllm", "cluster": "slurm"}
+CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = next((g for f, g in SHARED_GROUPS.items() if f in item.fixturenames), None)
+        if group is None and any(
+            definitions[-1].scope == "module" and name not in CHEAP_MODULE_FIXTURES
+            for name, definitions in item._fixtureinfo.name2fixturedefs.items()
+        ):
+            group = item.module.__name__
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        if group == "demo" and not item.get_closest_marker("timeout"):
+            # The first reader waits for the demo (its run has its own limit of 1800 s).
+            item.add_marker(pytest.mark.timeout(1800 + 1200))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Longest first, so that no long run starts last: the demo (the longest), then the
+        # other groups and the end-to-end runs, then the quick tests that fill the gaps.
+        def rank(item):
+            group = item.get_closest_marker("xdist_group")
+            if group and group.args[0] == "demo":
+                return 0
+            return 1 if group or item.get_closest_marker("slow") else 2
+
+        items.sort(key=rank)
+        if config.getvalue("loadgroup"):
+            for item in items:
+                name_group_in_id(item)
+
+
+def name_group_in_id(item) -> None:
+    """--dist loadgroup schedules by the "@GROUP" that pytest-xdist appends to each grouped
+    test's id. pytest-xdist 3.8 writes it to `item._nodeid`, which pytest 9.2 no longer
+    reads (a node's id is its `_id`): without this every test is scheduled alone."""
+    from _pytest.nodeid import NodeId
+
+    groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+    if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+        item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from PIL import Image
 from blkassist.flux.loader import load_flux
 from blkassist.refine.sigmas import reference_shift, scheduler_config, shifted
 from blkassist.viewer import read_dzi
-from tests.conftest import REPO, run_snakemake, snakemake_cmd, textured, write_config
+from tests.conftest import REPO, kill_mid_batch, run_snakemake, textured, write_config
 from tests.flux_fixtures import TINY_SPEC
 
 pytestmark = pytest.mark.slow
@@ -98,26 +95,11 @@ def test_diffusion_mural_resumes_after_sigkill_byte_identically(tmp_path, tiny_l
     run_snakemake(reference, [diffusion_config(reference, tiny_lora)])
 
     config = diffusion_config(killed, tiny_lora)
-    process = subprocess.Popen(
-        snakemake_cmd(killed, [config]),
-        cwd=killed,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "BLKASSIST_DEVICE": "cpu"},
-    )
     progress = killed / "work/m/refine2.1/windows.progress"  # 16 windows, one job
-    deadline, interrupted = time.monotonic() + 600, None
-    while time.monotonic() < deadline and interrupted is None and process.poll() is None:
-        for record in progress.glob("batch-*.tiles") if progress.is_dir() else []:
-            first = record.stem.split("-")[1]
-            done = record.read_text().split()
-            if 0 < len(done) < 16 and not list(progress.parent.glob(f"tiles-{first}-*.done")):
-                interrupted = {int(window) for window in done}
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert interrupted is not None, "never caught a tile job halfway"
+    interrupted = kill_mid_batch(
+        killed, [config], progress=progress, markers=progress.parent, batch=16, timeout=600
+    )
+    assert interrupted, "never caught a tile job halfway"
     assert not (killed / "results/m_final.tif").exists()
 
     # Re-batched after the crash: the new jobs keep every window the killed one finished.
