@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from blkassist.errors import ConfigError
 from blkassist.refine import reroll as rr
 
+
 @functools.cache
 def reroll_plan(mural):
     """Every window, block and SR tile the mural's re-roll entries make necessary."""
@@ -19,7 +20,9 @@ def reroll_plan(mural):
             f"({mural_path(mural)[1]}), so it has no refinement windows to re-roll; "
             "remove the entries (and reroll_file) or set path: diffusion"
         )
-    raw = rr.gather_entries(mural, settings.reroll, settings.reroll_file, SETTINGS.schema)
+    raw = rr.gather_entries(
+        mural, settings.reroll, settings.reroll_file, SETTINGS.schema
+    )
     if not raw:
         return rr.RerollPlan()
     if config["canvases"]["temporary"]:
