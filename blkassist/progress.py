@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class TrainingProgress:
     ):
         self.label, self.total, self.unit = label, total, unit
         self.settings = settings
+        # Imported here: the mural jobs that only log pass_progress (allocation, assembly)
+        # must not pay torch's import (~1.5 s each); every trainer has it loaded already.
+        import torch
+
         self.device = torch.device(device)
         self.first_step = first_step
         self.started = self.last_time = time.perf_counter()
@@ -85,6 +91,8 @@ class TrainingProgress:
             f"ETA {duration(left)}",
         ]
         if self.device.type == "cuda":
+            import torch
+
             peak = torch.cuda.max_memory_allocated(self.device) / 2**30
             parts.append(f"CUDA peak {peak:.2f} GiB")
         return ", ".join(parts)

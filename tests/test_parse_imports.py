@@ -7,24 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers", "bitsandbytes", "peft")
 
 
+IMPORT = re.compile(r"^\s*(?:from|import)\s+(blkassist[\w.]*)", re.MULTILINE)
+
+
+def imported_modules(files) -> list[str]:
+    """The blkassist modules named by an import statement in these files."""
+    return sorted({m for f in files for m in IMPORT.findall(f.read_text())})
+
+
 def parse_time_modules() -> list[str]:
-    """The blkassist modules named by an import statement in the Snakefile or a rule file."""
-    pattern = re.compile(r"^\s*(?:from|import)\s+(blkassist[\w.]*)", re.MULTILINE)
-    files = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
-    return sorted({m for f in files for m in pattern.findall(f.read_text())})
+    return imported_modules([REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))])
 
 
-def test_the_rules_import_blkassist_modules_this_test_can_see():
-    modules = parse_time_modules()
-    assert "blkassist.config" in modules and len(modules) >= 10, modules
-
-
-def test_parsing_the_workflow_imports_no_deep_learning_library():
-    modules = parse_time_modules()
+def heavy_imports(modules: list[str]) -> str:
+    """The deep-learning libraries a fresh interpreter has loaded after importing `modules`."""
     probe = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -34,7 +36,40 @@ def test_parsing_the_workflow_imports_no_deep_learning_library():
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "", (
-        f"parse-time imports pull in {result.stdout.strip()}; import them inside the "
+    return result.stdout.strip()
+
+
+def test_the_rules_import_blkassist_modules_this_test_can_see():
+    modules = parse_time_modules()
+    assert "blkassist.workflow_settings" in modules and len(modules) >= 10, modules
+
+
+def test_parsing_the_workflow_imports_no_deep_learning_library():
+    heavy = heavy_imports(parse_time_modules())
+    assert heavy == "", (
+        f"parse-time imports pull in {heavy}; import them inside the "
         "function that needs them or move the parse-time part to a torch-free module"
+    )
+
+
+# The jobs every mural runs around its tiles: on a small mural their start-up is most of
+# the workflow's cost beyond the model's own (bench/vs_realesrganer.py --tilers workflow).
+LIGHT_SCRIPTS = (
+    "probe_source.py",
+    "check_mural.py",
+    "report_plan.py",
+    "ingest_source.py",
+    "allocate_canvas.py",
+    "assemble_mural.py",
+)
+
+
+@pytest.mark.parametrize("script", LIGHT_SCRIPTS)
+def test_a_murals_light_jobs_import_no_deep_learning_library(script):
+    modules = imported_modules([REPO / "scripts" / script])
+    assert modules, f"{script} imports no blkassist module: the test lost track of it"
+    heavy = heavy_imports(modules)
+    assert heavy == "", (
+        f"scripts/{script} pulls in {heavy} (each such job pays its "
+        "import); import it inside the function that needs it"
     )
