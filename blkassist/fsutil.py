@@ -10,6 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def workflow_file(path: str | os.PathLike, workflow_dir: str | os.PathLike) -> str:
+    """A config path that may name a file shipped with the workflow (resources/...): as
+    given where it exists (or is absolute), else under the workflow's folder."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return os.fspath(path)
+    return str(Path(workflow_dir) / path)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling of `path`; rename it onto `path` only on success."""

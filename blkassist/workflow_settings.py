@@ -9,7 +9,7 @@ lives on WorkflowSettings.
 
 Each section's checks live beside its settings, and name the key and the fix:
 
-    murals.NAME                       blkassist.config.check_murals (in validate_config)
+    murals.NAME                       blkassist.config.check_murals (in validation)
     murals.NAME.refine                blkassist.refine.settings.RefineSettings
     conceptor.concepts                blkassist.flux.recipe.concepts_with_sequence_lengths
     texture.runs                      blkassist.texture.select.check_runs
@@ -26,21 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from blkassist.config import MuralSettings, load_schema, mural_settings, validate_config
+from blkassist.config import MuralSettings, load_schema, mural_settings, validate_against
 from blkassist.flux.recipe import concepts_with_sequence_lengths
+from blkassist.fsutil import workflow_file
 from blkassist.refine.settings import RefineSettings, mural_refine_settings
 from blkassist.stencil.dataset import check_stencil_config
 from blkassist.stencil_model.settings import asset_sets_with_lora_files, check_stencil_runs
 from blkassist.texture.select import check_runs as check_texture_runs
-
-
-def workflow_file(path: str, workflow_dir: str | os.PathLike) -> str:
-    """A config path that may name a file shipped with the workflow (resources/...)."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    return str(Path(workflow_dir) / path)
 
 
 @dataclass(frozen=True)
@@ -152,14 +145,15 @@ def load_workflow_settings(
     """The one entry point: validate `config` (filling the schema's defaults), run every
     section's cross-key checks, and build the settings the rules read. Raises ConfigError
     naming the key and the fix."""
-    validate_config(config, schema_path)
+    schema = load_schema(schema_path)
+    validate_against(config, schema, schema_path)
     check_texture_runs(config)
     check_stencil_config(config)
     stencil = config["stencil"]
     check_stencil_runs(stencil, workflow_file(stencil["vae"]["spec"], workflow_dir))
     return WorkflowSettings(
         config=config,
-        schema=load_schema(schema_path),
+        schema=schema,
         workflow_dir=str(workflow_dir),
         murals={name: mural_settings(config, name) for name in config["murals"]},
         refine={name: mural_refine_settings(config, name) for name in config["murals"]},

@@ -18,19 +18,16 @@ from pathlib import Path
 
 import yaml
 
+from blkassist.fsutil import workflow_file
+
 INK_MODEL_FORMAT = "blkassist-ink-model/1"  # model_card.json "format" of the ink model
 DEMO_KEY = "demo"  # `demo: true` in a spec or model card: a demo model (declares_demo)
 WORKFLOW_DIR = Path(__file__).resolve().parents[2]  # the library ships inside the workflow
 
 
 def shipped_path(path: str | os.PathLike) -> Path:
-    """A config path that may name a file shipped with the workflow (resources/...): as
-    given where it exists (or is absolute), else under the workflow's folder, as the rules'
-    workflow_file resolves it."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return WORKFLOW_DIR / path
+    """A config path resolved as the rules resolve it (fsutil.workflow_file)."""
+    return Path(workflow_file(path, WORKFLOW_DIR))
 
 
 def _declaration(model: str | os.PathLike) -> dict:
