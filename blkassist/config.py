@@ -73,7 +73,11 @@ def _fill_defaults(instance: Any, schema: Mapping, root: Mapping) -> None:
 
 def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Validate `config` in place (filling defaults); raise ConfigError listing every problem."""
-    schema = load_schema(schema_path)
+    return validate_against(config, load_schema(schema_path), schema_path)
+
+
+def validate_against(config: dict, schema: Mapping, schema_path: str | Path) -> dict:
+    """validate_config with the schema already read from `schema_path` (named in errors)."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
