@@ -12,7 +12,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from blkassist.demo.random_flux import read_spec
+from blkassist.demo import read_spec
 from blkassist.errors import ConfigError
 from blkassist.flux.kohya import bfl_module, export_kohya, kohya_path
 from tests.flux_fixtures import FULL_RANDOM_SPEC

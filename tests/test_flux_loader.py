@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from blkassist.demo.random_flux import read_spec, save_random_flux
+from blkassist.demo import read_spec
+from blkassist.demo.random_flux import save_random_flux
 from blkassist.errors import ConfigError, ModelFileError
+from blkassist.flux.folder import check_flux_folder
 from blkassist.flux.generate import render
-from blkassist.flux.loader import check_flux_folder, load_flux
+from blkassist.flux.loader import load_flux
 from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, TINY_SPEC, refiner_options
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

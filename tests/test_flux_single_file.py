@@ -14,7 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from blkassist.demo.random_flux import read_spec, save_random_flux
+from blkassist.demo import read_spec
+from blkassist.demo.random_flux import save_random_flux
 from blkassist.errors import ModelFileError
 from blkassist.flux.generate import render
 from blkassist.flux.loader import load_flux

@@ -19,8 +19,9 @@ from PIL import Image, ImageDraw
 from blkassist.demo import INK_MODEL_FORMAT, declares_demo
 from blkassist.demo.ink_data import DataSettings, draw_images, samples
 from blkassist.demo.synth import INK, PAPER
+from blkassist.flux.folder import check_flux_folder
 from blkassist.flux.generate import load_adapter, render
-from blkassist.flux.loader import check_flux_folder, load_flux
+from blkassist.flux.loader import load_flux
 from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.texture.ink import distance, ink_stats, profile
 from tests.flux_fixtures import REPO, TINY_SPEC, recipe

@@ -73,3 +73,27 @@ def test_a_murals_light_jobs_import_no_deep_learning_library(script):
         f"scripts/{script} pulls in {heavy} (each such job pays its "
         "import); import it inside the function that needs it"
     )
+
+
+def test_a_dry_run_of_the_demo_imports_no_deep_learning_library(tmp_path):
+    """The whole parse, DAG and every preflight the settings layer runs (Flux models of each
+    kind, LoRAs, Stencil, refinement), not only the modules the rules name: the demo's
+    config holds every part. A Flux model check that imported torch cost each `snakemake`
+    call 2 s."""
+    report = tmp_path / "heavy.txt"
+    run = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(report)!r}, 'w').write("
+        f"' '.join(sorted(m for m in {HEAVY!r} if m in sys.modules))))\n"
+        "from snakemake.cli import main\n"
+        "main()\n"
+    )
+    args = ["-s", str(REPO / "Snakefile"), "--configfile", str(REPO / "config" / "config.yaml"),
+            "--directory", str(tmp_path), "--cores", "1", "-n"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", run, *args], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "probe_source" in result.stdout + result.stderr  # it did plan the demo's jobs
+    heavy = report.read_text()
+    assert heavy == "", f"a dry run of the demo imports {heavy}"

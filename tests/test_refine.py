@@ -654,6 +654,7 @@ GATED = geometry(320, 256, 64, 16)  # 7 x 5 windows of 64 px
 
 def gate_pass(tmp_path, refiner, qa=GATE):
     from blkassist.refine import qa as gate
+    from blkassist.refine.settings import QaSettings
 
     base = smooth(256, 320)
     plan, before, _ = run_pass(tmp_path, base, GATED, refiner, strength=0.0)
@@ -661,7 +662,7 @@ def gate_pass(tmp_path, refiner, qa=GATE):
     measured = seams.measure(plan, before, base)
     refiner.calls.clear()
     final, record_qa = gate.run_rounds(
-        plan, record, measured, lambda: refiner, gate.QaSettings.from_config(qa),
+        plan, record, measured, lambda: refiner, QaSettings.from_config(qa),
         field=pass_noise(1, "m", plan)(plan.window(0)).field, denoise=0.3,
         anchor_strength=0.0, anchor_levels=4,
     )  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from blkassist.config import schema_settings, section_with_defaults
-from blkassist.demo.random_flux import read_spec
+from blkassist.demo import read_spec
 from blkassist.errors import ConfigError, ModelFileError
 from blkassist.flux.generate import load_adapter, render
 from blkassist.flux.loader import load_flux

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from blkassist.errors import ConfigError, ModelFileError
 from blkassist.fsutil import workflow_file
 
 INK_MODEL_FORMAT = "blkassist-ink-model/1"  # model_card.json "format" of the ink model
@@ -59,3 +60,15 @@ def random_weights(model: str | os.PathLike) -> bool:
     from a seed, no one's, whatever it declares (its licence record says so)."""
     spec = shipped_path(model).suffix in (".yaml", ".yml")
     return spec and _declaration(model).get("kind") == "random"
+
+
+def read_spec(path: str | os.PathLike) -> dict:
+    """A random-model spec (`kind: random`), read without torch: the workflow checks the
+    Flux model settings while it parses."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model spec not found (expected a .yaml spec or a folder).")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if spec.get("kind") != "random":
+        raise ConfigError(f"{path}: kind must be 'random' (a random Flux of the given shape).")
+    return spec

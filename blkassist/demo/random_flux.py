@@ -10,23 +10,12 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from blkassist.demo import DEMO_KEY
 from blkassist.demo.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
-from blkassist.errors import ConfigError, ModelFileError
-from blkassist.flux.loader import PARTS, load_flux
+from blkassist.flux.folder import PARTS
+from blkassist.flux.loader import load_flux
 from blkassist.fsutil import atomic_path
-
-
-def read_spec(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model spec not found (expected a .yaml spec or a folder).")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if spec.get("kind") != "random":
-        raise ConfigError(f"{path}: kind must be 'random' (a random Flux of the given shape).")
-    return spec
 
 
 def random_parts(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from blkassist.errors import ModelFileError
+from blkassist.flux.folder import PARTS, WEIGHT_STEMS, check_flux_folder, describe, download_fix
 from blkassist.flux.single_file import is_single_file_model, load_single_file
 
 log = logging.getLogger(__name__)
@@ -28,45 +29,7 @@ log = logging.getLogger(__name__)
 # optional 4-bit kernel package that nothing here uses.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-PARTS = (
-    "transformer",
-    "vae",
-    "text_encoder",
-    "text_encoder_2",
-    "tokenizer",
-    "tokenizer_2",
-    "scheduler",
-)
-_WEIGHTS = {
-    "transformer": "diffusion_pytorch_model",
-    "vae": "diffusion_pytorch_model",
-    "text_encoder": "model",
-    "text_encoder_2": "model",
-}
-_FILES = {  # any one of these file sets makes the part complete
-    "tokenizer": [("vocab.json", "merges.txt"), ("tokenizer.json",)],
-    "tokenizer_2": [("spiece.model",), ("tokenizer.json",)],
-    "scheduler": [("scheduler_config.json",)],
-}
-_WHAT = {
-    "transformer": "the Flux transformer",
-    "vae": "the autoencoder",
-    "text_encoder": "the CLIP text encoder",
-    "text_encoder_2": "the T5 text encoder",
-    "tokenizer": "the CLIP tokenizer",
-    "tokenizer_2": "the T5 tokenizer",
-    "scheduler": "the flow-matching scheduler",
-}
 _FINGERPRINT_CHUNK = 1 << 20
-
-
-def download_fix(folder) -> str:
-    return (
-        "Fix: download the complete diffusers folder of Flux.1-dev (gated: accept the licence "
-        "on huggingface.co/black-forest-labs/FLUX.1-dev first), e.g. `hf download "
-        f"black-forest-labs/FLUX.1-dev --local-dir {folder}`, or point the model setting at a "
-        "complete local folder."
-    )
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -124,7 +87,7 @@ class FluxComponents:
                 module.to(self.device)
             self.placed.add(part)
             log.info(
-                "%s on %s: %s in %.1f s", _WHAT[part], self.device,
+                "%s on %s: %s in %.1f s", describe(part), self.device,
                 human_size(module_bytes(module)), time.perf_counter() - started,
             )  # fmt: skip
 
@@ -173,55 +136,6 @@ class FluxComponents:
 
 
 # -- production: a local diffusers folder ------------------------------------------------
-def _weights_problem(sub: Path, stem: str) -> str | None:
-    single, index = sub / f"{stem}.safetensors", sub / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError):
-            return f"{index.name} is not a valid shard index"
-        files = [sub / shard for shard in shards]
-    elif single.is_file():
-        files = [single]
-    else:
-        return f"{stem}.safetensors (or its sharded index) is missing"
-    for path in files:
-        if not path.is_file():
-            return f"weight shard {path.name} is missing"
-        if path.stat().st_size < 1024 and path.read_bytes().startswith(b"version https://git-lfs"):
-            return f"{path.name} is a git-lfs pointer, not the weights (run `git lfs pull`)"
-    return None
-
-
-def check_flux_folder(folder: str | os.PathLike) -> Path:
-    """Raise ModelFileError naming every missing part, before anything heavy is loaded."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFileError(f"{folder}: Flux model folder not found. {download_fix(folder)}")
-    problems = []
-    if not (folder / "model_index.json").is_file():
-        problems.append("model_index.json (the pipeline index) is missing")
-    for part in PARTS:
-        sub = folder / part
-        if not sub.is_dir():
-            problems.append(f"{part}/ ({_WHAT[part]}) is missing")
-            continue
-        if part in _WEIGHTS:
-            if not (sub / "config.json").is_file():
-                problems.append(f"{part}/config.json ({_WHAT[part]}) is missing")
-            problem = _weights_problem(sub, _WEIGHTS[part])
-            if problem:
-                problems.append(f"{part}/ ({_WHAT[part]}): {problem}")
-        elif not any(all((sub / f).is_file() for f in option) for option in _FILES[part]):
-            wanted = " or ".join("+".join(option) for option in _FILES[part])
-            problems.append(f"{part}/ ({_WHAT[part]}) lacks {wanted}")
-    if problems:
-        raise ModelFileError(
-            f"{folder}: incomplete Flux.1-dev folder: {'; '.join(problems)}. {download_fix(folder)}"
-        )
-    return folder
-
-
 def _fingerprint(folder: Path) -> str:
     """Cheap identity of a model folder: names, sizes, and the first and last MiB of each
     file (hashing 30 GB of weights on every run would cost minutes)."""
@@ -289,7 +203,8 @@ def load_flux(
     host = device if device.type == "meta" else torch.device("cpu")
     single_file = is_single_file_model(path)  # ComfyUI's files (blkassist.flux.single_file)
     if path.suffix in (".yaml", ".yml") and not single_file:
-        from blkassist.demo.random_flux import random_parts, read_spec, spec_identity
+        from blkassist.demo import read_spec
+        from blkassist.demo.random_flux import random_parts, spec_identity
 
         spec = read_spec(path)
         parts, identity = random_parts(spec, host, dtype), spec_identity(spec)
@@ -301,7 +216,7 @@ def load_flux(
             parts, identity = _load_folder(path, dtype)
             source = str(path)
         if device.type == "cpu":
-            for part in _WEIGHTS:
+            for part in WEIGHT_STEMS:
                 for tensor in [*parts[part].parameters(), *parts[part].buffers()]:
                     # Weights memory-mapped at odd file offsets take other SIMD paths and
                     # round differently; aligned copies make results independent of the file.

@@ -430,8 +430,8 @@ def check_single_file(layout: SingleFileLayout) -> SingleFileLayout:
 def check_flux_model(path: str | os.PathLike) -> None:
     """The preflight of any Flux model setting (random spec, diffusers folder, single
     files): cheap, reads no weights; raises with the fix."""
-    from blkassist.demo.random_flux import read_spec
-    from blkassist.flux.loader import check_flux_folder
+    from blkassist.demo import read_spec
+    from blkassist.flux.folder import check_flux_folder
 
     if is_single_file_model(path):
         check_single_file(resolve_layout(path))

@@ -19,7 +19,8 @@ from blkassist.progress import pass_progress
 from blkassist.refine import seams
 from blkassist.refine.blend import blend_blocks
 from blkassist.refine.plan import BLOCK, RefinePass
-from blkassist.refine.qa import QaSettings, QaStore, run_rounds, window_scores, worst_windows
+from blkassist.refine.qa import QaStore, run_rounds, window_scores, worst_windows
+from blkassist.refine.settings import QaSettings
 from blkassist.refine.windows import (
     TileReport,
     create_store,

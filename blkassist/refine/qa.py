@@ -29,7 +29,6 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,32 +39,12 @@ from blkassist.refine.blend import blend_blocks
 from blkassist.refine.noise import NoiseField, RerollNoise, generation_seed
 from blkassist.refine.plan import RefinePass, Window
 from blkassist.refine.refiner import Refiner
+from blkassist.refine.settings import QaSettings
 from blkassist.refine.windows import read_window, resample_window
 
 log = logging.getLogger(__name__)
 
 FIDELITY_CELL = 64  # pixels: a stroke is judged against the cell it crosses, not the window
-
-
-@dataclass(frozen=True)
-class QaSettings:
-    rounds: int
-    level: float | None  # a window's level step above this is re-rendered (None: not judged)
-    texture: float | None  # a texture ratio below this is re-rendered
-    fidelity: float | None  # a new-stroke share above this is re-rendered
-    edge_margin: float
-    denoise_scale: float  # each round's denoise is the pass's times this, once more per round
-    context: int  # pixels of surroundings sampled with a re-rendered window, each side
-
-    @classmethod
-    def from_config(cls, values: dict) -> QaSettings:
-        return cls(**values)
-
-    @property
-    def enabled(self) -> bool:
-        return self.rounds > 0 and any(
-            v is not None for v in (self.level, self.texture, self.fidelity)
-        )
 
 
 def _luma(pixels: np.ndarray) -> np.ndarray:

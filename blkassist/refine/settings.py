@@ -17,6 +17,29 @@ SR_ONLY_LONG_SIDE = 8192  # `path: auto` refines only murals whose long side is 
 
 
 @dataclass(frozen=True)
+class QaSettings:
+    """murals.NAME.refine.qa: when a refined window is judged bad and rendered again."""
+
+    rounds: int
+    level: float | None  # a window's level step above this is re-rendered (None: not judged)
+    texture: float | None  # a texture ratio below this is re-rendered
+    fidelity: float | None  # a new-stroke share above this is re-rendered
+    edge_margin: float
+    denoise_scale: float  # each round's denoise is the pass's times this, once more per round
+    context: int  # pixels of surroundings sampled with a re-rendered window, each side
+
+    @classmethod
+    def from_config(cls, values: dict) -> QaSettings:
+        return cls(**values)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rounds > 0 and any(
+            v is not None for v in (self.level, self.texture, self.fidelity)
+        )
+
+
+@dataclass(frozen=True)
 class RefineSettings:
     SECTION: ClassVar[str] = "murals.NAME.refine"
     mural: str
@@ -56,8 +79,6 @@ class RefineSettings:
 
     @property
     def qa_enabled(self) -> bool:
-        from blkassist.refine.qa import QaSettings
-
         return bool(self.qa) and QaSettings.from_config(self.qa).enabled
 
     def pixel_settings(self, stage: RefinePass) -> dict:
