@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +15,10 @@ from blkassist import canvas
 from blkassist.compat import realesrganer_class, rrdbnet_class
 from blkassist.errors import ModelFileError
 from blkassist.sr.models import LanczosUpscaler, NeuralUpscaler, build_rrdbnet, rrdbnet_params
+from blkassist.sr.rrdbnet import RRDBNet
 from blkassist.sr.tiler import ProgressLog, forward_groups, upscale_batch
 from blkassist.tiling import plan_mural
-from tests.conftest import save_tiny_rrdbnet, textured
+from tests.conftest import REPO, save_tiny_rrdbnet, textured
 
 # Receptive radius of a one-block RRDBNet in input pixels: 17 convs at 1x, 1 at 2x, 3 at 4x.
 TINY_RECEPTIVE_RADIUS = 19
@@ -30,6 +35,31 @@ def tiled_upscale(pixels, upscaler, tmp_path, *, scale=4, tile=32, pad=24, per_j
     for batch in range(plan.batch_count):
         upscale_batch(plan, batch, source, target, upscaler, pad, ProgressLog(tmp_path, batch))
     return np.asarray(target[:])
+
+
+@pytest.mark.parametrize(
+    "scale,num_feat,num_block,num_grow_ch",
+    list(itertools.product([1, 2, 4], [4, 16], [1, 3], [2, 8])),
+)
+def test_our_rrdbnet_is_basicsrs_bit_for_bit(scale, num_feat, num_block, num_grow_ch):
+    """The tile jobs' RRDBNet (torch only) against basicsr's, which Real-ESRGAN's weights
+    are trained on: same state-dict names in the same order, same output to the bit, for
+    every scale and shape, on an odd-sized batch."""
+    torch.manual_seed(scale * 100 + num_feat + num_block + num_grow_ch)
+    arch = dict(num_in_ch=3, num_out_ch=3, scale=scale, num_feat=num_feat,
+                num_block=num_block, num_grow_ch=num_grow_ch)  # fmt: skip
+    theirs = rrdbnet_class()(**arch).eval()
+    with torch.no_grad():  # basicsr's init scales the trunk down: make every layer count
+        for tensor in theirs.state_dict().values():
+            tensor.normal_(0, 0.3)
+    ours = RRDBNet(**arch).eval()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    pixels = torch.rand(2, 3, 12, 20)
+    with torch.no_grad():
+        expected, got = theirs(pixels), ours(pixels)
+    assert got.shape == (2, 3, 12 * scale, 20 * scale)
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("key", ["params_ema", "params"])
@@ -271,3 +301,20 @@ def test_a_torn_last_progress_line_is_not_a_finished_tile(tmp_path):
     assert report.skipped == 1 and np.array_equal(np.asarray(target[:]), reference)
     assert progress.path.read_text().split("\n")[:2] == ["0", "1"]
     assert progress.finished() == set(range(plan.tile_count))
+
+
+def test_a_neural_tile_job_imports_neither_basicsr_nor_torchvision(tiny_weights):
+    """Importing basicsr (and with it torchvision) cost every tile job ~3.5 s of CPU, as much
+    as a small mural's whole upscale; the tile job's own loading path must not need them."""
+    probe = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import blkassist.sr.passes  # what scripts/upscale_tile_batch.py imports\n"
+        "from blkassist.sr.models import NeuralUpscaler  # what its neural jobs load\n"
+        f"upscaler = NeuralUpscaler.from_file({str(tiny_weights)!r})\n"
+        "assert upscaler(np.zeros((1, 8, 8, 3), np.uint8), 4).shape == (1, 32, 32, 3)\n"
+        "print(' '.join(m for m in ('basicsr', 'torchvision') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "", f"a tile job imports {result.stdout.strip()}"

@@ -1,8 +1,9 @@
 """Upscalers behind one interface: uint8 tiles in, uint8 tiles `scale` times larger out.
 
-Neural models are basicsr's RRDBNet loaded from a local .pth in the official Real-ESRGAN
-layout; `lanczos` (blkassist.sr.lanczos) needs no weights. Every conversion between uint8
-and floating point happens on the model's device, not on the CPU.
+Neural models are RRDBNet (blkassist.sr.rrdbnet: basicsr's network and state-dict names,
+without importing basicsr) loaded from a local .pth in the official Real-ESRGAN layout;
+`lanczos` (blkassist.sr.lanczos) needs no weights. Every conversion between uint8 and
+floating point happens on the model's device, not on the CPU.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blkassist.compat import rrdbnet_class
 from blkassist.errors import ModelFileError
 from blkassist.sr.lanczos import LanczosUpscaler
+from blkassist.sr.rrdbnet import RRDBNet
 from blkassist.sr.weights import existing, generator, rrdbnet_arch, unreadable
 
 _ALPHA_FLOOR = 1.0 / 512  # below this the colour of a pixel is meaningless
@@ -40,7 +41,7 @@ def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def build_rrdbnet(params: dict[str, torch.Tensor], path="<state dict>") -> torch.nn.Module:
     """An RRDBNet whose shape is read off the weights, loaded strictly."""
     arch = rrdbnet_arch({key: tuple(tensor.shape) for key, tensor in params.items()}, path)
-    model = rrdbnet_class()(**arch)
+    model = RRDBNet(**arch)
     try:
         model.load_state_dict(params, strict=True)
     except RuntimeError as error:
