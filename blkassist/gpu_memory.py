@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -283,9 +284,30 @@ def fitting_devices(need: int, devices: Mapping[str, int]) -> list[str]:
     return sorted((i for i, size in devices.items() if size >= need), key=lambda i: devices[i])
 
 
+@dataclass(frozen=True)
+class GpuSettings:
+    """The validated `gpu` section: where jobs lock devices and each device's memory.
+    Scheduling only (jobs read it from the config, never from params)."""
+
+    SECTION: ClassVar[str] = "gpu"
+
+    lock_dir: str
+    devices: tuple[dict, ...]  # {id, memory_gib} each
+
+    @classmethod
+    def from_config(cls, gpu: Mapping) -> GpuSettings:
+        """From the schema-filled `gpu` section (a missing key is a KeyError: validate)."""
+        return cls(lock_dir=gpu["lock_dir"], devices=tuple(dict(d) for d in gpu["devices"]))
+
+    @property
+    def memory(self) -> dict[str, int]:
+        """`devices` as id -> bytes (what the device lease takes)."""
+        return {str(d["id"]): int(d["memory_gib"] * GIB) for d in self.devices}
+
+
 def declared_devices(gpu_config: Mapping) -> dict[str, int]:
-    """`gpu.devices` of the config as id -> bytes."""
-    return {str(d["id"]): int(d["memory_gib"] * GIB) for d in gpu_config.get("devices") or []}
+    """`gpu.devices` of the validated config as id -> bytes."""
+    return GpuSettings.from_config(gpu_config).memory
 
 
 def describe_fit(need: int, devices: Mapping[str, int]) -> str:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -30,13 +31,18 @@ class ProgressSettings:
     """A line every `every_steps` steps or `every_seconds` seconds, whichever comes first
     (and at the first and last step)."""
 
+    SECTION: ClassVar[str] = "progress"
+
     every_steps: int
     every_seconds: float
 
     @classmethod
-    def from_config(cls, config: dict | None) -> ProgressSettings | None:
-        """From the schema-filled `progress` section (None: no progress lines)."""
-        return None if config is None else cls(config["every_steps"], config["every_seconds"])
+    def from_config(cls, config: Mapping | ProgressSettings | None) -> ProgressSettings | None:
+        """From the schema-filled `progress` section (None: no progress lines); one a job's
+        settings layer already read (blkassist.job_settings) is taken as it is."""
+        if config is None or isinstance(config, ProgressSettings):
+            return config
+        return cls(every_steps=config["every_steps"], every_seconds=config["every_seconds"])
 
 
 class TrainingProgress:

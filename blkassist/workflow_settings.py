@@ -2,8 +2,9 @@
 job: the config validated against config/schema.yaml, every section's cross-key checks,
 and the values the rules derive from it (settings objects, resolved names and paths).
 
-Validation fills the schema's defaults into the config: the schema is their only source
-and each job's script reads its section from `snakemake.config`. Nothing else is written
+Validation fills the schema's defaults into the config: the schema is their only source.
+Each job's script reads its sections of that validated config as typed objects through
+blkassist.job_settings.JobSettings (scheduling knobs included). Nothing else is written
 into the config; what the rules resolve (LoRA files, concept lengths, workflow paths)
 lives on WorkflowSettings.
 

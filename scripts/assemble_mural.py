@@ -1,7 +1,7 @@
 """Write the final pyramidal BigTIFF and its provenance sidecar."""
 
-from blkassist import licences
 from blkassist.assemble import assemble_mural
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
@@ -16,9 +16,7 @@ with rule_logging(snakemake):
         path=snakemake.params.path,
         refinement=snakemake.input.refinement or None,
         overlays=snakemake.params.overlays,
-        licences=licences.mural(
-            snakemake.config,
-            snakemake.wildcards.mural,
-            snakemake.params.path["path"] == "diffusion",
+        licences=JobSettings(snakemake.config).licences.mural(
+            snakemake.wildcards.mural, snakemake.params.path["path"] == "diffusion"
         ),
     )

@@ -1,6 +1,7 @@
 """Caption every image of a collection that needs it; the artist's edits are kept."""
 
 from blkassist.captions.run import caption_collection
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
@@ -8,5 +9,5 @@ with rule_logging(snakemake):
         snakemake.input.manifest, snakemake.params.folder, snakemake.output.index,
         snakemake.params.settings, snakemake.params.description,
         server_log=snakemake.log[0] + ".vllm-server",
-        lock_dir=snakemake.config["gpu"]["lock_dir"],
+        lock_dir=JobSettings(snakemake.config).gpu.lock_dir,
     )  # fmt: skip

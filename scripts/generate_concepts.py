@@ -1,7 +1,7 @@
 """Concept sketches for every prompt and seed, with provenance sidecars and a contact sheet."""
 
-from blkassist import licences
 from blkassist.flux.generate import generate_run
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
@@ -11,5 +11,5 @@ with rule_logging(snakemake):
         snakemake.threads, seeds=s["seeds"], aspect=s["aspect"], megapixels=s["megapixels"],
         steps=s["steps"], guidance=s["guidance"], lora=(snakemake.input.lora or [None])[0],
         lora_scale=s["lora_scale"], max_sequence_length=s["max_sequence_length"],
-        licences=licences.concept(snakemake.config, snakemake.wildcards.concept),
+        licences=JobSettings(snakemake.config).licences.concept(snakemake.wildcards.concept),
     )  # fmt: skip

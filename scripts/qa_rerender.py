@@ -1,10 +1,11 @@
 """The QA gate of one refinement pass: re-render the windows its seams or fidelity blame."""
 
+from blkassist.job_settings import JobSettings
 from blkassist.refine.jobs import run_qa_rerender
 from blkassist.runlog import rule_logging
 
 # Scheduling knobs come from the config, not params: changing them never redoes work.
-refine = snakemake.config["murals"][snakemake.wildcards.mural]["refine"]
+job_settings = JobSettings(snakemake.config)
 with rule_logging(snakemake):
     run_qa_rerender(
         allocation=snakemake.input.allocation,
@@ -14,7 +15,6 @@ with rule_logging(snakemake):
         qa=snakemake.params.qa,
         model=snakemake.input.model,
         lora=snakemake.input.lora or None,
-        scheduling=refine,
-        gpu=snakemake.config["gpu"],
+        gpu=job_settings.gpu,
         threads=snakemake.threads,
     )

@@ -1,10 +1,11 @@
 """Refine one range of windows on a leased device, skipping windows already finished."""
 
+from blkassist.job_settings import JobSettings
 from blkassist.refine.jobs import run_refine_batch
 from blkassist.runlog import rule_logging
 
 # Scheduling knobs come from the config, not params: changing them never redoes work.
-refine = snakemake.config["murals"][snakemake.wildcards.mural]["refine"]
+job_settings = JobSettings(snakemake.config)
 with rule_logging(snakemake):
     run_refine_batch(
         allocation=snakemake.input.allocation,
@@ -13,8 +14,8 @@ with rule_logging(snakemake):
         settings=snakemake.params.settings,
         model=snakemake.input.model,
         lora=snakemake.input.lora or None,
-        scheduling=refine,
-        gpu=snakemake.config["gpu"],
+        tiles_per_forward=job_settings.refine(snakemake.wildcards.mural).tiles_per_forward,
+        gpu=job_settings.gpu,
         threads=snakemake.threads,
         marker=snakemake.output.marker,
     )

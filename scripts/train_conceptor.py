@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-from blkassist import licences
 from blkassist.flux.train import train_run
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
+    settings = JobSettings(snakemake.config)
     dataset = Path(snakemake.input.dataset)
     validation = dataset / "validation"
     train_run(
@@ -16,6 +17,6 @@ with rule_logging(snakemake):
         validation_dir=str(validation) if (validation / "metadata.jsonl").exists() else None,
         chosen_step=snakemake.params.chosen_step,
         key=f"conceptor.runs.{snakemake.wildcards.run}.recipe",
-        progress=snakemake.config["progress"],
-        licences=[licences.trained_lora(snakemake.config, "conceptor", snakemake.wildcards.run)],
+        progress=settings.progress,
+        licences=[settings.licences.trained_lora("conceptor", snakemake.wildcards.run)],
     )  # fmt: skip

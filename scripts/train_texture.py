@@ -3,22 +3,22 @@ plot. The full recipe comes from the config (params hold what defines the output
 
 from pathlib import Path
 
-from blkassist import licences
 from blkassist.flux.train import train_run
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 
 with rule_logging(snakemake):
-    run = snakemake.wildcards.run
+    run, settings = snakemake.wildcards.run, JobSettings(snakemake.config)
     dataset = Path(snakemake.input.dataset)
     validation = dataset / "validation"
     train_run(
-        snakemake.config["texture"]["runs"][run]["recipe"], snakemake.input.model,
+        dict(settings.texture_run(run).recipe), snakemake.input.model,
         str(dataset / "train"), snakemake.params.run_dir, snakemake.output.lora,
         snakemake.output.model_card, snakemake.params.lock_dir, snakemake.threads,
         validation_dir=str(validation) if (validation / "metadata.jsonl").exists() else None,
         chosen_step=snakemake.params.chosen_step, key=f"texture.runs.{run}.recipe",
         title="Flux.1-dev texture LoRA (BLK-Upscale diffusion refinement)",
         contact_sheet=snakemake.output.contact_sheet, loss_plot=snakemake.output.loss_plot,
-        progress=snakemake.config["progress"],
-        licences=[licences.trained_lora(snakemake.config, "texture", run)],
+        progress=settings.progress,
+        licences=[settings.licences.trained_lora("texture", run)],
     )  # fmt: skip

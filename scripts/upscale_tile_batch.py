@@ -4,23 +4,22 @@ Scheduling knobs come from the config here, not from params, so changing them ne
 Snakemake redo finished work.
 """
 
-from blkassist.config import mural_settings
-from blkassist.gpu_memory import declared_devices
+from blkassist.job_settings import JobSettings
 from blkassist.runlog import rule_logging
 from blkassist.sr.passes import run_tile_batch
 
+settings = JobSettings(snakemake.config)
 with rule_logging(snakemake):
+    gpu = settings.gpu
     first, last = int(snakemake.wildcards.first), int(snakemake.wildcards.last)
     run_tile_batch(
         allocation=snakemake.input.allocation,
         tiles=(first, last + 1),
         weights=snakemake.input.weights or None,
-        tiles_per_forward=mural_settings(
-            snakemake.config, snakemake.wildcards.mural
-        ).tiles_per_forward,
-        lock_dir=snakemake.config["gpu"]["lock_dir"],
+        tiles_per_forward=settings.mural(snakemake.wildcards.mural).tiles_per_forward,
+        lock_dir=gpu.lock_dir,
         threads=snakemake.threads,
         marker=snakemake.output.marker,
         batch=first,
-        devices=declared_devices(snakemake.config["gpu"]),
+        devices=gpu.memory,
     )

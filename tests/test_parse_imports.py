@@ -2,6 +2,7 @@
 rules import at parse time must stay light: importing torch and diffusers there made a
 dry run of a finished mural take 10 s instead of 2 s."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -97,3 +98,68 @@ def test_a_dry_run_of_the_demo_imports_no_deep_learning_library(tmp_path):
     assert "probe_source" in result.stdout + result.stderr  # it did plan the demo's jobs
     heavy = report.read_text()
     assert heavy == "", f"a dry run of the demo imports {heavy}"
+
+
+def test_the_jobs_settings_layer_imports_no_deep_learning_library_zarr_or_scipy():
+    """Every job that reads the config imports blkassist.job_settings: it must stay cheap."""
+    probe = (
+        "import sys, blkassist.job_settings\n"
+        f"print(' '.join(sorted(m for m in {(*HEAVY, 'zarr', 'scipy')!r} if m in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def config_uses(script: Path) -> list[str]:
+    """Each use of `snakemake.config` in a script other than as the one argument of
+    JobSettings(...) (blkassist.job_settings), as "line: what"."""
+    tree = ast.parse(script.read_text(), str(script))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Attribute)
+            and node.attr == "config"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "snakemake"
+        ):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Subscript) and parent.value is node:
+            found.append(f"{node.lineno}: indexes snakemake.config")
+        elif isinstance(parent, ast.Attribute):
+            found.append(f"{node.lineno}: snakemake.config.{parent.attr}")
+        elif not (
+            isinstance(parent, ast.Call)
+            and isinstance(parent.func, ast.Name)
+            and parent.func.id == "JobSettings"
+            and parent.args == [node]
+        ):
+            found.append(f"{node.lineno}: passes snakemake.config on ({type(parent).__name__})")
+    return sorted(found, key=lambda use: int(use.split(":")[0]))
+
+
+def test_no_script_reads_the_config_but_through_its_settings_objects():
+    """Scripts read the validated config through blkassist.job_settings (typed sections,
+    no defaults of their own), never by indexing snakemake.config: a value travels once."""
+    scripts = sorted((REPO / "scripts").glob("*.py"))
+    assert len(scripts) > 30
+    uses = {s.name: found for s in scripts if (found := config_uses(s))}
+    assert uses == {}, "read these through blkassist.job_settings.JobSettings"
+
+
+def test_the_config_check_finds_an_index_a_get_and_a_pass(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "a = snakemake.config['gpu']\n"
+        "b = snakemake.config.get('gpu', {})\n"
+        "c = licences.mural(snakemake.config, 'm')\n"
+        "d = JobSettings(snakemake.config).gpu\n"
+    )
+    assert config_uses(script) == [
+        "1: indexes snakemake.config",
+        "2: snakemake.config.get",
+        "3: passes snakemake.config on (Call)",
+    ]

@@ -13,6 +13,7 @@ import zarr
 
 from blkassist import canvas
 from blkassist.fsutil import read_json
+from blkassist.gpu_memory import GpuSettings
 from blkassist.refine import seams
 from blkassist.refine.anchor import anchor, anchor_on_device, anchor_torch, low_frequencies
 from blkassist.refine.blend import blend_blocks
@@ -1012,7 +1013,7 @@ def test_the_qa_job_re_renders_with_flux_on_a_leased_device_and_a_rerun_starts_o
     qa = {**GATE, "rounds": 1, "level": 0.01, "texture": None, "fidelity": None}
     job = dict(allocation=str(tmp_path / "pass.json"), mural="m", settings=settings, qa=qa,
                model=str(REPO / "resources/flux/tiny.yaml"), lora=None,
-               scheduling={"tiles_per_forward": 1}, gpu={"lock_dir": str(tmp_path / "locks")},
+               gpu=GpuSettings(lock_dir=str(tmp_path / "locks"), devices=()),
                threads=1)  # fmt: skip
     run_qa_rerender(output=str(tmp_path / "qa1.json"), **job)
     first = read_json(tmp_path / "qa1.json")
@@ -1056,7 +1057,7 @@ def test_sr_tiles_reading_a_rerolled_canvas_are_upscaled_again_as_the_step_would
              if meets(t.padded(8, 140, 100), box)]  # fmt: skip
     members = [{"tile": t.index, "key": f"k{t.index}", "reads": ["x"],
                 "path": str(tmp_path / f"pieces/{t.index}")} for t in tiles]  # fmt: skip
-    gpu = {"lock_dir": str(tmp_path / "locks")}
+    gpu = GpuSettings(lock_dir=str(tmp_path / "locks"), devices=())
     run_reroll_sr_tiles(str(tmp_path / "c1.json"), members, spec, None, 1, gpu, 1,
                         str(tmp_path / "t.done"))  # fmt: skip
     whole = canvas.create(tmp_path / "whole.zarr", 280, 200, 3, 64)

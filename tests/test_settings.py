@@ -3,6 +3,7 @@ default of its own and is built from a schema-validated config section."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import pkgutil
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 import blkassist
+from blkassist import licences
 from blkassist.config import (
     SCHEMA,
     MuralSettings,
@@ -21,6 +23,15 @@ from blkassist.config import (
     validate_config,
 )
 from blkassist.errors import ConfigError
+from blkassist.gpu_memory import GpuSettings
+from blkassist.job_settings import (
+    CanvasSettings,
+    CaptionSettings,
+    JobSettings,
+    StencilRunSettings,
+    TextureRunSettings,
+)
+from blkassist.progress import ProgressSettings
 from blkassist.refine.settings import RefineSettings, mural_refine_settings
 from blkassist.sr.degrade import DegradationSettings
 from blkassist.sr.train.run import train_settings
@@ -41,6 +52,26 @@ def settings_classes() -> list[type]:
 CONFIG = {
     "murals": {"m": {"source": "a.png"}, "sized": {"source": "a.png", "target_long_side": 900}},
     "esrgan": {"run": {"collections": ["scans"]}},
+    "gpu": {"devices": [{"id": 0, "memory_gib": 48}, {"id": "1", "memory_gib": 24}]},
+    "texture": {"runs": {"t": {"collections": ["scans"]}}},
+    "stencil": {"runs": {"s": {"dataset": "ink"}}},
+}
+
+# What each job reads (blkassist.job_settings): the section object as JobSettings builds it
+# from the validated config, and the section it reads.
+JOB_SECTIONS = {
+    GpuSettings: (lambda job: job.gpu, lambda config: config["gpu"]),
+    ProgressSettings: (lambda job: job.progress, lambda config: config["progress"]),
+    CanvasSettings: (lambda job: job.canvases, lambda config: config["canvases"]),
+    CaptionSettings: (lambda job: job.captions, lambda config: config["captions"]),
+    TextureRunSettings: (
+        lambda job: job.texture_run("t"),
+        lambda config: config["texture"]["runs"]["t"],
+    ),
+    StencilRunSettings: (
+        lambda job: job.stencil_run("s"),
+        lambda config: config["stencil"]["runs"]["s"],
+    ),
 }
 
 
@@ -61,6 +92,9 @@ def built_from_config(cls: type):
     """The object the workflow builds from a config that sets nothing it need not, and the
     validated section it was read from."""
     config = validate_config(yaml.safe_load(yaml.safe_dump(CONFIG)), SCHEMA)
+    if cls in JOB_SECTIONS:
+        built, section = JOB_SECTIONS[cls]
+        return built(JobSettings(config)), section(config)
     if cls is MuralSettings:
         return mural_settings(config, "m"), config["murals"]["m"]
     if cls is RefineSettings:
@@ -75,7 +109,7 @@ def built_from_config(cls: type):
 
 def test_the_settings_classes_are_found():
     expected = {MuralSettings, RefineSettings, TrainSettings, DegradationSettings, VaeTraining}
-    assert expected <= set(settings_classes())
+    assert {*expected, *JOB_SECTIONS} <= set(settings_classes())
 
 
 @pytest.mark.parametrize("cls", settings_classes(), ids=lambda cls: cls.__qualname__)
@@ -95,6 +129,38 @@ def test_settings_have_no_defaults_and_take_every_value_from_the_schema(cls):
         nested = NESTED.get(cls, {}).get(name)
         expected = nested(section) if nested else section[name]
         assert (list(value) if isinstance(value, tuple) else value) == expected, name
+
+
+def test_a_jobs_settings_are_the_validated_configs_values():
+    """JobSettings, what every script reads, holds the validated config's values: the
+    mural's and its refinement's scheduling knobs, the devices' memory, the licences."""
+    config = validate_config(yaml.safe_load(yaml.safe_dump(CONFIG)), SCHEMA)
+    job = JobSettings(config)
+    assert job.mural("m") == mural_settings(config, "m")
+    assert job.refine("m") == mural_refine_settings(config, "m")
+    assert job.refine("m").tiles_per_forward == config["murals"]["m"]["refine"]["tiles_per_forward"]
+    assert job.gpu.memory == {"0": 48 * 2**30, "1": 24 * 2**30}
+    assert job.captions.block() == config["captions"]
+    curriculum = config["stencil"]["runs"]["s"]["curriculum"]
+    assert job.stencil_run("s").curriculum_stages().pairs_from == curriculum["pairs_from"]
+    assert job.licences.transparent_vae() == licences.transparent_vae(config)
+    assert job.licences.mural("m", True) == licences.mural(config, "m", True)
+    assert job.licences.trained_lora("texture", "t") == licences.trained_lora(
+        config, "texture", "t"
+    )
+
+
+@pytest.mark.parametrize("cls", list(JOB_SECTIONS), ids=lambda cls: cls.__qualname__)
+def test_a_jobs_section_missing_a_key_is_an_error_not_a_default(cls):
+    """No section object falls back on a value of its own: a key the schema did not fill
+    (a config that skipped validation) is a KeyError."""
+    built, section = JOB_SECTIONS[cls]
+    config = validate_config(yaml.safe_load(yaml.safe_dump(CONFIG)), SCHEMA)
+    for key in list(section(config)):
+        broken = copy.deepcopy(config)
+        del section(broken)[key]
+        with pytest.raises(KeyError, match=key):
+            built(JobSettings(broken))
 
 
 def test_the_stale_python_defaults_are_gone():

@@ -46,14 +46,15 @@ def train_run(
     loss_plot: str | None = None,
     trainer_factory=None,
     loader=None,
-    progress: dict | None = None,
+    progress: ProgressSettings | dict | None = None,
     licences: list[dict] | None = None,
 ) -> dict:
     """Train (or resume) and export; `config` is the schema-validated recipe mapping.
     `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
     trainer other than the plain FluxLoraTrainer, and `loader(model, device, recipe)` loads
     the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA).
-    `progress` is the config's progress section (how often a progress line is logged);
+    `progress` is the config's progress section, or the ProgressSettings a job read from
+    it (how often a progress line is logged);
     `licences` (blkassist.licences) goes into the model card."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux

@@ -9,6 +9,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zarr
 
@@ -30,6 +31,9 @@ from blkassist.refine.windows import (
     refine_windows,
 )
 from blkassist.sr.passes import IncompletePassError
+
+if TYPE_CHECKING:
+    from blkassist.gpu_memory import GpuSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ def allocate_stage(geometry: dict, previous: str, base: str, folder: str, record
     )
 
 
-def refine_memory(model: str, settings: dict, scheduling: dict) -> dict:
+def refine_memory(model: str, settings: dict, tiles_per_forward: int) -> dict:
     """Device memory of this mural's refinement tile jobs, as the plan states it."""
     from blkassist.gpu_memory import refine_memory_or_reason
 
@@ -94,7 +98,7 @@ def refine_memory(model: str, settings: dict, scheduling: dict) -> dict:
         model,
         quantize=settings["quantize"],
         tile=settings["tile"],
-        tiles_per_forward=scheduling["tiles_per_forward"],
+        tiles_per_forward=tiles_per_forward,
         max_sequence_length=settings["max_sequence_length"],
     )
 
@@ -106,15 +110,14 @@ def run_refine_batch(
     settings: dict,
     model: str,
     lora: str | None,
-    scheduling: dict,
-    gpu: dict,
+    tiles_per_forward: int,
+    gpu: GpuSettings,
     threads: int,
     marker: str,
 ) -> None:
     """Refine windows [first, stop) of a pass on a leased device, skipping windows already
-    finished (then no device is leased and no model loaded)."""
-    from blkassist.gpu_memory import declared_devices
-
+    finished (then no device is leased and no model loaded). `tiles_per_forward` and `gpu`
+    are scheduling: the job reads them from the config (blkassist.job_settings)."""
     record = read_json(allocation)
     plan = stage_plan(record)
     first, stop = windows
@@ -134,11 +137,11 @@ def run_refine_batch(
     source = canvas.open_canvas(record["input_canvas"])
     base = canvas.open_canvas(record["base_canvas"])
     store = zarr.open_array(record["windows"], mode="r+")
-    need = refine_memory(model, settings, scheduling)
+    need = refine_memory(model, settings, tiles_per_forward)
     if "unknown" in need:
         log.warning("device memory unknown: %s", need["unknown"])
     with lease_device(
-        gpu["lock_dir"], need_bytes=need.get("bytes"), memory=declared_devices(gpu),
+        gpu.lock_dir, need_bytes=need.get("bytes"), memory=gpu.memory,
         advice=memory_advice(mural),
     ) as lease:  # fmt: skip
         device = lease.device
@@ -146,7 +149,7 @@ def run_refine_batch(
         def make_refiner():
             return load_refiner(model, lease, settings, lora, threads, need, described)
 
-        per_forward = scheduling["tiles_per_forward"] if lease.device == "cuda" else 1
+        per_forward = tiles_per_forward if lease.device == "cuda" else 1
         report = refine_windows(
             todo,
             source,
@@ -224,26 +227,24 @@ class LazyRefiner:
     which releases the lease."""
 
     def __init__(self, stack, mural: str, model: str, settings: dict, lora: str | None,
-                 scheduling: dict, gpu: dict, threads: int, *, tile: int | None = None,
+                 gpu: GpuSettings, threads: int, *, tile: int | None = None,
                  prompts=()):  # fmt: skip
         self.stack, self.mural, self.model, self.settings = stack, mural, model, settings
         self.lora, self.gpu, self.threads, self.prompts = lora, gpu, threads, prompts
         # Windows are sampled one at a time here, `tile` pixels square at most.
         sized = {**settings, "tile": tile or settings["tile"]}
-        self.need = refine_memory(model, sized, {**scheduling, "tiles_per_forward": 1})
+        self.need = refine_memory(model, sized, tiles_per_forward=1)
         self.lease = None
         self.described: dict = {}
         self._refiner = None
 
     def __call__(self):
-        from blkassist.gpu_memory import declared_devices
-
         if self._refiner is None:
             if "unknown" in self.need:
                 log.warning("device memory unknown: %s", self.need["unknown"])
             self.lease = self.stack.enter_context(lease_device(
-                self.gpu["lock_dir"], need_bytes=self.need.get("bytes"),
-                memory=declared_devices(self.gpu), advice=memory_advice(self.mural),
+                self.gpu.lock_dir, need_bytes=self.need.get("bytes"),
+                memory=self.gpu.memory, advice=memory_advice(self.mural),
             ))  # fmt: skip
             self._refiner = load_refiner(self.model, self.lease, self.settings, self.lora,
                                          self.threads, self.need, self.described,
@@ -350,8 +351,7 @@ def run_qa_rerender(
     qa: dict,
     model: str,
     lora: str | None,
-    scheduling: dict,
-    gpu: dict,
+    gpu: GpuSettings,
     threads: int,
 ) -> None:
     """The QA gate of a blended pass: put back what an earlier run of this job re-rendered,
@@ -372,7 +372,7 @@ def run_qa_rerender(
     log.info("pass %s: measured %d seam segments in %.1f s", plan.name,
              measured["seam_count"], time.perf_counter() - started)  # fmt: skip
     with ExitStack() as stack:
-        refiner = LazyRefiner(stack, mural, model, settings, lora, scheduling, gpu, threads,
+        refiner = LazyRefiner(stack, mural, model, settings, lora, gpu, threads,
                               tile=settings["tile"] + 2 * qa["context"])  # fmt: skip
         measured, gate = run_rounds(
             plan, record, measured, refiner, QaSettings.from_config(qa),

@@ -10,6 +10,7 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -20,6 +21,9 @@ from blkassist.refine.blend import compose_block
 from blkassist.refine.jobs import LazyRefiner, stage_plan
 from blkassist.refine.noise import FieldNoise, NoiseField, RerollNoise, generation_seed
 from blkassist.refine.windows import pass_field, resample_window
+
+if TYPE_CHECKING:
+    from blkassist.gpu_memory import GpuSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +105,7 @@ def run_reroll_windows(
     settings: dict,
     model: str,
     lora: str | None,
-    scheduling: dict,
-    gpu: dict,
+    gpu: GpuSettings,
     threads: int,
     source: dict,
     base: dict,
@@ -119,7 +122,7 @@ def run_reroll_windows(
     prompts = sorted({m["entry"]["prompt"] for m in todo if m["entry"] and m["entry"]["prompt"]})
     started = time.perf_counter()
     with ExitStack() as stack:
-        refiner = LazyRefiner(stack, mural, model, settings, lora, scheduling, gpu, threads,
+        refiner = LazyRefiner(stack, mural, model, settings, lora, gpu, threads,
                               tile=settings["tile"], prompts=prompts)  # fmt: skip
         sampled = sample_variants(
             plan, members, canvas.open_view(source), canvas.open_view(base), refiner,
@@ -214,14 +217,13 @@ def run_reroll_sr_tiles(
     source: dict,
     weights: str | None,
     tiles_per_forward: int,
-    gpu: dict,
+    gpu: GpuSettings,
     threads: int,
     marker: str,
 ) -> None:
     """Upscale `members` ({tile, key, path, reads}) of an SR step again from the previous
     canvas as the re-roll sees it, with the step's own model and settings."""
     from blkassist.devices import lease_device
-    from blkassist.gpu_memory import declared_devices
     from blkassist.plan import sr_memory
     from blkassist.sr.passes import _make_upscaler
     from blkassist.sr.tiler import upscale_tiles
@@ -240,8 +242,7 @@ def run_reroll_sr_tiles(
             need = sr_memory(settings["model"], plan.tile, settings["pad"], plan.scale,
                              tiles_per_forward, settings["precision"])["bytes"]  # fmt: skip
         advice = "Lower tiles_per_forward or tile for this mural."
-        memory = declared_devices(gpu)
-        with lease_device(gpu["lock_dir"], need_bytes=need, memory=memory, advice=advice) as lease:
+        with lease_device(gpu.lock_dir, need_bytes=need, memory=gpu.memory, advice=advice) as lease:
             device = lease.device
             upscaler = _make_upscaler(settings["model"], weights, lease.torch_device,
                                       settings["precision"], threads)  # fmt: skip

@@ -188,7 +188,13 @@ def mural_refine_stages(
     job that sees only the config (the mural's check) needs of the workflow's plan.
     `model` is the refinement model's path as the workflow resolved it (a relative path in
     the config may name a folder shipped with the workflow)."""
-    settings = mural_refine_settings(config, name)
+    return refine_stages(mural_refine_settings(config, name), sr_outputs, final_size, model)
+
+
+def refine_stages(
+    settings: RefineSettings, sr_outputs: list[tuple[int, int]], final_size, model=None
+) -> list[RefinePass]:
+    """mural_refine_stages from the mural's refinement settings already read."""
     path, _ = choose_path(settings.path, *final_size, model or settings.model)
     return plan_stages(sr_outputs, settings) if path == "diffusion" else []
 

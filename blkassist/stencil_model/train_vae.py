@@ -193,7 +193,7 @@ def train_run(
     sheet_out: str,
     settings: dict,
     threads: int = 1,
-    progress: dict | None = None,
+    progress: ProgressSettings | dict | None = None,
     licences: list[dict] | None = None,
 ) -> dict:
     """A workflow job: train on the assets folder, write weights, model card and sheet."""
