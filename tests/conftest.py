@@ -185,6 +185,7 @@ def demo_run(tmp_path_factory) -> Path:
 # or run the workflow (once per worker otherwise). Serially these groups change nothing.
 SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "vllm", "cluster": "slurm"}
 CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
+STARTED_FIRST = ("demo", "slurm")  # one worker each, at once (see `rank` below)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -204,13 +205,15 @@ def pytest_collection_modifyitems(config, items):
             # The first reader waits for the demo (its run has its own limit of 1800 s).
             item.add_marker(pytest.mark.timeout(1800 + 1200))
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Longest first, so that no long run starts last: the demo (the longest), then the
-        # other groups and the end-to-end runs, then the quick tests that fill the gaps.
+        # Longest first, so that no long run starts last: the demo (the longest), beside it
+        # the SLURM cluster's tests (minutes spent mostly waiting on the scheduler's status
+        # polls, which leaves the demo both cores), then the other groups and the
+        # end-to-end runs, then the quick tests that fill the gaps.
         def rank(item):
             group = item.get_closest_marker("xdist_group")
-            if group and group.args[0] == "demo":
-                return 0
-            return 1 if group or item.get_closest_marker("slow") else 2
+            if group and group.args[0] in STARTED_FIRST:
+                return STARTED_FIRST.index(group.args[0])
+            return len(STARTED_FIRST) + (0 if group or item.get_closest_marker("slow") else 1)
 
         items.sort(key=rank)
         if config.getvalue("loadgroup"):
