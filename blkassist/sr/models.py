@@ -38,10 +38,12 @@ def rrdbnet_params(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return generator(loaded, path)
 
 
-def build_rrdbnet(params: dict[str, torch.Tensor], path="<state dict>") -> torch.nn.Module:
-    """An RRDBNet whose shape is read off the weights, loaded strictly."""
+def build_rrdbnet(params: dict[str, torch.Tensor], path="<state dict>",
+                  network: type[torch.nn.Module] = RRDBNet) -> torch.nn.Module:  # fmt: skip
+    """An RRDBNet whose shape is read off the weights, loaded strictly. `network` is this
+    package's (inference) or basicsr's class with the same names (training)."""
     arch = rrdbnet_arch({key: tuple(tensor.shape) for key, tensor in params.items()}, path)
-    model = RRDBNet(**arch)
+    model = network(**arch)
     try:
         model.load_state_dict(params, strict=True)
     except RuntimeError as error:

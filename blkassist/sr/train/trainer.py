@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blkassist.compat import basicsr_module
+from blkassist.compat import basicsr_module, rrdbnet_class
 from blkassist.fsutil import append_csv_row, atomic_path, truncate_csv_log, write_json
 from blkassist.progress import ProgressSettings, TrainingProgress
 from blkassist.rng import load_checkpoint, rng_state, seed_everything, set_rng_state
@@ -127,7 +127,11 @@ class EsrganTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device)
         seed_everything(settings.seed)
-        self.generator = build_rrdbnet(rrdbnet_params(init_weights), init_weights).to(self.device)
+        # basicsr's own network: building it draws its random init from the seeded RNG, and
+        # every later draw (patches, degradations) follows, so a run trains as it always has.
+        self.generator = build_rrdbnet(
+            rrdbnet_params(init_weights), init_weights, network=rrdbnet_class()
+        ).to(self.device)
         self.generator.train()
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         discriminator = basicsr_module("basicsr.archs.discriminator_arch").UNetDiscriminatorSN
