@@ -37,11 +37,10 @@ class ProgressSettings:
     every_seconds: float
 
     @classmethod
-    def from_config(cls, config: Mapping | ProgressSettings | None) -> ProgressSettings | None:
-        """From the schema-filled `progress` section (None: no progress lines); one a job's
-        settings layer already read (blkassist.job_settings) is taken as it is."""
-        if config is None or isinstance(config, ProgressSettings):
-            return config
+    def from_config(cls, config: Mapping | None) -> ProgressSettings | None:
+        """From the schema-filled `progress` section (None: no progress lines)."""
+        if config is None:
+            return None
         return cls(every_steps=config["every_steps"], every_seconds=config["every_seconds"])
 
 

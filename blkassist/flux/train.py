@@ -46,15 +46,14 @@ def train_run(
     loss_plot: str | None = None,
     trainer_factory=None,
     loader=None,
-    progress: ProgressSettings | dict | None = None,
+    progress: ProgressSettings | None = None,
     licences: list[dict] | None = None,
 ) -> dict:
     """Train (or resume) and export; `config` is the schema-validated recipe mapping.
     `trainer_factory(recipe, components, train_dir, run_dir, validation_dir)` builds a
     trainer other than the plain FluxLoraTrainer, and `loader(model, device, recipe)` loads
     the base other than with load_flux (e.g. the Stencil curriculum on a fused layer LoRA).
-    `progress` is the config's progress section, or the ProgressSettings a job read from
-    it (how often a progress line is logged);
+    `progress` says how often a progress line is logged (None: never);
     `licences` (blkassist.licences) goes into the model card."""
     from blkassist.devices import lease_device
     from blkassist.flux.loader import load_flux
@@ -93,9 +92,7 @@ def train_run(
             trainer.resumed_from or "nothing",
         )
         started = time.perf_counter()
-        run = trainer.run(
-            progress=ProgressSettings.from_config(progress), label=key.removesuffix(".recipe")
-        )
+        run = trainer.run(progress=progress, label=key.removesuffix(".recipe"))
         result = {**run, "device": lease.torch_device}
         chosen = trainer.export(export, chosen_step)
     if contact_sheet:

@@ -193,7 +193,7 @@ def train_run(
     sheet_out: str,
     settings: dict,
     threads: int = 1,
-    progress: ProgressSettings | dict | None = None,
+    progress: ProgressSettings | None = None,
     licences: list[dict] | None = None,
 ) -> dict:
     """A workflow job: train on the assets folder, write weights, model card and sheet."""
@@ -215,9 +215,7 @@ def train_run(
     train = images[[i for i in range(len(images)) if i not in held_index]]
     log.info("read %d RGBA assets from %s (%d held out)", len(images), assets, config.holdout)
     flux = load_flux(flux_model, "cpu", torch.float32)
-    model, history = train_transparent_vae(
-        flux.vae, spec, train, config, progress=ProgressSettings.from_config(progress)
-    )
+    model, history = train_transparent_vae(flux.vae, spec, train, config, progress=progress)
     save_weights(model, weights_out)
     held_errors, held_decoded = round_trip_errors(model, flux.vae, held)
     train_errors, _ = round_trip_errors(model, flux.vae, train[: max(4, config.holdout)])

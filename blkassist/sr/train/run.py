@@ -80,7 +80,7 @@ def train_run(
     validation_plot: str,
     lock_dir: str,
     threads: int,
-    progress: dict | None = None,
+    progress: ProgressSettings | None = None,
     licences: list[dict] | None = None,
 ) -> dict:
     settings = train_settings(config)
@@ -98,9 +98,7 @@ def train_run(
         )
         if trainer.resumed_from:
             log.info("resuming %s at iteration %d", name, trainer.iteration)
-        result = trainer.run(
-            progress=ProgressSettings.from_config(progress), label=f"esrgan.{name}"
-        )
+        result = trainer.run(progress=progress, label=f"esrgan.{name}")
         trainer.export(export)
     shutil.copyfile(trainer.run_dir / "validation.csv", validation_csv)
     plot_validation(validation_csv, validation_plot)
