@@ -26,13 +26,14 @@ def parse_time_modules() -> list[str]:
     return imported_modules([REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))])
 
 
-def heavy_imports(modules: list[str]) -> str:
-    """The deep-learning libraries a fresh interpreter has loaded after importing `modules`."""
+def heavy_imports(modules: list[str], libraries: tuple[str, ...] = HEAVY) -> str:
+    """The `libraries` (deep-learning ones by default) a fresh interpreter has loaded after
+    importing `modules`."""
     probe = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        f"print(' '.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+        f"print(' '.join(sorted(m for m in {libraries!r} if m in sys.modules)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
@@ -102,14 +103,7 @@ def test_a_dry_run_of_the_demo_imports_no_deep_learning_library(tmp_path):
 
 def test_the_jobs_settings_layer_imports_no_deep_learning_library_zarr_or_scipy():
     """Every job that reads the config imports blkassist.job_settings: it must stay cheap."""
-    probe = (
-        "import sys, blkassist.job_settings\n"
-        f"print(' '.join(sorted(m for m in {(*HEAVY, 'zarr', 'scipy')!r} if m in sys.modules)))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""
+    assert heavy_imports(["blkassist.job_settings"], (*HEAVY, "zarr", "scipy")) == ""
 
 
 def config_uses(script: Path) -> list[str]:
