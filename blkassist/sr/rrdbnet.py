@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blkassist.sr.weights import UNSHUFFLE
+
 _RESIDUAL_SCALE = 0.2  # each dense block's and each RRDB's residual is scaled by this
 _SLOPE = 0.2  # LeakyReLU's negative slope
-_UNSHUFFLE = {4: 1, 2: 2, 1: 4}  # model scale -> the input's pixel-unshuffle factor
 
 
 def _conv(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -65,7 +66,7 @@ class RRDBNet(nn.Module):
                  num_block: int = 23, num_grow_ch: int = 32):  # fmt: skip
         super().__init__()
         self.scale = scale
-        self.conv_first = _conv(num_in_ch * _UNSHUFFLE[scale] ** 2, num_feat)
+        self.conv_first = _conv(num_in_ch * UNSHUFFLE[scale] ** 2, num_feat)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = _conv(num_feat, num_feat)
         self.conv_up1 = _conv(num_feat, num_feat)
@@ -74,8 +75,8 @@ class RRDBNet(nn.Module):
         self.conv_last = _conv(num_feat, num_out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _UNSHUFFLE[self.scale] > 1:
-            x = F.pixel_unshuffle(x, _UNSHUFFLE[self.scale])
+        if UNSHUFFLE[self.scale] > 1:
+            x = F.pixel_unshuffle(x, UNSHUFFLE[self.scale])
         features = self.conv_first(x)
         features = features + self.conv_body(self.body(features))
         for conv in (self.conv_up1, self.conv_up2):

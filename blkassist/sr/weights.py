@@ -26,8 +26,11 @@ from typing import ClassVar, NamedTuple
 
 from blkassist.errors import ModelFileError
 
-# RRDBNet folds scale 2 and 1 into the input with pixel_unshuffle: in-channels tell the scale.
-SCALE_BY_IN_CHANNELS = {3: 4, 12: 2, 48: 1}
+# x2 and x1 models fold each 2x2 or 4x4 block of input pixels into channels (pixel
+# unshuffle) and upsample 4x inside: the factor by model scale, and the scale by the
+# first convolution's input channels (RGB).
+UNSHUFFLE = {4: 1, 2: 2, 1: 4}
+SCALE_BY_IN_CHANNELS = {3 * factor**2: scale for scale, factor in UNSHUFFLE.items()}
 GENERATOR_KEYS = ("params_ema", "params")  # the official layout, EMA weights preferred
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -220,7 +223,7 @@ def rrdbnet_layout(arch: Mapping) -> dict[str, tuple[int, ...]]:
     """The state dict basicsr's RRDBNet(**arch) has: every name and shape (a test keeps it
     equal to basicsr's own for every scale and size)."""
     feat, grow = arch["num_feat"], arch["num_grow_ch"]
-    in_ch = arch["num_in_ch"] * {4: 1, 2: 4, 1: 16}[arch["scale"]]
+    in_ch = arch["num_in_ch"] * UNSHUFFLE[arch["scale"]] ** 2
 
     def conv(name, out_ch, in_ch):
         return {f"{name}.weight": (out_ch, in_ch, 3, 3), f"{name}.bias": (out_ch,)}
