@@ -129,10 +129,10 @@ def kill_mid_batch(
     targets: tuple[str, ...] = (),
 ) -> set[int]:
     """Run the workflow (on `targets`, else its default) and SIGKILL it with its jobs once a
-    tile job is caught halfway: its
-    record in `progress` (batch-FIRST.tiles) lists some but not all of its `batch` tiles
-    and `markers` holds no tiles-FIRST-*.done of it yet. Returns the tiles that job had
-    finished; empty if none was caught before the run ended or `timeout` s passed."""
+    tile job is caught halfway: its record in `progress` (batch-FIRST.tiles) lists some but
+    not all of its `batch` tiles and `markers` holds no tiles-FIRST-*.done of it yet.
+    Returns the tiles that job had finished; empty if none was caught before the run ended
+    or `timeout` s passed."""
     process = subprocess.Popen(
         snakemake_cmd(workdir, configfiles, *targets),
         cwd=workdir,
@@ -164,17 +164,20 @@ def demo_run(tmp_path_factory) -> Path:
     each worker has its own session: the first to ask builds the demo in the folder the
     workers share, behind a file lock, and the others read it (tests that use it are also
     sent to one worker, see pytest_collection_modifyitems)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        workdir = tmp_path_factory.mktemp("demo")
+
+    def build(workdir: Path) -> Path:
         run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
         return workdir
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp("demo"))
     shared = tmp_path_factory.getbasetemp().parent
     workdir, built = shared / "demo", shared / "demo.built"
     with FileLock(shared / "demo.lock"):
         if not built.exists():
             shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
             workdir.mkdir()
-            run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
+            build(workdir)
             built.touch()
     return workdir
 
