@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +14,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from filelock import FileLock
 
 from blkassist.compat import rrdbnet_class
+from tests.demo_build import DemoBuild
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+# One thread per process. `make test` runs two workers and the background demo build (two
+# jobs) on two cores: a second torch/OpenMP thread in any of them only contends, and spinning
+# OpenMP threads burn the cores the others need (in-process trainings took 2-3x the CPU).
+# Workflow runs cap every job at one thread (--max-threads in snakemake_cmd).
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def textured(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarray:
@@ -98,6 +104,8 @@ def snakemake_cmd(workdir: Path, configfiles, *args: str) -> list[str]:
         *[str(c) for c in configfiles],
         "--cores",
         "2",
+        "--max-threads",
+        "1",
         *args,
     ]
 
@@ -157,38 +165,71 @@ def kill_mid_batch(
     return caught
 
 
+DEMO_CONFIG = REPO / "config" / "config.yaml"
+DEMO_BUILD = pytest.StashKey[DemoBuild]()
+
+
+def session_demo_build(config: pytest.Config) -> DemoBuild:
+    """The session's demo build, in the folder all its processes share: the basetemp of the
+    process that owns the session (a pytest-xdist worker's is a folder inside it)."""
+    if DEMO_BUILD not in config.stash:
+        basetemp = config._tmp_path_factory.getbasetemp()
+        worker = hasattr(config, "workerinput")
+        config.stash[DEMO_BUILD] = DemoBuild(basetemp.parent if worker else basetemp)
+    return config.stash[DEMO_BUILD]
+
+
+def start_demo_build(config: pytest.Config) -> None:
+    build = session_demo_build(config)
+    build.start(
+        snakemake_cmd(build.workdir, [DEMO_CONFIG]), {**os.environ, "BLKASSIST_DEVICE": "cpu"}
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """On the pytest-xdist controller: start the demo build as soon as a worker has collected
+    a reader of it (grouped into "demo" and named so by `name_group_in_id`)."""
+    if any(nodeid.endswith("@demo") for nodeid in ids):
+        start_demo_build(node.config)
+
+
+def pytest_collection_finish(session):
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller starts it
+    if any("demo_run" in item.fixturenames for item in session.items):
+        start_demo_build(session.config)
+
+
+def pytest_unconfigure(config):
+    if DEMO_BUILD in config.stash:
+        config.stash[DEMO_BUILD].stop()
+
+
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
+def demo_run(pytestconfig) -> Path:
     """`make demo` once per session (rule all on config/config.yaml): the folder it ran in.
-    Tests that only read the demo's results share it; none may change it. Under pytest-xdist
-    each worker has its own session: the first to ask builds the demo in the folder the
-    workers share, behind a file lock, and the others read it (tests that use it are also
-    sent to one worker, see pytest_collection_modifyitems)."""
-
-    def build(workdir: Path) -> Path:
-        run_snakemake(workdir, [REPO / "config" / "config.yaml"], timeout=1800)
-        return workdir
-
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return build(tmp_path_factory.mktemp("demo"))
-    shared = tmp_path_factory.getbasetemp().parent
-    workdir, built = shared / "demo", shared / "demo.built"
-    with FileLock(shared / "demo.lock"):
-        if not built.exists():
-            shutil.rmtree(workdir, ignore_errors=True)  # a build that failed part-way
-            workdir.mkdir()
-            build(workdir)
-            built.touch()
-    return workdir
+    Tests that only read the demo's results share it; none may change it. The build starts
+    in the background with the session (tests/demo_build.py); where nothing started it, the
+    first reader builds it behind a file lock and the others read it."""
+    build = session_demo_build(pytestconfig)
+    if build.started.exists():
+        return build.wait()
+    return build.build_here(lambda workdir: run_snakemake(workdir, [DEMO_CONFIG], timeout=1800))
 
 
 # Tests that share one expensive thing run on one pytest-xdist worker (`make test` runs
 # `--dist loadgroup --no-loadscope-reorder`): the demo's readers, the vLLM server's users, the
 # SLURM cluster's (one per machine), and each module whose module-scoped fixtures build models
 # or run the workflow (once per worker otherwise). Serially these groups change nothing.
-SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "vllm", "cluster": "slurm"}
+# The vLLM server's and the SLURM cluster's users share one group, "services": they spend
+# minutes waiting (server starts, the scheduler's status polls), and on one worker those
+# waits sit beside the other worker's tests and the demo build instead of idling both.
+SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "services", "cluster": "services"}
 CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
-STARTED_FIRST = ("demo", "slurm")  # one worker each, at once (see `rank` below)
+# The waiting group starts first, beside the background demo build; the demo's readers last.
+STARTED_FIRST = ("services",)
+STARTED_LAST = ("demo",)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -208,14 +249,17 @@ def pytest_collection_modifyitems(config, items):
             # The first reader waits for the demo (its run has its own limit of 1800 s).
             item.add_marker(pytest.mark.timeout(1800 + 1200))
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # Longest first, so that no long run starts last: the demo (the longest), beside it
-        # the SLURM cluster's tests (minutes spent mostly waiting on the scheduler's status
-        # polls, which leaves the demo both cores), then the other groups and the
-        # end-to-end runs, then the quick tests that fill the gaps.
+        # The waiting group first, so that its waits overlap the demo build and the other
+        # worker's tests; then the other groups and the end-to-end runs, longest first, so
+        # that no long run starts last; then the quick tests that fill the gaps; the demo's
+        # readers last, when its build (started with the session) has finished.
         def rank(item):
             group = item.get_closest_marker("xdist_group")
-            if group and group.args[0] in STARTED_FIRST:
-                return STARTED_FIRST.index(group.args[0])
+            group = group.args[0] if group else None
+            if group in STARTED_FIRST:
+                return STARTED_FIRST.index(group)
+            if group in STARTED_LAST:
+                return len(STARTED_FIRST) + 2
             return len(STARTED_FIRST) + (0 if group or item.get_closest_marker("slow") else 1)
 
         items.sort(key=rank)

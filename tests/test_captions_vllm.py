@@ -168,6 +168,9 @@ def test_captions_through_a_real_server(tmp_path, proxy):
         wrong.caption_all([rows[0].image], lambda i, text: None)
 
 
+# With the other tests that wait on services: its minute of server start-up waits beside the
+# other worker's tests (see SHARED_GROUPS in tests/conftest.py).
+@pytest.mark.xdist_group("services")
 def test_caption_job_starts_and_stops_its_own_server(tmp_path):
     from tests.vllm_fixture import VLLM_PYTHON, build_tiny_model
 
