@@ -79,7 +79,8 @@ demo: $(STAMP) $(VIEWER_STAMP)
 	$(VENV)/bin/snakemake --cores 2
 
 # The suite in parallel on the machine's cores (pytest-xdist); tests that share a fixture
-# run on one worker, longest first (tests/conftest.py). TEST_WORKERS=0 runs it serially.
+# run on one worker: those that wait on SLURM and vLLM first, beside the demo build that
+# starts in the background, its readers last (tests/conftest.py). TEST_WORKERS=0: serially.
 TEST_WORKERS ?= auto
 
 test: $(STAMP) $(VLLM_STAMP) $(VIEWER_STAMP) system-deps
