@@ -61,16 +61,6 @@ def save_tiny_rrdbnet(
     return path
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny models' ops are too small to share out: on a busy two-core machine a second torch
-    thread mostly waits (measured 5-40x slower), so tests of tiny models use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     return save_tiny_rrdbnet(tmp_path_factory.mktemp("weights") / "tiny_rrdbnet.pth")
@@ -226,7 +216,6 @@ def demo_run(pytestconfig) -> Path:
 # minutes waiting (server starts, the scheduler's status polls), and on one worker those
 # waits sit beside the other worker's tests and the demo build instead of idling both.
 SHARED_GROUPS = {"demo_run": "demo", "vllm_server": "services", "cluster": "services"}
-CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
 # The waiting group starts first, beside the background demo build; the demo's readers last.
 STARTED_FIRST = ("services",)
 STARTED_LAST = ("demo",)
@@ -239,8 +228,8 @@ def pytest_collection_modifyitems(config, items):
             continue
         group = next((g for f, g in SHARED_GROUPS.items() if f in item.fixturenames), None)
         if group is None and any(
-            definitions[-1].scope == "module" and name not in CHEAP_MODULE_FIXTURES
-            for name, definitions in item._fixtureinfo.name2fixturedefs.items()
+            definitions[-1].scope == "module"
+            for definitions in item._fixtureinfo.name2fixturedefs.values()
         ):
             group = item.module.__name__
         if group:

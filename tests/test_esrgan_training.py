@@ -195,9 +195,7 @@ def test_ema_warmup_follows_the_diffusers_convention():
 
 
 @pytest.mark.parametrize("warmup", [True, False])
-def test_the_ema_follows_a_short_run_only_with_warmup(
-    tmp_path, scans, tiny_weights, one_torch_thread, warmup
-):
+def test_the_ema_follows_a_short_run_only_with_warmup(tmp_path, scans, tiny_weights, warmup):
     run = trainer(tmp_path, scans, tiny_weights, iterations=1, ema_warmup=warmup, gan=0.0)
     start = {k: v.clone() for k, v in run.ema.state_dict().items()}
     run.run()
@@ -209,7 +207,7 @@ def test_the_ema_follows_a_short_run_only_with_warmup(
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
 def test_clean_fraction_reduces_that_share_of_pairs_like_validation(
-    tmp_path, scans, tiny_weights, one_torch_thread, fraction
+    tmp_path, scans, tiny_weights, fraction
 ):
     run = trainer(tmp_path, scans, tiny_weights, clean_fraction=fraction, gt_size=96,
                   batch_size=16)  # fmt: skip
@@ -283,7 +281,7 @@ def pretrained_tiny(tmp_path_factory, ink_manifest) -> Path:
 
 
 def test_the_demo_recipe_fine_tune_beats_its_start_and_is_chosen(
-    tmp_path, ink_manifest, pretrained_tiny, one_torch_thread, caplog
+    tmp_path, ink_manifest, pretrained_tiny, caplog
 ):
     with caplog.at_level(logging.INFO, logger="blkassist"):
         card = fine_tune(tmp_path, "demo", demo_recipe(), ink_manifest, pretrained_tiny)
@@ -298,7 +296,7 @@ def test_the_demo_recipe_fine_tune_beats_its_start_and_is_chosen(
 
 
 def test_a_run_that_cannot_beat_its_start_says_so_at_warning(
-    tmp_path, ink_manifest, tiny_weights, one_torch_thread, caplog
+    tmp_path, ink_manifest, tiny_weights, caplog
 ):
     recipe = demo_recipe(iterations=1, lr=1e-30)  # a step that changes nothing
     with caplog.at_level(logging.INFO, logger="blkassist"):

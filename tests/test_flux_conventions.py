@@ -18,8 +18,6 @@ from blkassist.flux.objective import flow_matching_loss, sample_sigmas
 from blkassist.flux.trainer import FluxLoraTrainer
 from tests.flux_fixtures import OVERFIT_SPEC, TINY_SPEC, recipe
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 # The exact optimum of the loss for one data point x0, under our convention and under
 # conventions a broken trainer might use; `s` is what the transformer is given as timestep.
 ORACLES = {

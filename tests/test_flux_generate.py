@@ -23,8 +23,6 @@ from blkassist.flux.trainer import FluxLoraTrainer
 from blkassist.probe import sha256_file
 from tests.flux_fixtures import TINY_SPEC, recipe
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 IMAGE = {
     "seed": 7,
     "width": 64,

@@ -27,31 +27,26 @@ def test_help_and_defaults(capsys):
 
 
 def test_smoke_run_on_the_cpu_with_the_tiny_model(capsys):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: a second thread on a busy machine only waits
-    try:
-        code = gpu_check.main(
-            [
-                "--device",
-                "cpu",
-                "--model",
-                str(TINY_SPEC),
-                "--size",
-                "64",
-                "--warmup-steps",
-                "1",
-                "--train-steps",
-                "2",
-                "--gen-steps",
-                "2",
-                "--images",
-                "1",
-                "--texture-steps",
-                "1",
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
+    code = gpu_check.main(
+        [
+            "--device",
+            "cpu",
+            "--model",
+            str(TINY_SPEC),
+            "--size",
+            "64",
+            "--warmup-steps",
+            "1",
+            "--train-steps",
+            "2",
+            "--gen-steps",
+            "2",
+            "--images",
+            "1",
+            "--texture-steps",
+            "1",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["errors"] == {}
     assert report["quantized"] and report["train"]["losses_finite"]
@@ -91,13 +86,8 @@ def test_refinement_gpu_check_runs_a_real_tile_job_on_the_cpu(capsys):
     )
     refine_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(refine_check)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        smoke = ["--device", "cpu", "--model", str(TINY_SPEC), "--tile", "64", "--windows", "5"]
-        code = refine_check.main([*smoke, "--steps", "2", "--per-forward", "1"])
-    finally:
-        torch.set_num_threads(threads)
+    smoke = ["--device", "cpu", "--model", str(TINY_SPEC), "--tile", "64", "--windows", "5"]
+    code = refine_check.main([*smoke, "--steps", "2", "--per-forward", "1"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and "error" not in report, report.get("traceback")
     per_window = report["per_window"]

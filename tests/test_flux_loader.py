@@ -18,8 +18,6 @@ from blkassist.flux.generate import render
 from blkassist.flux.loader import load_flux
 from tests.flux_fixtures import FULL_RANDOM_SPEC, REPO, TINY_SPEC, refiner_options
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 IMAGE = {
     "seed": 3,
     "width": 64,

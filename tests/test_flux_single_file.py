@@ -31,8 +31,6 @@ from blkassist.flux.single_file import (
 )
 from tests.flux_fixtures import FULL_RANDOM_SPEC, TINY_SPEC, write_comfyui_tree
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 IMAGE = {"seed": 3, "width": 64, "height": 48, "steps": 2, "guidance": 3.5,
          "max_sequence_length": 32, "prompt": "ink drawing, red circle"}  # fmt: skip
 

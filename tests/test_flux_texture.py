@@ -21,8 +21,6 @@ from blkassist.flux.recipe import concept_sequence_length, concepts_with_sequenc
 from blkassist.flux.trainer import Batch, FluxLoraTrainer
 from tests.flux_fixtures import TINY_SPEC, assert_same_adapter_and_ema, recipe
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TEXTURE = {"gradient_accumulation": 2, "warmup_steps": 2, "steps": 6, "save_every": 3}
 
 

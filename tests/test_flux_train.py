@@ -26,8 +26,6 @@ from tests.flux_fixtures import (
     recipe,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

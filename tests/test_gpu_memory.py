@@ -19,7 +19,6 @@ from blkassist.gpu_memory import (
 )
 from tests.flux_fixtures import FULL_RANDOM_SPEC, TINY_SPEC
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
 

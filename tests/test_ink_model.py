@@ -29,8 +29,6 @@ from tests.flux_fixtures import REPO, TINY_SPEC, recipe
 INK_MODEL = REPO / "resources" / "flux" / "ink"
 TRAINING = REPO / "resources" / "flux" / "ink-training.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def ink():

@@ -40,8 +40,6 @@ CROP = 128
 PASS_VALUES = (0.12, 0.13, 0.15, 0.17, 0.20, 0.23, 0.25, 0.30, 0.37)
 HIGH_FREQUENCY = ("log_energy", "edge_density")
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def low_pass(pixels: np.ndarray, cell: int = 64) -> np.ndarray:
     """Means of cell x cell blocks: the picture without its texture (anchoring keeps the

@@ -446,7 +446,7 @@ def test_the_papers_values_mean_the_same_noise_at_every_tile_size():
 
 # -- the tiny Flux refiner ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_flux(one_torch_thread):
+def tiny_flux():
     from blkassist.flux.loader import load_flux
     from tests.flux_fixtures import TINY_SPEC
 
@@ -997,7 +997,7 @@ def sha256_tree(folder) -> str:
 
 
 def test_the_qa_job_re_renders_with_flux_on_a_leased_device_and_a_rerun_starts_over(
-    tmp_path, one_torch_thread, monkeypatch
+    tmp_path, monkeypatch
 ):
     """run_qa_rerender as the workflow runs it (the tiny Flux loaded from its spec, a device
     leased only once a window is blamed); a second run puts the first run's windows back

@@ -44,8 +44,6 @@ from tests.flux_fixtures import (
 
 TINY_VAE_SPEC = REPO / "resources" / "stencil" / "tiny_vae.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def stencil_config(stencil: dict) -> dict:
     config = {"stencil": stencil}

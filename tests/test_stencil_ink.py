@@ -23,8 +23,6 @@ INK_MODEL = REPO / "resources" / "flux" / "ink"
 INK_VAE_SPEC = REPO / "resources" / "stencil" / "ink_vae.yaml"
 DEMO_CONFIG = REPO / "config" / "config.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.mark.parametrize(
     "model, spec", [(TINY_SPEC, TINY_VAE_SPEC), (INK_MODEL, INK_VAE_SPEC)], ids=["tiny", "ink"]

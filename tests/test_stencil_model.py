@@ -49,8 +49,6 @@ from tests.flux_fixtures import (
 )
 from tests.test_stencil_ink import clear_with_opaque_ink
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 # The alpha error the trained tiny VAE must reach on held-out shapes: mean absolute error of
 # alpha in [0, 1] after encode -> 8-way decode. Guessing "all clear" scores the mean alpha
 # (~0.13 on these shapes); an untrained model ~0.3-0.5.

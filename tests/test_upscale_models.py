@@ -215,7 +215,6 @@ def test_rgba_tiles_through_a_neural_model(tmp_path, tiny_weights):
     assert (tiled[..., :3][tiled[..., 3] == 0] == 0).all()  # no colour where nothing shows
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_four_tiles_per_forward_equal_one_and_batching_changes_no_bit(tmp_path, tiny_weights):
     """The batched forward that GPUs use gives the tiles of one-at-a-time (up to the last
     bit: float kernels differ with batch size), and re-batching the jobs changes no bit."""
